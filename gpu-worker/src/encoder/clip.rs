@@ -1,0 +1,203 @@
+//! OpenAI CLIP behind [`ImageTextEncoder`]: a Hugging Face checkpoint directory in, unit vectors
+//! out.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use glimpse_core::{Embedding, EncoderId};
+
+use super::{
+    EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, PreparedImage,
+    TextTokenizer,
+};
+use crate::models::clip::{ClipConfig, ClipModel};
+
+/// Queries whose lengths differ by at most this many tokens share a batch (padded to the longest;
+/// attention is causal and pooling happens at each query's own end token, so padding changes
+/// nothing but costs work).
+const LENGTH_SLACK: usize = 4;
+/// The most texts or images encoded in one forward pass.
+const MAX_BATCH: usize = 64;
+
+/// A CLIP checkpoint ready to encode.
+pub struct ClipEncoder {
+    id: EncoderId,
+    model: ClipModel,
+    tokenizer: TextTokenizer,
+    processor: ImageProcessor,
+    pad_token: u32,
+    dimension: usize,
+    image_size: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for ClipEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the weights.
+        f.debug_struct("ClipEncoder")
+            .field("id", &self.id)
+            .field("dimension", &self.dimension)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EncoderError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EncoderError::BadModel(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EncoderError::BadModel(format!("{} is not valid: {e}", path.display())))
+}
+
+impl ClipEncoder {
+    /// Loads a Hugging Face CLIP checkpoint directory: `config.json`, `model.safetensors`,
+    /// `tokenizer.json` and `preprocessor_config.json` (defaults apply when it is absent).
+    pub fn load(directory: &Path, id: EncoderId) -> Result<Self, EncoderError> {
+        let config: ClipConfig = read_json(&directory.join("config.json"))?;
+        let preprocessor = directory.join("preprocessor_config.json");
+        let processor = if preprocessor.exists() {
+            read_json(&preprocessor)?
+        } else {
+            ImageProcessorConfig::default()
+        };
+        let tokenizer = TextTokenizer::from_file(
+            &directory.join("tokenizer.json"),
+            config.text_config.max_position_embeddings,
+        )?;
+        let weights = directory.join("model.safetensors");
+        if !weights.exists() {
+            return Err(EncoderError::BadModel(format!(
+                "{} has no model.safetensors (weights in other formats are not supported)",
+                directory.display()
+            )));
+        }
+        let device = Device::Cpu;
+        // SAFETY: the file is mapped read-only; Glimpse never writes model files while a model is
+        // loaded, and a model directory replaced underneath a running process is unsupported.
+        #[allow(unsafe_code)]
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
+            .map_err(|e| EncoderError::BadModel(format!("{}: {e}", weights.display())))?;
+        Self::new(vb, &config, tokenizer, processor, id)
+    }
+
+    /// Builds an encoder from weights already behind a [`VarBuilder`] (a checkpoint, or random
+    /// weights for benchmarks).
+    pub fn new(
+        vb: VarBuilder,
+        config: &ClipConfig,
+        tokenizer: TextTokenizer,
+        processor: ImageProcessorConfig,
+        id: EncoderId,
+    ) -> Result<Self, EncoderError> {
+        let device = vb.device().clone();
+        let model = ClipModel::new(vb, config).map_err(|e| {
+            EncoderError::BadModel(format!("the weights do not match config.json: {e}"))
+        })?;
+        let image_size = config.vision_config.image_size;
+        let processor = ImageProcessor::new(processor);
+        let (out_h, out_w) = processor
+            .config()
+            .output_size(image_size as u32, image_size as u32);
+        if (out_h as usize, out_w as usize) != (image_size, image_size) {
+            return Err(EncoderError::BadModel(format!(
+                "preprocessor_config.json produces {out_h}×{out_w} images but the model takes \
+                 {image_size}×{image_size}"
+            )));
+        }
+        Ok(Self {
+            id,
+            model,
+            tokenizer,
+            processor,
+            pad_token: config.text_config.eos_token_id,
+            dimension: config.projection_dim,
+            image_size,
+            device,
+        })
+    }
+
+    /// Encodes token sequences (each from start to end token, as the tokenizer makes them) in
+    /// batches of similar length. Exposed for benchmarks and for callers that tokenize ahead.
+    pub fn embed_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Embedding>, EncoderError> {
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| sequences[i].len());
+        let mut results: Vec<Option<Embedding>> = vec![None; sequences.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let shortest = sequences[order[start]].len();
+            let end = order[start..]
+                .iter()
+                .take(MAX_BATCH)
+                .take_while(|&&i| sequences[i].len() <= shortest + LENGTH_SLACK)
+                .count()
+                + start;
+            let batch = &order[start..end];
+            let longest = sequences[batch[batch.len() - 1]].len();
+            let mut flat = Vec::with_capacity(batch.len() * longest);
+            for &i in batch {
+                flat.extend_from_slice(&sequences[i]);
+                flat.resize(flat.len() + longest - sequences[i].len(), self.pad_token);
+            }
+            let ids = Tensor::from_vec(flat, (batch.len(), longest), &self.device)?;
+            let features = self.model.text.forward(&ids)?;
+            for (&i, row) in batch.iter().zip(features.to_vec2::<f32>()?) {
+                results[i] = Some(to_embedding(row)?);
+            }
+            start = end;
+        }
+        results
+            .into_iter()
+            .map(|e| e.ok_or_else(|| EncoderError::Internal("a text was not encoded".into())))
+            .collect()
+    }
+}
+
+fn to_embedding(values: Vec<f32>) -> Result<Embedding, EncoderError> {
+    Embedding::normalized(values)
+        .map_err(|e| EncoderError::Internal(format!("the model produced a bad vector: {e}")))
+}
+
+impl ImageTextEncoder for ClipEncoder {
+    fn id(&self) -> &EncoderId {
+        &self.id
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Embedding>, EncoderError> {
+        let sequences = texts
+            .iter()
+            .map(|text| self.tokenizer.encode(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.embed_token_ids(&sequences)
+    }
+
+    fn prepare_image(&self, encoded: &[u8]) -> Result<PreparedImage, EncoderError> {
+        self.processor.prepare(encoded)
+    }
+
+    fn embed_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Embedding>, EncoderError> {
+        let side = self.image_size;
+        let mut embeddings = Vec::with_capacity(images.len());
+        for chunk in images.chunks(MAX_BATCH) {
+            let mut flat = Vec::with_capacity(chunk.len() * 3 * side * side);
+            for image in chunk {
+                if (image.height as usize, image.width as usize) != (side, side) {
+                    return Err(EncoderError::Internal(format!(
+                        "a {}×{} image was prepared for another model ({side}×{side})",
+                        image.height, image.width
+                    )));
+                }
+                flat.extend_from_slice(&image.pixels);
+            }
+            let pixels = Tensor::from_vec(flat, (chunk.len(), 3, side, side), &self.device)?;
+            let features = self.model.vision.forward(&pixels)?;
+            for row in features.to_vec2::<f32>()? {
+                embeddings.push(to_embedding(row)?);
+            }
+        }
+        Ok(embeddings)
+    }
+}

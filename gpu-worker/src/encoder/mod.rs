@@ -1,0 +1,132 @@
+//! Image–text encoders: texts and images to unit vectors in one shared space.
+
+mod clip;
+mod image;
+mod text;
+
+pub use self::clip::ClipEncoder;
+pub use self::image::{
+    ImageProcessor, ImageProcessorConfig, MAX_PIXELS, PreparedImage, Resample, SizeSpec, decode_rgb,
+};
+pub use self::text::TextTokenizer;
+
+use glimpse_core::{Embedding, EncoderId};
+use rayon::prelude::*;
+
+/// What went wrong in an encoder; the variant says what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    /// This input cannot be encoded (not an image, corrupt, too large): reject it, keep the rest.
+    #[error("{0}")]
+    BadImage(String),
+    /// The model files are missing, malformed or inconsistent: fix the model configuration.
+    #[error("{0}")]
+    BadModel(String),
+    /// The model is not on this machine and could not be downloaded: retry online, or point at a
+    /// local copy.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A computation failed where it should not: a bug, report it.
+    #[error("internal encoder error: {0}")]
+    Internal(String),
+}
+
+impl From<candle_core::Error> for EncoderError {
+    fn from(error: candle_core::Error) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// Texts and images → unit vectors of one model, comparable by dot product.
+///
+/// Implementations are shared between threads: image preparation (decode, resize, normalise)
+/// may run on many threads while another thread encodes batches.
+pub trait ImageTextEncoder: Send + Sync {
+    /// The exact model; vectors are comparable only between equal ids.
+    fn id(&self) -> &EncoderId;
+
+    /// Length of every vector this encoder returns.
+    fn dimension(&self) -> usize;
+
+    /// One unit vector per text, in order. Any text is accepted: long texts are truncated to the
+    /// model's context, the empty text encodes as well.
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Embedding>, EncoderError>;
+
+    /// Decodes and preprocesses an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF). CPU-bound and
+    /// independent of the model weights: run it on worker threads, ahead of the encoder.
+    fn prepare_image(&self, encoded: &[u8]) -> Result<PreparedImage, EncoderError>;
+
+    /// One unit vector per prepared image, in order, encoded as one batch.
+    fn embed_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Embedding>, EncoderError>;
+
+    /// Prepares `encoded` images on parallel threads, then encodes them as one batch. The first
+    /// image that cannot be decoded fails the call; use [`Self::prepare_image`] to handle images
+    /// one by one.
+    fn embed_images(&self, encoded: &[&[u8]]) -> Result<Vec<Embedding>, EncoderError> {
+        let prepared = encoded
+            .par_iter()
+            .map(|bytes| self.prepare_image(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.embed_prepared(&prepared)
+    }
+}
+
+/// Encodes many images with decoding overlapped with encoding: while one batch of `batch_size`
+/// runs through the model, the next is decoded and preprocessed on the rayon pool. Returns one
+/// result per input, in order; an image that cannot be decoded gets its own error and does not
+/// affect the others.
+pub fn embed_pipelined(
+    encoder: &dyn ImageTextEncoder,
+    encoded: &[&[u8]],
+    batch_size: usize,
+) -> Vec<Result<Embedding, EncoderError>> {
+    let batch_size = batch_size.max(1);
+    let mut results = Vec::with_capacity(encoded.len());
+    std::thread::scope(|scope| {
+        let (prepared_tx, prepared_rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in encoded.chunks(batch_size) {
+                let prepared: Vec<_> = chunk
+                    .par_iter()
+                    .map(|bytes| encoder.prepare_image(bytes))
+                    .collect();
+                if prepared_tx.send(prepared).is_err() {
+                    return;
+                }
+            }
+        });
+        for prepared in prepared_rx {
+            let (good, slots): (Vec<PreparedImage>, Vec<Result<(), EncoderError>>) = prepared
+                .into_iter()
+                .fold((vec![], vec![]), |(mut good, mut slots), p| {
+                    match p {
+                        Ok(image) => {
+                            good.push(image);
+                            slots.push(Ok(()));
+                        }
+                        Err(error) => slots.push(Err(error)),
+                    }
+                    (good, slots)
+                });
+            match encoder.embed_prepared(&good) {
+                Ok(embeddings) => {
+                    let mut embeddings = embeddings.into_iter();
+                    for slot in slots {
+                        results.push(slot.and_then(|()| {
+                            embeddings.next().ok_or_else(|| {
+                                EncoderError::Internal("fewer embeddings than images".into())
+                            })
+                        }));
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    for slot in slots {
+                        results.push(slot.and(Err(EncoderError::Internal(message.clone()))));
+                    }
+                }
+            }
+        }
+    });
+    results
+}

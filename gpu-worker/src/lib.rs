@@ -1,0 +1,9 @@
+//! Glimpse's native side: candle models, encoders, model download, benchmarks; later the adapters,
+//! the worker and the HTTP server.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod encoder;
+pub mod hub;
+pub mod models;

@@ -1,0 +1,4 @@
+//! candle model definitions. Each file: a serde `Config`, `new(vb, &cfg)` mirroring the
+//! checkpoint's tensor names, and a forward. No I/O.
+
+pub mod clip;
