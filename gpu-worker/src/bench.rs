@@ -34,10 +34,10 @@ pub struct EncodeReport {
     /// The encoder measured.
     pub encoder: String,
     /// Median latency of one query (tokenize + encode), by token count.
-    pub text_p50_ms: BTreeMap<String, f64>,
+    pub text_p50_ms: BTreeMap<usize, f64>,
     /// Images per second end to end (JPEG decode of a 12-megapixel photo, preprocessing and
     /// encoding, decode overlapped with encoding), by batch size.
-    pub image_per_s: BTreeMap<String, f64>,
+    pub image_per_s: BTreeMap<usize, f64>,
     /// Median time to decode and preprocess one 12-megapixel JPEG on one thread.
     pub prepare_ms_per_image: f64,
     /// Images per second of the image tower alone at batch 32 (pixels already prepared).
@@ -204,7 +204,7 @@ pub fn encode(encoder: &dyn ImageTextEncoder, rounds: usize) -> Result<EncodeRep
                 encoder.embed_texts(&[&query]).map(|_| start.elapsed())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        text_p50_ms.insert(tokens.to_string(), median_ms(samples));
+        text_p50_ms.insert(tokens, median_ms(samples));
     }
 
     let jpeg = twelve_megapixel_jpeg(7)?;
@@ -232,10 +232,7 @@ pub fn encode(encoder: &dyn ImageTextEncoder, rounds: usize) -> Result<EncodeRep
         for result in embed_pipelined(encoder, &inputs, size) {
             result?;
         }
-        image_per_s.insert(
-            size.to_string(),
-            count as f64 / start.elapsed().as_secs_f64(),
-        );
+        image_per_s.insert(size, count as f64 / start.elapsed().as_secs_f64());
     }
     Ok(EncodeReport {
         encoder: encoder.id().to_string(),

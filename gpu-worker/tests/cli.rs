@@ -1,0 +1,133 @@
+//! The `glimpse` command as a user runs it.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on broken fixtures
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn reference() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
+}
+
+fn glimpse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("glimpse-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn embed_prints_one_json_line_per_input_with_encoder_and_dimension() {
+    let model = reference().join("checkpoints/clip-gelu");
+    let image = reference().join("images/noise.png");
+    let output = glimpse(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "a dog",
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["text"], "a dog");
+    assert_eq!(lines[1]["image"], image.to_str().unwrap());
+    for line in &lines {
+        assert!(
+            line["encoder"]
+                .as_str()
+                .unwrap()
+                .starts_with("clip:local/clip-gelu@")
+        );
+        assert_eq!(line["dimension"], 32);
+        let vector: Vec<f32> = serde_json::from_value(line["vector"].clone()).unwrap();
+        assert_eq!(vector.len(), 32);
+        let norm: f32 = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "not a unit vector: {norm}");
+    }
+    // The same vector transformers computes for this query (fixture text_embeds.0).
+    let tensors = candle_core::safetensors::load(
+        reference().join("expected/clip-gelu.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let expected: Vec<f32> = tensors["text_embeds.0"].to_vec1().unwrap();
+    let got: Vec<f32> = serde_json::from_value(lines[0]["vector"].clone()).unwrap();
+    let diff = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-4, "differs from transformers by {diff}");
+}
+
+#[test]
+fn offline_download_failure_says_how_to_use_a_local_directory() {
+    let home = scratch_dir("offline");
+    // Nothing listens on port 9: the download fails at once, as it does on a machine offline.
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["embed", "--text", "a dog"])
+        .env("HF_HOME", &home)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&home).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("openai/clip-vit-base-patch32"), "{stderr}");
+    assert!(stderr.contains("--model /path/to/"), "{stderr}");
+    assert!(stderr.contains("offline"), "{stderr}");
+}
+
+#[test]
+fn hub_offline_mode_refuses_to_download_and_names_the_way_out() {
+    let home = scratch_dir("hub-offline");
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["embed", "--text", "a dog"])
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&home).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+    assert!(stderr.contains("--model /path/to/"), "{stderr}");
+}
+
+#[test]
+fn embed_without_inputs_or_with_a_bad_image_explains_the_problem() {
+    let model = reference().join("checkpoints/clip-gelu");
+    let output = glimpse(&["embed", "--model", model.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--text"));
+
+    let not_an_image = reference().join("make_fixtures.py");
+    let output = glimpse(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        not_an_image.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not an image"), "{stderr}");
+}
