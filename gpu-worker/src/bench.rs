@@ -195,10 +195,11 @@ pub fn encode(encoder: &dyn ImageTextEncoder, rounds: usize) -> Result<EncodeRep
     let mut text_p50_ms = BTreeMap::new();
     for tokens in TEXT_LENGTHS {
         let query = query_of(tokens);
-        for _ in 0..5 {
+        // Warm up until allocations reach their steady state, as in a long-running server.
+        for _ in 0..30 {
             encoder.embed_texts(&[&query])?;
         }
-        let samples = (0..30 * rounds)
+        let samples = (0..50 * rounds)
             .map(|_| {
                 let start = Instant::now();
                 encoder.embed_texts(&[&query]).map(|_| start.elapsed())

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder};
+use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::{bench, hub};
 use serde_json::json;
 
@@ -50,6 +50,9 @@ enum BenchCommand {
         /// Repeat every measurement this many times more (steadier figures, longer run).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Decode JPEGs in PIL's draft mode (DCT-domain downscaling; faster, not bit-equal).
+        #[arg(long)]
+        jpeg_draft: bool,
     },
 }
 
@@ -83,10 +86,20 @@ fn embed(args: &EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_encode(model: Option<&str>, json_output: bool, rounds: usize) -> Result<()> {
+fn bench_encode(
+    model: Option<&str>,
+    json_output: bool,
+    rounds: usize,
+    jpeg_draft: bool,
+) -> Result<()> {
     let encoder = match model {
         Some(spec) => load_encoder(spec)?,
         None => bench::random_vit_b32(0)?,
+    };
+    let encoder = if jpeg_draft {
+        encoder.with_jpeg_decode(JpegDecode::Draft)
+    } else {
+        encoder
     };
     let report = bench::encode(&encoder, rounds)?;
     if json_output {
@@ -119,6 +132,7 @@ fn main() -> Result<()> {
             model,
             json,
             rounds,
-        }) => bench_encode(model.as_deref(), *json, *rounds),
+            jpeg_draft,
+        }) => bench_encode(model.as_deref(), *json, *rounds, *jpeg_draft),
     }
 }

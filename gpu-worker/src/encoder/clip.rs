@@ -8,8 +8,8 @@ use candle_nn::VarBuilder;
 use glimpse_core::{Embedding, EncoderId};
 
 use super::{
-    EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, PreparedImage,
-    TextTokenizer,
+    EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, JpegDecode,
+    PreparedImage, TextTokenizer,
 };
 use crate::models::clip::{ClipConfig, ClipModel};
 
@@ -114,6 +114,13 @@ impl ClipEncoder {
             image_size,
             device,
         })
+    }
+
+    /// Chooses how JPEG photos are decoded; [`JpegDecode::Full`] (the default) keeps
+    /// preprocessing equal to transformers.
+    pub fn with_jpeg_decode(mut self, jpeg_decode: JpegDecode) -> Self {
+        self.processor = self.processor.with_jpeg_decode(jpeg_decode);
+        self
     }
 
     /// Encodes token sequences (each from start to end token, as the tokenizer makes them) in

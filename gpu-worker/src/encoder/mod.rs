@@ -6,7 +6,8 @@ mod text;
 
 pub use self::clip::ClipEncoder;
 pub use self::image::{
-    ImageProcessor, ImageProcessorConfig, MAX_PIXELS, PreparedImage, Resample, SizeSpec, decode_rgb,
+    ImageProcessor, ImageProcessorConfig, JpegDecode, MAX_PIXELS, PreparedImage, Resample,
+    SizeSpec, decode_rgb,
 };
 pub use self::text::TextTokenizer;
 

@@ -8,9 +8,11 @@
 //! - hidden states stay a flat `(batch · tokens, width)` matrix so that every linear layer is a
 //!   single GEMM, whatever the batch size.
 
-use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
+
+use super::kernels;
 
 /// The activation in the MLP blocks (`hidden_act` in config.json).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -148,32 +150,38 @@ impl ClipConfig {
     }
 }
 
-/// A linear layer over a flat `(rows, in)` matrix: one GEMM whatever the batch.
+/// A linear layer over a flat `(rows, in)` matrix: one GEMM whatever the batch, bias included.
+/// The weight is kept transposed, `(in, out)` and contiguous, which the GEMM streams without a
+/// strided gather.
 #[derive(Clone, Debug)]
 struct Dense {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    weight_t: Tensor,
+    bias: Tensor,
 }
 
 impl Dense {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
+            vb.get(out_dim, "bias")?
         } else {
-            None
+            Tensor::zeros(out_dim, weight.dtype(), weight.device())?
         };
-        Ok(Self { weight, bias })
+        Self::new(&weight, bias)
+    }
+
+    /// `weight`: `(out, in)` as stored in checkpoints.
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 }
 
 impl Module for Dense {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(bias) => ys.broadcast_add(bias),
-            None => Ok(ys),
-        }
+        kernels::affine(xs, &self.weight_t, &self.bias)
     }
 }
 
@@ -190,7 +198,6 @@ struct Attention {
     qkv: Dense,
     out_proj: Dense,
     heads: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -198,8 +205,7 @@ impl Attention {
         if heads == 0 || !width.is_multiple_of(heads) {
             candle_core::bail!("hidden size {width} is not divisible by {heads} attention heads");
         }
-        let head_dim = width / heads;
-        let scale = (head_dim as f64).powf(-0.5);
+        let scale = ((width / heads) as f64).powf(-0.5);
         let part = |name: &str, scale: f64| -> Result<(Tensor, Tensor)> {
             let vb = vb.pp(name);
             let weight = (vb.get((width, width), "weight")? * scale)?;
@@ -210,36 +216,21 @@ impl Attention {
             part("k_proj", 1.0)?,
             part("v_proj", 1.0)?,
         );
-        let qkv = Dense {
-            weight: Tensor::cat(&[q.0, k.0, v.0], 0)?,
-            bias: Some(Tensor::cat(&[q.1, k.1, v.1], 0)?),
-        };
+        let qkv = Dense::new(
+            &Tensor::cat(&[q.0, k.0, v.0], 0)?,
+            Tensor::cat(&[q.1, k.1, v.1], 0)?,
+        )?;
         Ok(Self {
             qkv,
             out_proj: Dense::load(&vb.pp("out_proj"), width, width, true)?,
             heads,
-            head_dim,
         })
     }
 
-    /// `xs`: `(batch · tokens, width)`; `mask`: additive `(tokens, tokens)` or none.
-    fn forward(&self, xs: &Tensor, batch: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (rows, width) = xs.dims2()?;
-        let tokens = rows / batch;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((batch, tokens, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, width))?;
+    /// `xs`: `(batch · tokens, width)`; causal attention lets a token see only those before it.
+    fn forward(&self, xs: &Tensor, batch: usize, causal: bool) -> Result<Tensor> {
+        let qkv = self.qkv.forward(xs)?;
+        let context = kernels::attention(&qkv, batch, self.heads, causal)?;
         self.out_proj.forward(&context)
     }
 }
@@ -275,10 +266,10 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, batch: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, batch: usize, causal: bool) -> Result<Tensor> {
         let attended = self
             .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, batch, mask)?;
+            .forward(&self.layer_norm1.forward(xs)?, batch, causal)?;
         let xs = (xs + attended)?;
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
         let hidden = self.fc2.forward(&self.act.apply(&hidden)?)?;
@@ -300,10 +291,10 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    fn forward(&self, xs: &Tensor, batch: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, batch: usize, causal: bool) -> Result<Tensor> {
         self.layers
             .iter()
-            .try_fold(xs.clone(), |xs, layer| layer.forward(&xs, batch, mask))
+            .try_fold(xs.clone(), |xs, layer| layer.forward(&xs, batch, causal))
     }
 }
 
@@ -315,7 +306,7 @@ pub struct ClipTextModel {
     encoder: Encoder,
     final_layer_norm: LayerNorm,
     text_projection: Dense,
-    causal_mask: Tensor,
+    max_tokens: usize,
     eos_token_id: u32,
 }
 
@@ -333,15 +324,6 @@ impl ClipTextModel {
             act: c.hidden_act,
         };
         let n = c.max_position_embeddings;
-        let mask: Vec<f32> = (0..n * n)
-            .map(|i| {
-                if i % n > i / n {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
         Ok(Self {
             token_embedding: embeddings
                 .pp("token_embedding")
@@ -361,14 +343,14 @@ impl ClipTextModel {
                 cfg.projection_dim,
                 false,
             )?,
-            causal_mask: Tensor::from_vec(mask, (n, n), vb.device())?,
+            max_tokens: n,
             eos_token_id: c.eos_token_id,
         })
     }
 
     /// The longest sequence the model accepts.
     pub fn max_tokens(&self) -> usize {
-        self.causal_mask.dim(0).unwrap_or(0)
+        self.max_tokens
     }
 
     /// `input_ids`: `(batch, tokens)` u32, each row a full sequence from start to end-of-text,
@@ -389,11 +371,7 @@ impl ClipTextModel {
             .reshape((batch, tokens, ()))?
             .broadcast_add(&positions)?
             .flatten_to(1)?;
-        let mask = self
-            .causal_mask
-            .narrow(0, 0, tokens)?
-            .narrow(1, 0, tokens)?;
-        let xs = self.encoder.forward(&xs, batch, Some(&mask))?;
+        let xs = self.encoder.forward(&xs, batch, true)?;
         let pooled_rows = self.pooled_rows(&input_ids.to_vec2::<u32>()?, tokens);
         let pooled = xs.index_select(&Tensor::new(pooled_rows, xs.device())?, 0)?;
         self.text_projection
@@ -433,7 +411,7 @@ fn first_position_of_max(values: &[u32]) -> usize {
 #[derive(Clone, Debug)]
 pub struct ClipVisionModel {
     class_embedding: Tensor,
-    patch_weight: Tensor,
+    patch_embedding: Dense,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
     encoder: Encoder,
@@ -461,10 +439,13 @@ impl ClipVisionModel {
         let patch = (c.hidden_size, c.num_channels, c.patch_size, c.patch_size);
         Ok(Self {
             class_embedding: embeddings.get(c.hidden_size, "class_embedding")?,
-            patch_weight: embeddings
-                .pp("patch_embedding")
-                .get(patch, "weight")?
-                .flatten_from(1)?,
+            patch_embedding: Dense::new(
+                &embeddings
+                    .pp("patch_embedding")
+                    .get(patch, "weight")?
+                    .flatten_from(1)?,
+                Tensor::zeros(c.hidden_size, DType::F32, vb.device())?,
+            )?,
             position_embedding: embeddings
                 .pp("position_embedding")
                 .get((grid * grid + 1, c.hidden_size), "weight")?,
@@ -508,21 +489,21 @@ impl ClipVisionModel {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch * grid * grid, channels * p * p))?;
-        let width_ = self.class_embedding.dim(0)?;
+        let width = self.class_embedding.dim(0)?;
         let patch_embeds =
-            patches
-                .matmul(&self.patch_weight.t()?)?
-                .reshape((batch, grid * grid, width_))?;
+            self.patch_embedding
+                .forward(&patches)?
+                .reshape((batch, grid * grid, width))?;
         let class = self
             .class_embedding
-            .reshape((1, 1, width_))?
-            .broadcast_as((batch, 1, width_))?;
+            .reshape((1, 1, width))?
+            .broadcast_as((batch, 1, width))?;
         let xs = Tensor::cat(&[class, patch_embeds], 1)?
             .broadcast_add(&self.position_embedding)?
             .flatten_to(1)?;
         let xs = self.pre_layrnorm.forward(&xs)?;
-        let xs = self.encoder.forward(&xs, batch, None)?;
-        let class_rows = xs.reshape((batch, grid * grid + 1, width_))?.i((.., 0))?;
+        let xs = self.encoder.forward(&xs, batch, false)?;
+        let class_rows = xs.reshape((batch, grid * grid + 1, width))?.i((.., 0))?;
         self.visual_projection
             .forward(&self.post_layernorm.forward(&class_rows.contiguous()?)?)
     }

@@ -2,3 +2,4 @@
 //! checkpoint's tensor names, and a forward. No I/O.
 
 pub mod clip;
+mod kernels;
