@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use glimpse_core::EncoderId;
 use glimpse_worker::encoder::{
-    ClipEncoder, EncoderError, ImageTextEncoder, PreparedImage, TextTokenizer,
+    ClipEncoder, EncoderError, ImageTextEncoder, PreparedImage, TextTokenizer, embed_pipelined,
 };
 use serde::Deserialize;
 
@@ -84,6 +84,13 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
+fn assert_same_token_ids(tokenizer: &TextTokenizer, queries: &[Query]) {
+    for query in queries {
+        let ids = tokenizer.encode(&query.text).unwrap();
+        assert_eq!(ids, query.ids, "{:?}", query.text);
+    }
+}
+
 #[test]
 fn tokenizer_matches_transformers_on_the_full_clip_vocabulary() {
     let tokenizer = TextTokenizer::from_file(
@@ -93,14 +100,7 @@ fn tokenizer_matches_transformers_on_the_full_clip_vocabulary() {
     .unwrap();
     let fixture = Fixture::load("tokenizer-openai-clip");
     assert!(fixture.expected.queries.len() >= 10);
-    for query in &fixture.expected.queries {
-        assert_eq!(
-            tokenizer.encode(&query.text).unwrap(),
-            query.ids,
-            "{:?}",
-            query.text
-        );
-    }
+    assert_same_token_ids(&tokenizer, &fixture.expected.queries);
     let longest = fixture.expected.queries.iter().map(|q| q.ids.len()).max();
     assert_eq!(
         longest,
@@ -112,14 +112,7 @@ fn tokenizer_matches_transformers_on_the_full_clip_vocabulary() {
 fn check_text_parity(name: &str) {
     let fixture = Fixture::load(name);
     let tokenizer = TextTokenizer::from_file(&checkpoint(name).join("tokenizer.json"), 77).unwrap();
-    for query in &fixture.expected.queries {
-        assert_eq!(
-            tokenizer.encode(&query.text).unwrap(),
-            query.ids,
-            "{:?}",
-            query.text
-        );
-    }
+    assert_same_token_ids(&tokenizer, &fixture.expected.queries);
     let encoder = encoder(name);
     let texts: Vec<&str> = fixture
         .expected
@@ -261,4 +254,34 @@ fn weights_that_do_not_match_the_config_fail_at_load_with_the_reason() {
         matches!(&error, EncoderError::BadModel(m) if m.contains("do not match config.json")),
         "{error:?}"
     );
+}
+
+#[test]
+fn pipelined_embedding_keeps_order_and_isolates_bad_images() {
+    let encoder = encoder("clip-gelu");
+    let read = |f: &str| std::fs::read(reference().join("images").join(f)).unwrap();
+    let (noise, gradient, truncated) = (read("noise.png"), read("gradient.jpg"), {
+        let mut bytes = read("noise.jpg");
+        bytes.truncate(bytes.len() / 3);
+        bytes
+    });
+    let inputs: Vec<&[u8]> = vec![&noise, b"not an image", &gradient, &truncated, &noise];
+    for batch_size in [1, 2, 8] {
+        let results = embed_pipelined(&encoder, &inputs, batch_size);
+        assert_eq!(results.len(), inputs.len());
+        assert!(matches!(results[1], Err(EncoderError::BadImage(_))));
+        assert!(
+            matches!(results[3], Err(EncoderError::BadImage(_))),
+            "truncated JPEG"
+        );
+        let alone = |bytes: &[u8]| encoder.embed_images(&[bytes]).unwrap().remove(0);
+        for (i, expected) in [
+            (0, alone(&noise)),
+            (2, alone(&gradient)),
+            (4, alone(&noise)),
+        ] {
+            let got = results[i].as_ref().unwrap();
+            assert!(max_abs_diff(got.as_slice(), expected.as_slice()) <= 1e-5);
+        }
+    }
 }

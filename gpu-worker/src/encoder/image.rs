@@ -519,6 +519,42 @@ mod tests {
         assert!(matches!(error, EncoderError::BadImage(_)), "{error:?}");
     }
 
+    #[test]
+    fn draft_decoding_scales_large_jpegs_and_stays_close_to_full_decoding() {
+        let photo = RgbImage::from_fn(1600, 1200, |x, y| {
+            image::Rgb([(x / 7) as u8, (y / 5) as u8, ((x + y) / 11) as u8])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&photo)
+            .unwrap();
+        // Twice a 224 target: 1/2 scale keeps 600 ≥ 448 rows, 1/4 would not.
+        let draft = decode_rgb(&jpeg, Some(448)).unwrap();
+        assert_eq!((draft.width(), draft.height()), (800, 600));
+        assert_eq!(decode_rgb(&jpeg, None).unwrap().dimensions(), (1600, 1200));
+
+        let config = ImageProcessorConfig::default();
+        let full = ImageProcessor::new(config.clone()).prepare(&jpeg).unwrap();
+        let fast = ImageProcessor::new(config.clone())
+            .with_jpeg_decode(JpegDecode::Draft)
+            .prepare(&jpeg)
+            .unwrap();
+        let plane = full.pixels.len() / 3;
+        let diffs: Vec<f32> = full
+            .pixels
+            .iter()
+            .zip(&fast.pixels)
+            .enumerate()
+            .map(|(i, (a, b))| (a - b).abs() * config.image_std[i / plane] * 255.0)
+            .collect();
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let max = diffs.iter().copied().fold(0.0, f32::max);
+        assert!(
+            mean < 0.5 && max <= 4.0,
+            "draft differs: mean {mean}/255, max {max}/255"
+        );
+    }
+
     fn crc32(bytes: &[u8]) -> u32 {
         let mut crc = !0u32;
         for &byte in bytes {

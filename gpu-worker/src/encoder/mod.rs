@@ -97,35 +97,27 @@ pub fn embed_pipelined(
             }
         });
         for prepared in prepared_rx {
-            let (good, slots): (Vec<PreparedImage>, Vec<Result<(), EncoderError>>) = prepared
-                .into_iter()
-                .fold((vec![], vec![]), |(mut good, mut slots), p| {
-                    match p {
-                        Ok(image) => {
-                            good.push(image);
-                            slots.push(Ok(()));
-                        }
-                        Err(error) => slots.push(Err(error)),
+            // `None` where the image is in `images`, the decoding error where it is not.
+            let mut failures = Vec::with_capacity(prepared.len());
+            let mut images = Vec::with_capacity(prepared.len());
+            for result in prepared {
+                match result {
+                    Ok(image) => {
+                        images.push(image);
+                        failures.push(None);
                     }
-                    (good, slots)
+                    Err(error) => failures.push(Some(error)),
+                }
+            }
+            let mut embedded = encoder.embed_prepared(&images).map(Vec::into_iter);
+            for failure in failures {
+                results.push(match (failure, &mut embedded) {
+                    (Some(error), _) => Err(error),
+                    (None, Ok(vectors)) => vectors.next().ok_or_else(|| {
+                        EncoderError::Internal("fewer embeddings than images".into())
+                    }),
+                    (None, Err(error)) => Err(EncoderError::Internal(error.to_string())),
                 });
-            match encoder.embed_prepared(&good) {
-                Ok(embeddings) => {
-                    let mut embeddings = embeddings.into_iter();
-                    for slot in slots {
-                        results.push(slot.and_then(|()| {
-                            embeddings.next().ok_or_else(|| {
-                                EncoderError::Internal("fewer embeddings than images".into())
-                            })
-                        }));
-                    }
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    for slot in slots {
-                        results.push(slot.and(Err(EncoderError::Internal(message.clone()))));
-                    }
-                }
             }
         }
     });

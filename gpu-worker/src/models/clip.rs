@@ -253,6 +253,18 @@ struct LayerShape {
     act: HiddenAct,
 }
 
+impl LayerShape {
+    fn new((width, intermediate, heads): (usize, usize, usize), eps: f64, act: HiddenAct) -> Self {
+        Self {
+            width,
+            intermediate,
+            heads,
+            eps,
+            act,
+        }
+    }
+}
+
 impl EncoderLayer {
     fn new(vb: VarBuilder, shape: &LayerShape) -> Result<Self> {
         let mlp = vb.pp("mlp");
@@ -316,13 +328,11 @@ impl ClipTextModel {
         let c = &cfg.text_config;
         let text = vb.pp("text_model");
         let embeddings = text.pp("embeddings");
-        let shape = LayerShape {
-            width: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            eps: c.layer_norm_eps,
-            act: c.hidden_act,
-        };
+        let shape = LayerShape::new(
+            (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+            c.layer_norm_eps,
+            c.hidden_act,
+        );
         let n = c.max_position_embeddings;
         Ok(Self {
             token_embedding: embeddings
@@ -429,13 +439,11 @@ impl ClipVisionModel {
         let vision = vb.pp("vision_model");
         let embeddings = vision.pp("embeddings");
         let grid = c.image_size / c.patch_size;
-        let shape = LayerShape {
-            width: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            eps: c.layer_norm_eps,
-            act: c.hidden_act,
-        };
+        let shape = LayerShape::new(
+            (c.hidden_size, c.intermediate_size, c.num_attention_heads),
+            c.layer_norm_eps,
+            c.hidden_act,
+        );
         let patch = (c.hidden_size, c.num_channels, c.patch_size, c.patch_size);
         Ok(Self {
             class_embedding: embeddings.get(c.hidden_size, "class_embedding")?,

@@ -21,6 +21,72 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     }
 }
 
+/// A matrix inside a slice: element `(r, c)` is `data[r · row_stride + c · col_stride]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl View<'_> {
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`; `dst` is `lhs.rows × rhs.cols`,
+/// row-major and contiguous.
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    parallelism: gemm::Parallelism,
+) -> Result<()> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k || dst.len() != m * n || !lhs.in_bounds() || !rhs.in_bounds() {
+        candle_core::bail!(
+            "gemm: ({m}×{k}) · ({}×{n}) into {} values",
+            rhs.rows,
+            dst.len()
+        );
+    }
+    // SAFETY: every element the strides reach lies inside its slice (checked just above), `dst`
+    // holds exactly m × n contiguous values, and a `&mut` slice aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
 /// `x · w + b` for `x`: `(rows, in)`, `w`: `(in, out)`, `b`: `(out)`, all contiguous f32.
 struct Affine;
 
@@ -55,33 +121,21 @@ impl CustomOp3 for Affine {
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: `out` is rows × cols, `x` rows × inner and `w` inner × cols, all row-major and
-        // contiguous (checked above); the strides below describe exactly those buffers, and
-        // `out` is not aliased by `x` or `w`.
-        #[allow(unsafe_code)]
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                inner,
-                out.as_mut_ptr(),
-                1,
-                cols as isize,
-                true,
-                x.as_ptr(),
-                1,
-                inner as isize,
-                w.as_ptr(),
-                1,
-                cols as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        let lhs = View {
+            data: x,
+            rows,
+            cols: inner,
+            row_stride: inner,
+            col_stride: 1,
+        };
+        let rhs = View {
+            data: w,
+            rows: inner,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        };
+        gemm_into(&mut out, true, lhs, rhs, parallelism)?;
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
 }
@@ -129,9 +183,9 @@ impl CustomOp1 for Attention {
             attend_head(&qkv[start..], &shape)
         };
         let contexts: Vec<Vec<f32>> = if 2 * rows * shape.tokens * width >= PARALLEL_MIN_MACS {
-            heads.par_iter().map(attend).collect()
+            heads.par_iter().map(attend).collect::<Result<_>>()?
         } else {
-            heads.iter().map(attend).collect()
+            heads.iter().map(attend).collect::<Result<_>>()?
         };
         let mut out = vec![0f32; rows * width];
         for (&(sequence, head), context) in heads.iter().zip(&contexts) {
@@ -154,49 +208,37 @@ struct HeadShape {
 
 /// One head of one sequence. `qkv` starts at this head's q columns of the sequence's first token
 /// in a `(tokens, 3·width)` row-major matrix; returns the `(tokens, head_dim)` context.
-fn attend_head(qkv: &[f32], shape: &HeadShape) -> Vec<f32> {
+fn attend_head(qkv: &[f32], shape: &HeadShape) -> Result<Vec<f32>> {
     let HeadShape {
         tokens,
         width,
         head_dim,
         causal,
     } = *shape;
-    let row_stride = (3 * width) as isize;
-    let needed = (tokens - 1) * 3 * width + 2 * width + head_dim;
-    assert!(qkv.len() >= needed, "attention block out of bounds");
-    let (q, k, v) = (
-        qkv.as_ptr(),
-        qkv[width..].as_ptr(),
-        qkv[2 * width..].as_ptr(),
-    );
+    // Block `part` (0: q, 1: k, 2: v) of this head: tokens × head_dim, rows 3·width apart.
+    let block = |part: usize| View {
+        data: &qkv[part * width..],
+        rows: tokens,
+        cols: head_dim,
+        row_stride: 3 * width,
+        col_stride: 1,
+    };
+    let k = block(1);
+    let k_transposed = View {
+        rows: head_dim,
+        cols: tokens,
+        row_stride: 1,
+        col_stride: k.row_stride,
+        ..k
+    };
     let mut scores = vec![0f32; tokens * tokens];
-    // SAFETY: q and k are tokens × head_dim blocks inside `qkv` (bounds asserted above) with row
-    // stride 3·width; k is read transposed (column j = token j). `scores` is tokens × tokens,
-    // contiguous, and aliases neither.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            tokens,
-            tokens,
-            head_dim,
-            scores.as_mut_ptr(),
-            1,
-            tokens as isize,
-            false,
-            q,
-            1,
-            row_stride,
-            k,
-            row_stride,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm_into(
+        &mut scores,
+        false,
+        block(0),
+        k_transposed,
+        gemm::Parallelism::None,
+    )?;
     for (i, row) in scores.chunks_exact_mut(tokens).enumerate() {
         let visible = if causal { i + 1 } else { tokens };
         let (kept, masked) = row.split_at_mut(visible);
@@ -209,35 +251,22 @@ fn attend_head(qkv: &[f32], shape: &HeadShape) -> Vec<f32> {
         }
         kept.iter_mut().for_each(|p| *p /= sum);
     }
+    let probabilities = View {
+        data: &scores,
+        rows: tokens,
+        cols: tokens,
+        row_stride: tokens,
+        col_stride: 1,
+    };
     let mut context = vec![0f32; tokens * head_dim];
-    // SAFETY: `scores` is tokens × tokens contiguous; v is a tokens × head_dim block inside `qkv`
-    // (bounds asserted above) with row stride 3·width; `context` is tokens × head_dim,
-    // contiguous, and aliases neither.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            tokens,
-            head_dim,
-            tokens,
-            context.as_mut_ptr(),
-            1,
-            head_dim as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            tokens as isize,
-            v,
-            1,
-            row_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    context
+    gemm_into(
+        &mut context,
+        false,
+        probabilities,
+        block(2),
+        gemm::Parallelism::None,
+    )?;
+    Ok(context)
 }
 
 /// Attention over `qkv`: `(batch · tokens, 3 · width)`, q already scaled; returns
@@ -248,4 +277,101 @@ pub fn attention(qkv: &Tensor, batch: usize, heads: usize, causal: bool) -> Resu
         heads,
         causal,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device, IndexOp};
+
+    use super::*;
+
+    /// Attention written with candle's own ops, as the reference.
+    fn reference_attention(qkv: &Tensor, batch: usize, heads: usize, causal: bool) -> Tensor {
+        let (rows, three_width) = qkv.dims2().unwrap();
+        let (tokens, width) = (rows / batch, three_width / 3);
+        let split = qkv
+            .reshape((batch, tokens, 3, heads, width / heads))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let (q, k, v) = (
+            split.i(0).unwrap(),
+            split.i(1).unwrap(),
+            split.i(2).unwrap(),
+        );
+        let mut scores = q.matmul(&k.t().unwrap()).unwrap();
+        if causal {
+            let mask: Vec<f32> = (0..tokens * tokens)
+                .map(|i| {
+                    if i % tokens > i / tokens {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (tokens, tokens), &Device::Cpu).unwrap();
+            scores = scores.broadcast_add(&mask).unwrap();
+        }
+        candle_nn::ops::softmax(&scores, D::Minus1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((rows, width))
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_equals_the_reference_on_both_paths() {
+        // Small (one thread) and large (rayon over heads) work, causal or not.
+        for (batch, tokens, width, heads) in [(1, 5, 48, 4), (1, 77, 128, 2), (6, 50, 96, 3)] {
+            let qkv = Tensor::randn(0f32, 1.0, (batch * tokens, 3 * width), &Device::Cpu).unwrap();
+            for causal in [false, true] {
+                let ours = attention(&qkv, batch, heads, causal).unwrap();
+                let expected = reference_attention(&qkv, batch, heads, causal);
+                let diff = max_diff(&ours, &expected);
+                assert!(
+                    diff < 1e-5,
+                    "{batch}×{tokens}×{width}/{heads} causal {causal}: {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn affine_equals_matmul_plus_bias_on_both_paths() {
+        for (rows, inner, cols) in [(3, 17, 5), (200, 96, 300)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inner), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (inner, cols), &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cols, &Device::Cpu).unwrap();
+            let expected = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            let diff = max_diff(&affine(&x, &w, &b).unwrap(), &expected);
+            assert!(diff < 1e-4, "{rows}×{inner}×{cols}: {diff}");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_not_out_of_bounds_reads() {
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(affine(&x, &w, &b).is_err());
+        let qkv = Tensor::zeros((4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(attention(&qkv, 1, 2, false).is_err());
+    }
 }
