@@ -8,6 +8,11 @@ use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::{bench, hub};
 use serde_json::json;
 
+/// Tensors of several megabytes are allocated and freed for every batch; mimalloc keeps that
+/// memory mapped instead of returning it to the kernel and faulting it in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "glimpse", version, about = "Self-hosted AI photo search")]
 struct Cli {

@@ -77,20 +77,28 @@ fn embed_prints_one_json_line_per_input_with_encoder_and_dimension() {
     assert!(diff <= 1e-4, "differs from transformers by {diff}");
 }
 
-#[test]
-fn offline_download_failure_says_how_to_use_a_local_directory() {
-    let home = scratch_dir("offline");
-    // Nothing listens on port 9: the download fails at once, as it does on a machine offline.
+/// Runs `glimpse embed` with the default (Hub) model and an empty Hugging Face cache; returns
+/// whether it succeeded and its standard error.
+fn embed_from_an_empty_cache(name: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let home = scratch_dir(name);
     let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
         .args(["embed", "--text", "a dog"])
         .env("HF_HOME", &home)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .env_remove("HF_HUB_OFFLINE")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     std::fs::remove_dir_all(&home).unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn offline_download_failure_says_how_to_use_a_local_directory() {
+    // Nothing listens on port 9: the download fails at once, as it does on a machine offline.
+    let (ok, stderr) =
+        embed_from_an_empty_cache("offline", &[("HF_ENDPOINT", "http://127.0.0.1:9")]);
+    assert!(!ok);
     assert!(stderr.contains("openai/clip-vit-base-patch32"), "{stderr}");
     assert!(stderr.contains("--model /path/to/"), "{stderr}");
     assert!(stderr.contains("offline"), "{stderr}");
@@ -98,16 +106,8 @@ fn offline_download_failure_says_how_to_use_a_local_directory() {
 
 #[test]
 fn hub_offline_mode_refuses_to_download_and_names_the_way_out() {
-    let home = scratch_dir("hub-offline");
-    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(["embed", "--text", "a dog"])
-        .env("HF_HOME", &home)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&home).unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, stderr) = embed_from_an_empty_cache("hub-offline", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(!ok);
     assert!(stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
     assert!(stderr.contains("--model /path/to/"), "{stderr}");
 }

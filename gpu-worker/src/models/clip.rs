@@ -30,7 +30,7 @@ pub enum HiddenAct {
 impl HiddenAct {
     fn apply(self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Self::QuickGelu => kernels::quick_gelu(xs),
             Self::Gelu => xs.gelu_erf(),
             Self::GeluNew => xs.gelu(),
         }
