@@ -6,6 +6,7 @@
 
 mod embedding;
 mod encoder_id;
+pub mod query;
 
 pub use embedding::{Embedding, EmbeddingError};
 pub use encoder_id::{EncoderId, EncoderIdError};
