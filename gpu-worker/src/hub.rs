@@ -131,13 +131,32 @@ fn offline_hint(repository: &str, revision: &str) -> String {
     )
 }
 
+/// The checkpoint files already in the Hugging Face cache: found through `refs/<revision>` (what
+/// hf-hub writes) or, for a commit hash, directly in `snapshots/<commit>/` (what Python's
+/// huggingface_hub writes for a pinned commit).
+fn cached_files(cache: &Cache, repo: &Repo) -> Vec<PathBuf> {
+    let through_refs = cache.repo(repo.clone());
+    let snapshot = cache
+        .path()
+        .join(repo.folder_name())
+        .join("snapshots")
+        .join(repo.revision());
+    let is_commit =
+        repo.revision().len() == 40 && repo.revision().bytes().all(|b| b.is_ascii_hexdigit());
+    CHECKPOINT_FILES
+        .iter()
+        .filter_map(|file| {
+            through_refs.get(file).or_else(|| {
+                let path = snapshot.join(file);
+                (is_commit && path.exists()).then_some(path)
+            })
+        })
+        .collect()
+}
+
 fn from_hub(repository: &str, revision: &str) -> Result<LocalModel, EncoderError> {
     let repo = Repo::with_revision(repository.to_owned(), RepoType::Model, revision.to_owned());
-    let cached = Cache::from_env().repo(repo.clone());
-    let mut paths: Vec<PathBuf> = CHECKPOINT_FILES
-        .iter()
-        .filter_map(|file| cached.get(file))
-        .collect();
+    let mut paths = cached_files(&Cache::from_env(), &repo);
     if paths.len() < CHECKPOINT_FILES.len() {
         if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0") {
             return Err(EncoderError::Unavailable(format!(

@@ -131,3 +131,52 @@ fn embed_without_inputs_or_with_a_bad_image_explains_the_problem() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not an image"), "{stderr}");
 }
+
+/// Lays out `clip-gelu` as a Hugging Face cache entry for `test/clip-gelu` at `commit`, with a
+/// `refs/main` pointing at it when `with_main_ref`.
+fn fake_hub_cache(name: &str, commit: &str, with_main_ref: bool) -> PathBuf {
+    let home = scratch_dir(name);
+    let repo = home.join("hub/models--test--clip-gelu");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for entry in std::fs::read_dir(reference().join("checkpoints/clip-gelu")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, snapshot.join(path.file_name().unwrap())).unwrap();
+    }
+    if with_main_ref {
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+    }
+    home
+}
+
+fn embed_offline_from_cache(home: &Path, model: &str) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["embed", "--model", model, "--text", "a dog"])
+        .env("HF_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn cached_hub_models_load_offline_by_branch_or_by_commit() {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    // As hf-hub leaves it: refs/main → commit.
+    let home = fake_hub_cache("cache-ref", commit, true);
+    let line = embed_offline_from_cache(&home, "test/clip-gelu");
+    assert_eq!(line["encoder"], format!("clip:test/clip-gelu@{commit}"));
+    std::fs::remove_dir_all(&home).unwrap();
+    // As Python's `hf download --revision <commit>` leaves it: no ref, just the snapshot.
+    let home = fake_hub_cache("cache-commit", commit, false);
+    let line = embed_offline_from_cache(&home, &format!("test/clip-gelu@{commit}"));
+    assert_eq!(line["encoder"], format!("clip:test/clip-gelu@{commit}"));
+    assert_eq!(line["dimension"], 32);
+    std::fs::remove_dir_all(&home).unwrap();
+}
