@@ -221,7 +221,7 @@ pub enum JpegDecode {
     Full,
     /// PIL's `draft` mode: the decoder scales by 1/2, 1/4 or 1/8 in the DCT domain as long as the
     /// shorter side stays at least twice the resize target, then the usual bicubic resize runs.
-    /// About twice as fast on 12-megapixel photos, at a small, measured deviation from the
+    /// About 1.6× faster on 12-megapixel photos, at a small, measured deviation from the
     /// reference (docs/BENCHMARKS.md). Opt-in.
     Draft,
 }

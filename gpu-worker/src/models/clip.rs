@@ -497,21 +497,21 @@ impl ClipVisionModel {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch * grid * grid, channels * p * p))?;
-        let width = self.class_embedding.dim(0)?;
+        let hidden = self.class_embedding.dim(0)?;
         let patch_embeds =
             self.patch_embedding
                 .forward(&patches)?
-                .reshape((batch, grid * grid, width))?;
+                .reshape((batch, grid * grid, hidden))?;
         let class = self
             .class_embedding
-            .reshape((1, 1, width))?
-            .broadcast_as((batch, 1, width))?;
+            .reshape((1, 1, hidden))?
+            .broadcast_as((batch, 1, hidden))?;
         let xs = Tensor::cat(&[class, patch_embeds], 1)?
             .broadcast_add(&self.position_embedding)?
             .flatten_to(1)?;
         let xs = self.pre_layrnorm.forward(&xs)?;
         let xs = self.encoder.forward(&xs, batch, false)?;
-        let class_rows = xs.reshape((batch, grid * grid + 1, width))?.i((.., 0))?;
+        let class_rows = xs.reshape((batch, grid * grid + 1, hidden))?.i((.., 0))?;
         self.visual_projection
             .forward(&self.post_layernorm.forward(&class_rows.contiguous()?)?)
     }
