@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod bench;
 pub mod encoder;
 pub mod hub;

@@ -1,0 +1,393 @@
+//! The contract every adapter of a port must honour, as plain async functions over `&dyn Port`
+//! that panic (like `assert!`) on a violation. Each adapter's tests call the suite of its port
+//! with a fresh, empty instance; the embedded adapters always, the managed ones against real
+//! servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use crate::photo::{Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus};
+use crate::ports::{
+    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, RerankCandidate, Reranker,
+    SearchFilter, TextEmbedder, VectorIndex,
+};
+use crate::search::{LoggedResult, QueryId, SearchLog, StageTimings};
+use crate::{Embedding, EncoderId};
+
+fn photo(seed: u8, album: Option<&str>) -> Photo {
+    let facts = crate::photo::ImageFacts {
+        sha256: format!("{seed:02x}").repeat(32),
+        id: PhotoId::from_sha256(&[seed; 32]),
+        format: ImageFormat::Jpeg,
+        width: 640,
+        height: 480,
+        taken_at: Some(1_700_000_000 + i64::from(seed)),
+        camera: Some("Test Camera".to_owned()),
+        location: None,
+    };
+    let details = NewPhotoDetails {
+        origin: Origin::Upload(format!("originals/{seed}")),
+        bytes: 1000 + u64::from(seed),
+        album: album.map(str::to_owned),
+        modified_at: None,
+    };
+    Photo::new(facts, details, 1_750_000_000)
+}
+
+/// The Catalog contract, on an empty catalog.
+pub async fn catalog_suite(catalog: &dyn Catalog) {
+    let encoder: EncoderId = "clip:test/contract@1".parse().unwrap();
+    catalog.register_encoder(&encoder, 4).await.unwrap();
+    catalog.register_encoder(&encoder, 4).await.unwrap();
+
+    // Adding is idempotent by content.
+    let first = photo(1, Some("Trips"));
+    let added = catalog.add_photo(&first).await.unwrap();
+    assert!(added.created);
+    assert_eq!(added.id, first.id);
+    let again = catalog.add_photo(&first).await.unwrap();
+    assert!(
+        !again.created,
+        "identical bytes must not create a second photo"
+    );
+    assert_eq!(catalog.photo(first.id).await.unwrap(), Some(first.clone()));
+    let second = photo(2, None);
+    catalog.add_photo(&second).await.unwrap();
+    let mut both = catalog
+        .photos(&[first.id, second.id, PhotoId::from_u64(7)])
+        .await
+        .unwrap();
+    both.sort_by_key(|p| p.id);
+    let mut expected = vec![first.clone(), second.clone()];
+    expected.sort_by_key(|p| p.id);
+    assert_eq!(both, expected);
+    let counts = catalog.counts().await.unwrap();
+    assert_eq!((counts.photos, counts.pending, counts.indexed), (2, 2, 0));
+
+    // Each job is claimed once while its lease runs.
+    let lease = Duration::from_secs(60);
+    let claimed = catalog.claim_jobs(10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|j| j.previous_attempts == 0));
+    assert!(catalog.claim_jobs(10, lease).await.unwrap().is_empty());
+    let job_of = |id: PhotoId| claimed.iter().find(|j| j.photo.id == id).unwrap().job_id;
+    catalog
+        .finish_job(job_of(first.id), &JobOutcome::Done)
+        .await
+        .unwrap();
+    let indexed = catalog.photo(first.id).await.unwrap().unwrap();
+    assert_eq!(indexed.status, PhotoStatus::Indexed);
+    catalog
+        .finish_job(
+            job_of(second.id),
+            &JobOutcome::Retry {
+                error: "disk busy".to_owned(),
+                after: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        catalog.claim_jobs(10, lease).await.unwrap().is_empty(),
+        "a job in back-off must not be claimed early"
+    );
+    let pending = catalog.photo(second.id).await.unwrap().unwrap();
+    assert_eq!(pending.status, PhotoStatus::Pending);
+    assert_eq!(pending.last_error.as_deref(), Some("disk busy"));
+
+    // An expired lease is claimed again, with the attempt counted.
+    let third = photo(3, None);
+    catalog.add_photo(&third).await.unwrap();
+    let short = catalog
+        .claim_jobs(10, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(short.len(), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let reclaimed = catalog.claim_jobs(10, lease).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].photo.id, third.id);
+    assert_eq!(reclaimed[0].previous_attempts, 1);
+    catalog
+        .finish_job(
+            reclaimed[0].job_id,
+            &JobOutcome::Failed {
+                error: "the image cannot be decoded: truncated".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    let failed = catalog.photo(third.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, PhotoStatus::Failed);
+    assert!(failed.last_error.unwrap().contains("truncated"));
+    let counts = catalog.counts().await.unwrap();
+    assert_eq!(
+        (counts.photos, counts.pending, counts.indexed, counts.failed),
+        (3, 1, 1, 1)
+    );
+
+    // Search log and clicks: only real (query id, rank) pairs are accepted.
+    let query_id = QueryId::random();
+    let log = SearchLog {
+        query_id,
+        text: "beach -people".to_owned(),
+        parsed: "{}".to_owned(),
+        encoder: encoder.clone(),
+        timings: StageTimings {
+            total_ms: 3.5,
+            ..StageTimings::default()
+        },
+        rerank_fallback: Some("reranker down".to_owned()),
+        results: vec![
+            LoggedResult {
+                rank: 1,
+                photo_id: first.id,
+                score: 2.5,
+                rerank_probability: Some(0.7),
+            },
+            LoggedResult {
+                rank: 2,
+                photo_id: second.id,
+                score: 1.5,
+                rerank_probability: None,
+            },
+        ],
+    };
+    catalog.log_search(&log).await.unwrap();
+    assert_eq!(catalog.record_click(&query_id, 3).await.unwrap(), None);
+    assert_eq!(
+        catalog.record_click(&QueryId::random(), 1).await.unwrap(),
+        None
+    );
+    let click = catalog.record_click(&query_id, 2).await.unwrap().unwrap();
+    assert_eq!((click.photo_id, click.rank), (second.id, 2));
+    let entry = catalog.search_log(&query_id).await.unwrap().unwrap();
+    assert_eq!(entry.text, log.text);
+    assert_eq!(entry.rerank_fallback, log.rerank_fallback);
+    assert_eq!(entry.timings.total_ms, 3.5);
+    assert_eq!(entry.results.len(), 2);
+    assert!(!entry.results[0].clicked);
+    assert!(entry.results[1].clicked && entry.results[1].clicked_at.is_some());
+    assert_eq!(entry.results[0].result, log.results[0]);
+    assert_eq!(catalog.search_log(&QueryId::random()).await.unwrap(), None);
+
+    // Removal takes the jobs along; re-queueing brings every photo back to pending.
+    assert_eq!(
+        catalog.remove_photo(second.id).await.unwrap().map(|p| p.id),
+        Some(second.id)
+    );
+    assert_eq!(catalog.remove_photo(second.id).await.unwrap(), None);
+    assert_eq!(catalog.photo(second.id).await.unwrap(), None);
+    assert_eq!(catalog.requeue_all().await.unwrap(), 2);
+    let counts = catalog.counts().await.unwrap();
+    assert_eq!((counts.photos, counts.pending), (2, 2));
+    assert_eq!(catalog.claim_jobs(10, lease).await.unwrap().len(), 2);
+}
+
+/// The BlobStore contract, on an empty store.
+pub async fn blob_store_suite(blobs: &dyn BlobStore) {
+    assert_eq!(blobs.get("originals/absent").await.unwrap(), None);
+    blobs.put("originals/a", b"first".to_vec()).await.unwrap();
+    assert_eq!(
+        blobs.get("originals/a").await.unwrap(),
+        Some(b"first".to_vec())
+    );
+    blobs.put("originals/a", b"second".to_vec()).await.unwrap();
+    assert_eq!(
+        blobs.get("originals/a").await.unwrap(),
+        Some(b"second".to_vec())
+    );
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    blobs.put("originals/large", large.clone()).await.unwrap();
+    assert_eq!(blobs.get("originals/large").await.unwrap(), Some(large));
+    blobs.delete("originals/a").await.unwrap();
+    blobs.delete("originals/a").await.unwrap();
+    assert_eq!(blobs.get("originals/a").await.unwrap(), None);
+}
+
+fn unit(values: &[f32]) -> Embedding {
+    Embedding::normalized(values.to_vec()).unwrap()
+}
+
+fn facets(album: Option<&str>, camera: Option<&str>, dated_at: i64) -> Facets {
+    Facets {
+        album: album.map(str::to_owned),
+        camera: camera.map(str::to_owned),
+        dated_at,
+    }
+}
+
+/// The VectorIndex contract, on an empty index of dimension 4.
+pub async fn vector_index_suite(index: &dyn VectorIndex) {
+    assert_eq!(index.dimension(), 4);
+    assert_eq!(index.count().await.unwrap(), 0);
+    let id = PhotoId::from_u64;
+    let points = vec![
+        IndexedPhoto {
+            id: id(1),
+            vector: unit(&[1.0, 0.0, 0.0, 0.0]),
+            facets: facets(Some("trips"), Some("pixel 8"), 1_000),
+        },
+        IndexedPhoto {
+            id: id(2),
+            vector: unit(&[0.9, 0.1, 0.0, 0.0]),
+            facets: facets(Some("home"), Some("canon eos r5"), 2_000),
+        },
+        IndexedPhoto {
+            id: id(3),
+            vector: unit(&[0.0, 1.0, 0.0, 0.0]),
+            facets: facets(None, None, 3_000),
+        },
+        IndexedPhoto {
+            id: id(u64::MAX),
+            vector: unit(&[0.0, 0.0, 1.0, 0.0]),
+            facets: facets(Some("trips"), None, 4_000),
+        },
+    ];
+    index.upsert(points.clone()).await.unwrap();
+    index.upsert(points[..1].to_vec()).await.unwrap();
+    assert_eq!(
+        index.count().await.unwrap(),
+        4,
+        "upsert is idempotent per id"
+    );
+
+    let query = unit(&[1.0, 0.05, 0.0, 0.0]);
+    let ids =
+        |found: Vec<crate::ports::Neighbour>| found.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    let all = index
+        .nearest(&query, &SearchFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(all.clone())[..3], [id(1), id(2), id(3)]);
+    assert_eq!(all[0].vector, points[0].vector, "stored vectors come back");
+    assert_eq!(
+        ids(index
+            .nearest(&query, &SearchFilter::default(), 2)
+            .await
+            .unwrap()),
+        [id(1), id(2)]
+    );
+
+    let in_album = SearchFilter {
+        album: Some("trips".to_owned()),
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(index.nearest(&query, &in_album, 10).await.unwrap()),
+        [id(1), id(u64::MAX)]
+    );
+    let by_camera = SearchFilter {
+        camera: Some("canon".to_owned()),
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(index.nearest(&query, &by_camera, 10).await.unwrap()),
+        [id(2)]
+    );
+    let dated = SearchFilter {
+        from: Some(2_000),
+        until: Some(4_000),
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(index.nearest(&query, &dated, 10).await.unwrap()),
+        [id(2), id(3)]
+    );
+    let excluding = SearchFilter {
+        exclude: vec![id(1), id(3)],
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(index.nearest(&query, &excluding, 10).await.unwrap()),
+        [id(2), id(u64::MAX)]
+    );
+
+    let mut found = ids(index.vectors(&[id(3), id(9), id(u64::MAX)]).await.unwrap());
+    found.sort();
+    assert_eq!(found, [id(3), id(u64::MAX)]);
+    let sample = index.sample(3).await.unwrap();
+    assert_eq!(sample.len(), 3);
+    assert_eq!(
+        sample,
+        index.sample(3).await.unwrap(),
+        "the sample is stable"
+    );
+
+    index.delete(&[id(1), id(42)]).await.unwrap();
+    assert_eq!(index.count().await.unwrap(), 3);
+    assert_eq!(
+        ids(index
+            .nearest(&query, &SearchFilter::default(), 1)
+            .await
+            .unwrap()),
+        [id(2)]
+    );
+    let wrong = Embedding::normalized(vec![1.0; 3]).unwrap();
+    assert!(
+        index
+            .nearest(&wrong, &SearchFilter::default(), 1)
+            .await
+            .is_err(),
+        "a vector of another dimension is refused"
+    );
+}
+
+/// The TextEmbedder contract: unit vectors of the encoder's dimension, one per text, in order,
+/// deterministic.
+pub async fn text_embedder_suite(embedder: &dyn TextEmbedder, dimension: usize) {
+    let texts = vec![
+        "a red sled".to_owned(),
+        "beach at dusk".to_owned(),
+        String::new(),
+    ];
+    let vectors = embedder.embed_texts(&texts).await.unwrap();
+    assert_eq!(vectors.len(), 3);
+    for v in &vectors {
+        assert_eq!(v.dimension(), dimension);
+        assert!((v.cosine(v) - 1.0).abs() < 1e-4);
+    }
+    let single = embedder.embed_texts(&texts[1..2]).await.unwrap();
+    assert!(
+        (single[0].cosine(&vectors[1]) - 1.0).abs() < 1e-4,
+        "batching does not change vectors"
+    );
+    assert!(embedder.embed_texts(&[]).await.unwrap().is_empty());
+}
+
+/// The ImageEmbedder contract: one result per image, in order; a bad image fails alone with the
+/// decoder's message.
+pub async fn image_embedder_suite(embedder: &dyn ImageEmbedder, good: Vec<u8>, dimension: usize) {
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 3);
+    let results = embedder
+        .embed_images(vec![
+            good.clone(),
+            b"not an image".to_vec(),
+            truncated,
+            good,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    let first = results[0].as_ref().unwrap();
+    assert_eq!(first.dimension(), dimension);
+    assert!(results[1].as_ref().is_err_and(|e| !e.is_empty()));
+    assert!(results[2].is_err(), "a truncated image is an error");
+    assert!((results[3].as_ref().unwrap().cosine(first) - 1.0).abs() < 1e-4);
+}
+
+/// The Reranker contract: one probability per candidate, summing to 1.
+pub async fn reranker_suite(reranker: &dyn Reranker) {
+    let candidates: Vec<RerankCandidate> = (1..=3u8)
+        .map(|seed| RerankCandidate {
+            photo: photo(seed, None),
+            score: f32::from(seed),
+        })
+        .collect();
+    let probabilities = reranker.rerank("a red sled", &candidates).await.unwrap();
+    assert_eq!(probabilities.len(), 3);
+    assert!(probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}

@@ -1,0 +1,666 @@
+//! The flows — upload, indexing, search, feedback — written once against the ports. Every shape of
+//! Glimpse (embedded binary, worker pool, edge functions) runs these functions with its adapters.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage};
+use crate::ports::{
+    Added, BlobStore, Catalog, IndexedPhoto, JobOutcome, PortError, RerankCandidate, Reranker,
+    SearchFilter, TextEmbedder, VectorIndex,
+};
+use crate::query::{self, Date, ParsedQuery, QueryError};
+use crate::search::{
+    LoggedResult, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog, SearchRequest, SearchResponse,
+    SearchResult, StageTimings,
+};
+use crate::{Embedding, ports::ImageEmbedder};
+
+/// Why a flow did not complete, named for what the caller should do.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FlowError {
+    /// The query does not parse: show the position and hint.
+    #[error("{0}")]
+    InvalidQuery(#[from] QueryError),
+    /// The upload is not an acceptable image.
+    #[error("{0}")]
+    RejectedImage(#[from] RejectedImage),
+    /// Some other part of the request is wrong; the message says which.
+    #[error("{0}")]
+    BadRequest(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the state of things; the message says what to do instead.
+    #[error("{0}")]
+    Conflict(String),
+    /// A backend is unavailable: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or corrupt state.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<PortError> for FlowError {
+    fn from(error: PortError) -> Self {
+        match error {
+            PortError::Unavailable(message) => Self::Unavailable(message),
+            PortError::Rejected(message) => Self::BadRequest(message),
+            PortError::Internal(message) => Self::Internal(message),
+        }
+    }
+}
+
+/// The adapters a request-serving shape plugs in.
+#[derive(Clone, Copy)]
+pub struct Ports<'a> {
+    /// Photos, jobs, search log.
+    pub catalog: &'a dyn Catalog,
+    /// Originals.
+    pub blobs: &'a dyn BlobStore,
+    /// Vectors.
+    pub index: &'a dyn VectorIndex,
+    /// Query embedding.
+    pub text: &'a dyn TextEmbedder,
+    /// Reranking.
+    pub reranker: &'a dyn Reranker,
+}
+
+/// Accepts uploaded bytes: checks they are an image Glimpse can index (magic bytes, header, pixel
+/// count), stores the original, and adds the photo with its feature job. Identical bytes give the
+/// existing photo (`created == false`) and store nothing.
+pub async fn upload(
+    catalog: &dyn Catalog,
+    blobs: &dyn BlobStore,
+    bytes: Vec<u8>,
+    album: Option<String>,
+    now: i64,
+) -> Result<Added, FlowError> {
+    let facts = photo::inspect(&bytes)?;
+    if let Some(existing) = catalog.photo(facts.id).await? {
+        return Ok(Added {
+            id: existing.id,
+            created: false,
+        });
+    }
+    let origin = Origin::Upload(Origin::upload_key(facts.id));
+    let details = NewPhotoDetails {
+        origin: origin.clone(),
+        bytes: bytes.len() as u64,
+        album: album.filter(|a| !a.trim().is_empty()),
+        modified_at: None,
+    };
+    let photo = Photo::new(facts, details, now);
+    blobs.put(&origin.blob_key(), bytes).await?;
+    Ok(catalog.add_photo(&photo).await?)
+}
+
+/// Adds a library file (read in place, not copied) with its feature job.
+pub async fn add_library_file(
+    catalog: &dyn Catalog,
+    bytes: &[u8],
+    details: NewPhotoDetails,
+    now: i64,
+) -> Result<Added, FlowError> {
+    let facts = photo::inspect(bytes)?;
+    Ok(catalog.add_photo(&Photo::new(facts, details, now)).await?)
+}
+
+/// Removes a photo from the catalog and the index, and its stored original if it was uploaded.
+/// Library photos cannot be deleted through the API: their file is the user's, and a rescan
+/// would bring them back.
+pub async fn delete_photo(
+    catalog: &dyn Catalog,
+    blobs: &dyn BlobStore,
+    index: &dyn VectorIndex,
+    id: PhotoId,
+    allow_library: bool,
+) -> Result<Photo, FlowError> {
+    let photo = catalog
+        .photo(id)
+        .await?
+        .ok_or_else(|| FlowError::NotFound(format!("there is no photo {id}")))?;
+    if let Origin::Library(path) = &photo.origin
+        && !allow_library
+    {
+        return Err(FlowError::Conflict(format!(
+            "photo {id} is the file `{path}` in your library folder; delete or move that \
+             file and Glimpse will drop it from the index"
+        )));
+    }
+    index.delete(&[id]).await?;
+    catalog.remove_photo(id).await?;
+    if let Origin::Upload(key) = &photo.origin {
+        blobs.delete(key).await?;
+    }
+    Ok(photo)
+}
+
+/// How indexing retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Claims before a job is failed for good.
+    pub max_attempts: u32,
+    /// Back-off after the first failure; doubled after each further one.
+    pub first_backoff: Duration,
+    /// How long a claim holds a job before another worker may take it.
+    pub lease: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            first_backoff: Duration::from_secs(2),
+            lease: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn after_error(&self, previous_attempts: u32, error: String) -> JobOutcome {
+        let attempts = previous_attempts + 1;
+        if attempts >= self.max_attempts {
+            JobOutcome::Failed {
+                error: format!("{error} (gave up after {attempts} attempts)"),
+            }
+        } else {
+            JobOutcome::Retry {
+                error,
+                after: self.first_backoff * 2u32.saturating_pow(previous_attempts.min(16)),
+            }
+        }
+    }
+}
+
+/// What one indexing round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexRound {
+    /// Jobs claimed.
+    pub claimed: usize,
+    /// Photos now indexed.
+    pub indexed: usize,
+    /// Jobs to run again later.
+    pub retried: usize,
+    /// Photos failed for good.
+    pub failed: usize,
+}
+
+/// One round of feature extraction: claims up to `batch` jobs, reads their originals, embeds them
+/// (the adapter overlaps decoding with encoding), stores the vectors, then ends every job. An image
+/// the decoder rejects fails at once with the decoder's message (retrying cannot help); other
+/// errors are retried with back-off.
+pub async fn index_round(
+    catalog: &dyn Catalog,
+    blobs: &dyn BlobStore,
+    embedder: &dyn ImageEmbedder,
+    index: &dyn VectorIndex,
+    batch: usize,
+    policy: &RetryPolicy,
+) -> Result<IndexRound, FlowError> {
+    if embedder.encoder() != index.encoder() {
+        return Err(FlowError::Internal(format!(
+            "the image encoder {} does not match the index's encoder {}",
+            embedder.encoder(),
+            index.encoder()
+        )));
+    }
+    let jobs = catalog.claim_jobs(batch, policy.lease).await?;
+    let mut round = IndexRound {
+        claimed: jobs.len(),
+        ..IndexRound::default()
+    };
+    let mut outcomes: Vec<(i64, JobOutcome)> = Vec::with_capacity(jobs.len());
+    let mut readable = Vec::with_capacity(jobs.len());
+    let mut images = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match blobs.get(&job.photo.origin.blob_key()).await {
+            Ok(Some(bytes)) => {
+                images.push(bytes);
+                readable.push(job);
+            }
+            Ok(None) => outcomes.push((
+                job.job_id,
+                JobOutcome::Failed {
+                    error: "the original is missing from storage".to_owned(),
+                },
+            )),
+            Err(error) => outcomes.push((
+                job.job_id,
+                policy.after_error(job.previous_attempts, error.to_string()),
+            )),
+        }
+    }
+    if !readable.is_empty() {
+        match embedder.embed_images(images).await {
+            Ok(vectors) => {
+                let mut points = Vec::with_capacity(vectors.len());
+                let mut embedded = Vec::with_capacity(vectors.len());
+                for (job, vector) in readable.into_iter().zip(vectors) {
+                    match vector {
+                        Ok(vector) => {
+                            points.push(IndexedPhoto {
+                                id: job.photo.id,
+                                vector,
+                                facets: job.photo.facets(),
+                            });
+                            embedded.push(job);
+                        }
+                        Err(error) => outcomes.push((
+                            job.job_id,
+                            JobOutcome::Failed {
+                                error: format!("the image cannot be decoded: {error}"),
+                            },
+                        )),
+                    }
+                }
+                let stored = if points.is_empty() {
+                    Ok(())
+                } else {
+                    index.upsert(points).await
+                };
+                for job in embedded {
+                    let outcome = match &stored {
+                        Ok(()) => JobOutcome::Done,
+                        Err(error) => policy.after_error(job.previous_attempts, error.to_string()),
+                    };
+                    outcomes.push((job.job_id, outcome));
+                }
+            }
+            Err(error) => {
+                for job in readable {
+                    outcomes.push((
+                        job.job_id,
+                        policy.after_error(job.previous_attempts, error.to_string()),
+                    ));
+                }
+            }
+        }
+    }
+    for (job_id, outcome) in &outcomes {
+        match outcome {
+            JobOutcome::Done => round.indexed += 1,
+            JobOutcome::Retry { .. } => round.retried += 1,
+            JobOutcome::Failed { .. } => round.failed += 1,
+        }
+        catalog.finish_job(*job_id, outcome).await?;
+    }
+    Ok(round)
+}
+
+/// How many stored vectors calibrate the score scale of each query term.
+pub const CALIBRATION_SAMPLE: usize = 512;
+/// Below this many sampled vectors the scale is not estimated: scores are raw cosines.
+const MIN_CALIBRATION: usize = 8;
+/// Extra candidates retrieved per term beyond `top_k`, so rescoring on all terms can reorder.
+const EXTRA_CANDIDATES: usize = 40;
+
+/// A query term with its vector, weight (negative for `-terms`) and score scale.
+struct Term {
+    vector: Embedding,
+    weight: f32,
+    mean: f32,
+    scale: f32,
+}
+
+impl Term {
+    fn standardised(&self, vector: &Embedding) -> f32 {
+        (self.vector.cosine(vector) - self.mean) / self.scale
+    }
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn day_start(date: Date) -> i64 {
+    photo::days_from_civil(i64::from(date.year), date.month, date.day).unwrap_or(0) * 86_400
+}
+
+/// Runs a search: parse, embed, retrieve with filters, rerank (falling back to retrieval order if
+/// the reranker fails), then load the photos, log the search and return it.
+///
+/// Scores live in score space: each term's cosine is standardised against the library (mean and
+/// spread of that term's cosine over a fixed sample of stored vectors), so a text term and a
+/// `like:` term — whose raw cosines sit on very different scales — count as their weights say.
+pub async fn search(
+    ports: Ports<'_>,
+    request: &SearchRequest,
+) -> Result<SearchResponse, FlowError> {
+    let started = Instant::now();
+    if request.top_k == 0 || request.top_k > MAX_TOP_K {
+        return Err(FlowError::BadRequest(format!(
+            "top_k must be between 1 and {MAX_TOP_K}, not {}",
+            request.top_k
+        )));
+    }
+    if request.min_score.is_some_and(|s| !s.is_finite()) {
+        return Err(FlowError::BadRequest(
+            "min_score must be a finite number".to_owned(),
+        ));
+    }
+    let parsed = query::parse(&request.query)?;
+    if !parsed.has_ranking() {
+        return Err(FlowError::BadRequest(
+            "the query has filters but nothing to look for: add words that describe the photo, \
+             or like:<photo id>"
+                .to_owned(),
+        ));
+    }
+    let like_ids = parsed
+        .like
+        .iter()
+        .map(|id| {
+            id.parse::<PhotoId>()
+                .map_err(|e| FlowError::BadRequest(format!("like: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut timings = StageTimings {
+        parse_ms: elapsed_ms(started),
+        ..StageTimings::default()
+    };
+
+    let stage = Instant::now();
+    if ports.text.encoder() != ports.index.encoder() {
+        return Err(FlowError::Internal(format!(
+            "the text encoder {} does not match the index's encoder {}",
+            ports.text.encoder(),
+            ports.index.encoder()
+        )));
+    }
+    let texts: Vec<String> = parsed
+        .positive
+        .iter()
+        .chain(&parsed.negative)
+        .map(|t| t.text.clone())
+        .collect();
+    let text_vectors = if texts.is_empty() {
+        Vec::new()
+    } else {
+        ports.text.embed_texts(&texts).await?
+    };
+    timings.embed_ms = elapsed_ms(stage);
+
+    let stage = Instant::now();
+    let examples = ports.index.vectors(&like_ids).await?;
+    if let Some(missing) = like_ids
+        .iter()
+        .find(|id| !examples.iter().any(|e| e.id == **id))
+    {
+        return Err(FlowError::NotFound(format!(
+            "like:{missing} names no indexed photo (unknown, or not indexed yet)"
+        )));
+    }
+    let sample = ports.index.sample(CALIBRATION_SAMPLE).await?;
+    let weights = parsed
+        .positive
+        .iter()
+        .map(|t| t.weight)
+        .chain(parsed.negative.iter().map(|t| -t.weight))
+        .chain(examples.iter().map(|_| 1.0));
+    let vectors = text_vectors
+        .into_iter()
+        .chain(examples.iter().map(|e| e.vector.clone()));
+    let terms: Vec<Term> = vectors
+        .zip(weights)
+        .map(|(vector, weight)| calibrate(vector, weight, &sample))
+        .collect();
+    let filter = search_filter(&parsed, like_ids);
+    let candidates = retrieve(ports.index, &terms, &filter, request.top_k).await?;
+    let mut scored = score(&terms, candidates, request.min_score);
+    scored.truncate(request.top_k);
+    timings.retrieve_ms = elapsed_ms(stage);
+
+    let stage = Instant::now();
+    let photos: HashMap<PhotoId, Photo> = ports
+        .catalog
+        .photos(&scored.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    let mut ranked: Vec<(Photo, f32, Option<f32>)> = scored
+        .into_iter()
+        .filter_map(|(id, score)| photos.get(&id).map(|p| (p.clone(), score, None)))
+        .collect();
+    let rerank_text = parsed
+        .positive
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rerank_fallback = rerank(ports.reranker, &rerank_text, &mut ranked).await;
+    timings.rerank_ms = elapsed_ms(stage);
+
+    let stage = Instant::now();
+    let query_id = QueryId::random();
+    let results: Vec<SearchResult> = ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (photo, score, rerank_probability))| SearchResult {
+            rank: i as u32 + 1,
+            score,
+            rerank_probability,
+            photo,
+        })
+        .collect();
+    let mut log = SearchLog {
+        query_id,
+        text: request.query.clone(),
+        parsed: parsed_json(&parsed),
+        encoder: ports.index.encoder().clone(),
+        timings,
+        rerank_fallback: rerank_fallback.clone(),
+        results: results
+            .iter()
+            .map(|r| LoggedResult {
+                rank: r.rank,
+                photo_id: r.photo.id,
+                score: r.score,
+                rerank_probability: r.rerank_probability,
+            })
+            .collect(),
+    };
+    log.timings.total_ms = elapsed_ms(started);
+    ports.catalog.log_search(&log).await?;
+    timings.log_ms = elapsed_ms(stage);
+    timings.total_ms = elapsed_ms(started);
+    Ok(SearchResponse {
+        query_id,
+        query: request.query.clone(),
+        results,
+        timings,
+        rerank_fallback,
+    })
+}
+
+fn parsed_json(parsed: &ParsedQuery) -> String {
+    serde_json::to_string(parsed).unwrap_or_else(|e| format!("\"unserialisable: {e}\""))
+}
+
+fn calibrate(vector: Embedding, weight: f32, sample: &[Embedding]) -> Term {
+    let (mean, scale) = if sample.len() < MIN_CALIBRATION {
+        (0.0, 1.0)
+    } else {
+        let cosines: Vec<f64> = sample.iter().map(|s| f64::from(vector.cosine(s))).collect();
+        let n = cosines.len() as f64;
+        let mean = cosines.iter().sum::<f64>() / n;
+        let variance = cosines.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean as f32, (variance.sqrt() as f32).max(1e-3))
+    };
+    Term {
+        vector,
+        weight,
+        mean,
+        scale,
+    }
+}
+
+fn search_filter(parsed: &ParsedQuery, exclude: Vec<PhotoId>) -> SearchFilter {
+    SearchFilter {
+        album: parsed.album.as_deref().map(str::to_lowercase),
+        camera: parsed.camera.as_deref().map(str::to_lowercase),
+        from: parsed.taken_from.map(day_start),
+        until: parsed.taken_until.map(day_start),
+        exclude,
+    }
+}
+
+/// Nearest neighbours of every positive term (of the negated vector when there are only negative
+/// terms: the photos least like them), merged.
+async fn retrieve(
+    index: &dyn VectorIndex,
+    terms: &[Term],
+    filter: &SearchFilter,
+    top_k: usize,
+) -> Result<Vec<(PhotoId, Embedding)>, FlowError> {
+    let limit = top_k + EXTRA_CANDIDATES;
+    let only_negative = terms.iter().all(|t| t.weight < 0.0);
+    let mut merged: HashMap<PhotoId, Embedding> = HashMap::new();
+    for term in terms.iter().filter(|t| only_negative || t.weight > 0.0) {
+        let probe = if only_negative {
+            let negated: Vec<f32> = term.vector.as_slice().iter().map(|v| -v).collect();
+            Embedding::normalized(negated).map_err(|e| FlowError::Internal(e.to_string()))?
+        } else {
+            term.vector.clone()
+        };
+        for neighbour in index.nearest(&probe, filter, limit).await? {
+            merged.entry(neighbour.id).or_insert(neighbour.vector);
+        }
+    }
+    Ok(merged.into_iter().collect())
+}
+
+/// Combined scores, best first (ties broken by id for a stable order).
+fn score(
+    terms: &[Term],
+    candidates: Vec<(PhotoId, Embedding)>,
+    min_score: Option<f32>,
+) -> Vec<(PhotoId, f32)> {
+    let positive_weight: f32 = terms.iter().map(|t| t.weight.max(0.0)).sum();
+    let normaliser = if positive_weight > 0.0 {
+        positive_weight
+    } else {
+        terms.iter().map(|t| t.weight.abs()).sum()
+    };
+    let mut scored: Vec<(PhotoId, f32)> = candidates
+        .into_iter()
+        .map(|(id, vector)| {
+            let total: f32 = terms
+                .iter()
+                .map(|t| t.weight * t.standardised(&vector))
+                .sum();
+            (id, total / normaliser)
+        })
+        .filter(|(_, s)| min_score.is_none_or(|m| *s >= m))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored
+}
+
+/// Reorders the first [`RERANK_CANDIDATES`] results by the reranker's probabilities. Returns the
+/// reason when it falls back to retrieval order.
+async fn rerank(
+    reranker: &dyn Reranker,
+    query: &str,
+    ranked: &mut [(Photo, f32, Option<f32>)],
+) -> Option<String> {
+    if query.is_empty() || ranked.is_empty() {
+        return None;
+    }
+    let head = ranked.len().min(RERANK_CANDIDATES);
+    let candidates: Vec<RerankCandidate> = ranked[..head]
+        .iter()
+        .map(|(photo, score, _)| RerankCandidate {
+            photo: photo.clone(),
+            score: *score,
+        })
+        .collect();
+    match reranker.rerank(query, &candidates).await {
+        Ok(probabilities) if probabilities.len() == head => {
+            for (entry, probability) in ranked[..head].iter_mut().zip(probabilities) {
+                entry.2 = Some(probability);
+            }
+            ranked[..head].sort_by(|a, b| {
+                let (pa, pb) = (a.2.unwrap_or(0.0), b.2.unwrap_or(0.0));
+                pb.total_cmp(&pa)
+            });
+            None
+        }
+        Ok(probabilities) => Some(format!(
+            "reranker {} returned {} scores for {head} candidates",
+            reranker.name(),
+            probabilities.len()
+        )),
+        Err(error) => Some(format!("reranker {}: {error}", reranker.name())),
+    }
+}
+
+/// The reranker of a deployment without a reranking model: keeps retrieval order and reports it
+/// as probabilities (softmax of the retrieval scores).
+pub struct RetrievalOrder;
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl Reranker for RetrievalOrder {
+    fn name(&self) -> &str {
+        "retrieval-order"
+    }
+
+    async fn rerank(
+        &self,
+        _query: &str,
+        candidates: &[RerankCandidate],
+    ) -> Result<Vec<f32>, PortError> {
+        let top = candidates
+            .iter()
+            .map(|c| c.score)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = candidates.iter().map(|c| (c.score - top).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        Ok(exps.into_iter().map(|e| e / sum).collect())
+    }
+}
+
+/// Records a click on a search result. Only real results are accepted: the query id must be one
+/// the search returned and the rank one of its results.
+pub async fn record_click(
+    catalog: &dyn Catalog,
+    query_id: &QueryId,
+    rank: u32,
+) -> Result<crate::ports::ClickedResult, FlowError> {
+    catalog.record_click(query_id, rank).await?.ok_or_else(|| {
+        FlowError::NotFound(format!(
+            "search {query_id} has no result at rank {rank}: clicks must name a search id and a \
+             rank from that search's response"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "contract")]
+    #[test]
+    fn retrieval_order_honours_the_reranker_contract() {
+        pollster::block_on(crate::contract::reranker_suite(&RetrievalOrder));
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_then_give_up() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.after_error(1, "e".to_owned()),
+            JobOutcome::Retry {
+                error: "e".to_owned(),
+                after: Duration::from_secs(4)
+            }
+        );
+        assert!(matches!(
+            policy.after_error(4, "e".to_owned()),
+            JobOutcome::Failed { .. }
+        ));
+    }
+}

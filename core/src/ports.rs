@@ -1,0 +1,263 @@
+//! The ports: what the flows need from the outside world, one trait each. The embedded binary,
+//! the worker pool and the edge functions each plug in their own adapters.
+//!
+//! Futures are `Send` on native targets (tokio's multi-threaded runtime) and not required to be on
+//! `wasm32` (Spin runs one request per instance on one thread).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::photo::{Facets, Photo, PhotoId};
+use crate::search::{QueryId, SearchLog, SearchLogEntry};
+use crate::{Embedding, EncoderId};
+
+/// `Send + Sync` on native targets; nothing on `wasm32`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSendSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSendSync for T {}
+/// `Send + Sync` on native targets; nothing on `wasm32`.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSendSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSendSync for T {}
+
+/// What went wrong in an adapter, named for what the caller should do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The backend is down, overloaded or too slow: try again later.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// The input is not acceptable to the backend (for example a vector of the wrong dimension).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A bug or corrupted state: report it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Query text to unit vectors.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait TextEmbedder: MaybeSendSync {
+    /// The encoder whose text tower this is.
+    fn encoder(&self) -> &EncoderId;
+    /// Embeds each text (in order).
+    async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Embedding>, PortError>;
+}
+
+/// Encoded images to unit vectors, batched.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait ImageEmbedder: MaybeSendSync {
+    /// The encoder whose image tower this is.
+    fn encoder(&self) -> &EncoderId;
+    /// Embeds each image; an image that cannot be decoded gets its own error (the decoder's
+    /// message) without failing the others.
+    async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Embedding, String>>, PortError>;
+}
+
+/// A vector with its photo and filter fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedPhoto {
+    /// The photo.
+    pub id: PhotoId,
+    /// Its image embedding.
+    pub vector: Embedding,
+    /// Its filter fields.
+    pub facets: Facets,
+}
+
+/// Which photos a search may return. All present conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SearchFilter {
+    /// Album, lowercase, exact.
+    pub album: Option<String>,
+    /// Text the camera (lowercase) contains.
+    pub camera: Option<String>,
+    /// `dated_at >= from` (seconds).
+    pub from: Option<i64>,
+    /// `dated_at < until` (seconds).
+    pub until: Option<i64>,
+    /// Photos never to return (for example the example image of `like:`).
+    pub exclude: Vec<PhotoId>,
+}
+
+/// A nearest neighbour, with its stored vector so the flow can score it on every query term.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbour {
+    /// The photo.
+    pub id: PhotoId,
+    /// Its stored embedding.
+    pub vector: Embedding,
+}
+
+/// Vectors with payload filters, for one encoder.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait VectorIndex: MaybeSendSync {
+    /// The encoder whose vectors this index holds (its stamp).
+    fn encoder(&self) -> &EncoderId;
+    /// The vectors' dimension.
+    fn dimension(&self) -> usize;
+    /// Inserts or replaces vectors (idempotent per id).
+    async fn upsert(&self, photos: Vec<IndexedPhoto>) -> Result<(), PortError>;
+    /// Removes vectors; unknown ids are ignored.
+    async fn delete(&self, ids: &[PhotoId]) -> Result<(), PortError>;
+    /// The `limit` nearest vectors to `query` (cosine) that pass `filter`, best first.
+    async fn nearest(
+        &self,
+        query: &Embedding,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<Neighbour>, PortError>;
+    /// The stored vectors of these photos (absent ids are left out).
+    async fn vectors(&self, ids: &[PhotoId]) -> Result<Vec<Neighbour>, PortError>;
+    /// Up to `limit` stored vectors, the same ones on every call while the index is unchanged
+    /// (a sample for score calibration).
+    async fn sample(&self, limit: usize) -> Result<Vec<Embedding>, PortError>;
+    /// How many vectors are stored.
+    async fn count(&self) -> Result<u64, PortError>;
+}
+
+/// One candidate for the reranker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RerankCandidate {
+    /// The photo.
+    pub photo: Photo,
+    /// Its retrieval score (higher is better).
+    pub score: f32,
+}
+
+/// Scores (query, image) pairs.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Reranker: MaybeSendSync {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &str;
+    /// One probability per candidate (softmax across the candidates), in the candidates' order.
+    async fn rerank(
+        &self,
+        query: &str,
+        candidates: &[RerankCandidate],
+    ) -> Result<Vec<f32>, PortError>;
+}
+
+/// The outcome of adding a photo to the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Added {
+    /// The photo's id.
+    pub id: PhotoId,
+    /// `false` when identical bytes were already in the catalog (nothing was changed).
+    pub created: bool,
+}
+
+/// A feature job, claimed under a lease.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimedJob {
+    /// The job's id.
+    pub job_id: i64,
+    /// The photo to extract features from.
+    pub photo: Photo,
+    /// How many times it was claimed before this claim.
+    pub previous_attempts: u32,
+}
+
+/// How a claimed job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Features are stored; the photo is indexed.
+    Done,
+    /// A transient error: run the job again after the delay.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// Back-off before the next claim.
+        after: Duration,
+    },
+    /// Gave up: the photo is marked failed with the error.
+    Failed {
+        /// What went wrong, for the person looking at the photo.
+        error: String,
+    },
+}
+
+/// Photo counts by indexing state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CatalogCounts {
+    /// All photos.
+    pub photos: u64,
+    /// Waiting for or in feature extraction.
+    pub pending: u64,
+    /// In the vector index.
+    pub indexed: u64,
+    /// Given up on.
+    pub failed: u64,
+}
+
+/// The result a click refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClickedResult {
+    /// The photo that was clicked.
+    pub photo_id: PhotoId,
+    /// Its rank in the results (1-based).
+    pub rank: u32,
+}
+
+/// Photos, feature jobs, the search log and clicks.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait Catalog: MaybeSendSync {
+    /// Records the encoder the index is built with (idempotent).
+    async fn register_encoder(
+        &self,
+        encoder: &EncoderId,
+        dimension: usize,
+    ) -> Result<(), PortError>;
+    /// Inserts the photo and its feature job in one transaction; if a photo with the same
+    /// SHA-256 exists, changes nothing and returns its id with `created == false`.
+    async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError>;
+    /// One photo.
+    async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError>;
+    /// These photos (absent ids are left out; order unspecified).
+    async fn photos(&self, ids: &[PhotoId]) -> Result<Vec<Photo>, PortError>;
+    /// Removes the photo and its jobs, returning what was removed.
+    async fn remove_photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError>;
+    /// Claims up to `limit` runnable jobs (queued and due, or leased with an expired lease) for
+    /// `lease`; a job is held by one claimer at a time.
+    async fn claim_jobs(&self, limit: usize, lease: Duration)
+    -> Result<Vec<ClaimedJob>, PortError>;
+    /// Ends a claimed job and updates its photo's status.
+    async fn finish_job(&self, job_id: i64, outcome: &JobOutcome) -> Result<(), PortError>;
+    /// Puts every photo back in the queue (after an encoder change).
+    async fn requeue_all(&self) -> Result<u64, PortError>;
+    /// Photo counts by state.
+    async fn counts(&self) -> Result<CatalogCounts, PortError>;
+    /// Stores a search and its ranked results (none clicked).
+    async fn log_search(&self, log: &SearchLog) -> Result<(), PortError>;
+    /// A logged search with its results and clicks.
+    async fn search_log(&self, query_id: &QueryId) -> Result<Option<SearchLogEntry>, PortError>;
+    /// Marks the result at `rank` of that search clicked; `None` if there is no such result.
+    async fn record_click(
+        &self,
+        query_id: &QueryId,
+        rank: u32,
+    ) -> Result<Option<ClickedResult>, PortError>;
+}
+
+/// Originals and derived files, by key.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait BlobStore: MaybeSendSync {
+    /// Stores bytes under a key (replacing what was there).
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError>;
+    /// The bytes under a key, if any.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    /// Removes a key; an absent key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), PortError>;
+}

@@ -1,0 +1,229 @@
+//! Search types: requests, query ids, results, the search log.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EncoderId;
+use crate::photo::{Photo, PhotoId};
+
+/// The most results one search returns.
+pub const MAX_TOP_K: usize = 200;
+/// Results returned when the request does not say.
+pub const DEFAULT_TOP_K: usize = 20;
+/// How many of the best candidates the reranker sees.
+pub const RERANK_CANDIDATES: usize = 10;
+
+/// A search as a client asks for it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct SearchRequest {
+    /// The query, in the language of [`crate::query`].
+    #[serde(alias = "q")]
+    pub query: String,
+    /// How many results at most (1 to [`MAX_TOP_K`]).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Leave out results scoring below this (see [`SearchResult::score`]).
+    #[serde(default)]
+    pub min_score: Option<f32>,
+}
+
+fn default_top_k() -> usize {
+    DEFAULT_TOP_K
+}
+
+impl SearchRequest {
+    /// A request with the default `top_k` and no threshold.
+    pub fn new(query: impl Into<String>) -> Self {
+        Self {
+            query: query.into(),
+            top_k: DEFAULT_TOP_K,
+            min_score: None,
+        }
+    }
+}
+
+/// An unguessable search id (128 random bits, 32 lowercase hex digits); clicks must name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueryId([u8; 16]);
+
+impl QueryId {
+    /// A fresh random id from the operating system's generator.
+    ///
+    /// # Panics
+    /// If the system has no randomness source (not a state Glimpse can run in).
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        #[allow(clippy::expect_used)]
+        getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for QueryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// A string that is not a query id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a search id: search ids are the 32 hexadecimal digits a search response returns")]
+pub struct QueryIdError;
+
+impl FromStr for QueryId {
+    type Err = QueryIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.len() != 32 || !text.is_ascii() {
+            return Err(QueryIdError);
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| QueryIdError)?;
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl Serialize for QueryId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueryId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Milliseconds spent in each stage of one search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Parsing the query.
+    pub parse_ms: f64,
+    /// Embedding its texts.
+    pub embed_ms: f64,
+    /// Nearest-neighbour retrieval with filters, and scoring.
+    pub retrieve_ms: f64,
+    /// Reranking.
+    pub rerank_ms: f64,
+    /// Loading the photos and writing the search log.
+    pub log_ms: f64,
+    /// The whole search.
+    pub total_ms: f64,
+}
+
+/// One result of a search.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchResult {
+    /// Position in the results, from 1; clicks name it.
+    pub rank: u32,
+    /// How well the photo matches, in standard deviations above the library's typical match for
+    /// each term, combined with the terms' weights (negative terms subtract). About 2 is a good
+    /// match, 4 an excellent one; the same scale for text and `like:` terms.
+    pub score: f32,
+    /// The reranker's probability, for the results it saw.
+    pub rerank_probability: Option<f32>,
+    /// The photo.
+    pub photo: Photo,
+}
+
+/// What a search returns.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchResponse {
+    /// Its id, for clicks.
+    pub query_id: QueryId,
+    /// The query as sent.
+    pub query: String,
+    /// The ranked results.
+    pub results: Vec<SearchResult>,
+    /// Stage timings.
+    pub timings: StageTimings,
+    /// Why results are in retrieval order instead of reranked (reranker down or too slow).
+    pub rerank_fallback: Option<String>,
+}
+
+/// One logged result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedResult {
+    /// Rank, from 1.
+    pub rank: u32,
+    /// The photo.
+    pub photo_id: PhotoId,
+    /// Its score.
+    pub score: f32,
+    /// The reranker's probability, if it saw this result.
+    pub rerank_probability: Option<f32>,
+}
+
+/// A search as the catalog stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchLog {
+    /// Its id.
+    pub query_id: QueryId,
+    /// The query as typed.
+    pub text: String,
+    /// The parsed form, as JSON.
+    pub parsed: String,
+    /// The encoder that embedded it.
+    pub encoder: EncoderId,
+    /// Stage timings.
+    pub timings: StageTimings,
+    /// Why reranking fell back, if it did.
+    pub rerank_fallback: Option<String>,
+    /// The results, in rank order.
+    pub results: Vec<LoggedResult>,
+}
+
+/// A logged result with its click.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedResultWithClick {
+    /// The result.
+    #[serde(flatten)]
+    pub result: LoggedResult,
+    /// Whether it was clicked.
+    pub clicked: bool,
+    /// When it was first clicked, seconds since 1970.
+    pub clicked_at: Option<i64>,
+}
+
+/// A logged search with its clicks, as read back from the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchLogEntry {
+    /// Its id.
+    pub query_id: QueryId,
+    /// The query as typed.
+    pub text: String,
+    /// The parsed form, as JSON.
+    pub parsed: String,
+    /// The encoder that embedded it.
+    pub encoder: EncoderId,
+    /// Stage timings.
+    pub timings: StageTimings,
+    /// Why reranking fell back, if it did.
+    pub rerank_fallback: Option<String>,
+    /// When it ran, seconds since 1970.
+    pub created_at: i64,
+    /// The results with clicks.
+    pub results: Vec<LoggedResultWithClick>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_ids_are_random_and_round_trip() {
+        let (a, b) = (QueryId::random(), QueryId::random());
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().len(), 32);
+        assert_eq!(a.to_string().parse::<QueryId>(), Ok(a));
+        assert!("00".parse::<QueryId>().is_err());
+        assert!("zz".repeat(16).parse::<QueryId>().is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! The embedded BlobStore: the user's library read in place (keys under `library/`, never
+//! written) and a folder under the data directory for everything else.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use glimpse_core::photo::LIBRARY_PREFIX;
+use glimpse_core::ports::{BlobStore, PortError};
+
+/// Files on the local disk.
+pub struct LocalBlobStore {
+    library: Option<PathBuf>,
+    root: PathBuf,
+}
+
+fn io_error(key: &str, error: std::io::Error) -> PortError {
+    PortError::Unavailable(format!("blob `{key}`: {error}"))
+}
+
+impl LocalBlobStore {
+    /// Blobs under `root` (created if needed); `library` keys resolve under the library root.
+    pub fn open(root: &Path, library: Option<&Path>) -> Result<Self, PortError> {
+        std::fs::create_dir_all(root).map_err(|e| io_error(&root.display().to_string(), e))?;
+        Ok(Self {
+            library: library.map(Path::to_path_buf),
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The file a key names, refusing keys that would escape their folder.
+    fn path(&self, key: &str) -> Result<(PathBuf, bool), PortError> {
+        let (base, relative, in_library) = match key.strip_prefix(LIBRARY_PREFIX) {
+            Some(relative) => {
+                let library = self.library.as_ref().ok_or_else(|| {
+                    PortError::Unavailable(format!(
+                        "blob `{key}` is in the photo library, and no library folder is configured"
+                    ))
+                })?;
+                (library, relative, true)
+            }
+            None => (&self.root, key, false),
+        };
+        let relative = Path::new(relative);
+        let safe = !relative.as_os_str().is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(PortError::Rejected(format!(
+                "`{key}` is not a valid blob key"
+            )));
+        }
+        Ok((base.join(relative), in_library))
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
+        let (path, in_library) = self.path(key)?;
+        if in_library {
+            return Err(PortError::Rejected(format!(
+                "`{key}` is in the photo library, which Glimpse never writes to"
+            )));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(key, e))?;
+        }
+        let temporary = path.with_extension("partial");
+        let mut file = std::fs::File::create(&temporary).map_err(|e| io_error(key, e))?;
+        file.write_all(&bytes).map_err(|e| io_error(key, e))?;
+        file.sync_all().map_err(|e| io_error(key, e))?;
+        std::fs::rename(&temporary, &path).map_err(|e| io_error(key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        let (path, _) = self.path(key)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(key, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        let (path, in_library) = self.path(key)?;
+        if in_library {
+            return Err(PortError::Rejected(format!(
+                "`{key}` is in the photo library, which Glimpse never deletes from"
+            )));
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(key, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn honours_the_blob_store_contract() {
+        let directory = tempfile::tempdir().unwrap();
+        let blobs = LocalBlobStore::open(directory.path(), None).unwrap();
+        glimpse_core::contract::blob_store_suite(&blobs).await;
+    }
+
+    #[tokio::test]
+    async fn reads_the_library_in_place_and_never_writes_it() {
+        let library = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(library.path().join("Trips")).unwrap();
+        std::fs::write(library.path().join("Trips/a.jpg"), b"jpeg").unwrap();
+        let blobs = LocalBlobStore::open(data.path(), Some(library.path())).unwrap();
+        assert_eq!(
+            blobs.get("library/Trips/a.jpg").await.unwrap(),
+            Some(b"jpeg".to_vec())
+        );
+        assert!(blobs.put("library/Trips/b.jpg", vec![1]).await.is_err());
+        assert!(blobs.delete("library/Trips/a.jpg").await.is_err());
+        assert!(library.path().join("Trips/a.jpg").exists());
+        for escaping in [
+            "library/../secret",
+            "../secret",
+            "/etc/passwd",
+            "originals/../../x",
+        ] {
+            assert!(
+                matches!(blobs.get(escaping).await, Err(PortError::Rejected(_))),
+                "{escaping}"
+            );
+        }
+    }
+}

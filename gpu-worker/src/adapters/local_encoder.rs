@@ -1,0 +1,95 @@
+//! The embedded TextEmbedder and ImageEmbedder: the candle encoder in-process, run on tokio's
+//! blocking pool so that encoding never stalls the HTTP server's threads.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use glimpse_core::ports::{ImageEmbedder, PortError, TextEmbedder};
+use glimpse_core::{Embedding, EncoderId};
+
+use crate::encoder::{EncoderError, ImageTextEncoder, embed_pipelined};
+
+/// Images per encoder batch while indexing.
+const IMAGE_BATCH: usize = 16;
+
+/// An in-process encoder behind the embedder ports.
+#[derive(Clone)]
+pub struct LocalEncoder {
+    encoder: Arc<dyn ImageTextEncoder>,
+}
+
+impl LocalEncoder {
+    /// Serves `encoder` through the ports.
+    pub fn new(encoder: Arc<dyn ImageTextEncoder>) -> Self {
+        Self { encoder }
+    }
+
+    /// The encoder's output dimension.
+    pub fn dimension(&self) -> usize {
+        self.encoder.dimension()
+    }
+}
+
+fn port_error(error: EncoderError) -> PortError {
+    match error {
+        EncoderError::BadImage(message) => PortError::Rejected(message),
+        EncoderError::Unavailable(message) => PortError::Unavailable(message),
+        EncoderError::BadModel(message) | EncoderError::Internal(message) => {
+            PortError::Internal(message)
+        }
+    }
+}
+
+fn join_error(error: tokio::task::JoinError) -> PortError {
+    PortError::Internal(format!("the encoder thread failed: {error}"))
+}
+
+#[async_trait]
+impl TextEmbedder for LocalEncoder {
+    fn encoder(&self) -> &EncoderId {
+        self.encoder.id()
+    }
+
+    async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Embedding>, PortError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoder = Arc::clone(&self.encoder);
+        let texts = texts.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            encoder.embed_texts(&texts)
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(port_error)
+    }
+}
+
+#[async_trait]
+impl ImageEmbedder for LocalEncoder {
+    fn encoder(&self) -> &EncoderId {
+        self.encoder.id()
+    }
+
+    async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Embedding, String>>, PortError> {
+        let encoder = Arc::clone(&self.encoder);
+        let results = tokio::task::spawn_blocking(move || {
+            let slices: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            embed_pipelined(encoder.as_ref(), &slices, IMAGE_BATCH)
+        })
+        .await
+        .map_err(join_error)?;
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(vector) => Ok(Ok(vector)),
+                Err(EncoderError::BadImage(message)) => Ok(Err(message)),
+                Err(other) => Err(port_error(other)),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,12 @@
+//! The embedded adapters of core's ports: SQLite, qdrant-edge, local files, the in-process
+//! encoder.
+
+pub mod edge_index;
+pub mod local_blobs;
+pub mod local_encoder;
+pub mod sqlite;
+
+pub use edge_index::{EdgeIndex, IndexOpenError};
+pub use local_blobs::LocalBlobStore;
+pub use local_encoder::LocalEncoder;
+pub use sqlite::SqliteCatalog;

@@ -1,0 +1,735 @@
+//! The embedded Catalog: one SQLite file in WAL mode, schema versioned by `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use glimpse_core::EncoderId;
+use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
+use glimpse_core::ports::{
+    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError,
+};
+use glimpse_core::search::{
+    LoggedResult, LoggedResultWithClick, QueryId, SearchLog, SearchLogEntry, StageTimings,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+/// The migrations, in order; `user_version` counts how many are applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE encoders (
+    id            TEXT PRIMARY KEY,
+    dimension     INTEGER NOT NULL,
+    first_used_at INTEGER NOT NULL,
+    last_used_at  INTEGER NOT NULL
+);
+CREATE TABLE photos (
+    id          INTEGER PRIMARY KEY,
+    sha256      TEXT NOT NULL UNIQUE,
+    origin_kind TEXT NOT NULL CHECK (origin_kind IN ('library', 'upload')),
+    origin_key  TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    taken_at    INTEGER,
+    dated_at    INTEGER NOT NULL,
+    camera      TEXT,
+    latitude    REAL,
+    longitude   REAL,
+    album       TEXT,
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'indexed', 'failed')),
+    last_error  TEXT,
+    added_at    INTEGER NOT NULL,
+    modified_at INTEGER
+);
+CREATE UNIQUE INDEX photos_by_origin ON photos (origin_kind, origin_key);
+CREATE INDEX photos_by_status ON photos (status);
+CREATE TABLE feature_jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    photo_id    INTEGER NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+    kind        TEXT NOT NULL DEFAULT 'embed',
+    state       TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    run_after   INTEGER NOT NULL,
+    lease_until INTEGER,
+    error       TEXT,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX feature_jobs_runnable ON feature_jobs (state, run_after);
+CREATE INDEX feature_jobs_by_photo ON feature_jobs (photo_id);
+CREATE TABLE searches (
+    id              TEXT PRIMARY KEY,
+    text            TEXT NOT NULL,
+    parsed          TEXT NOT NULL,
+    encoder         TEXT NOT NULL,
+    parse_ms        REAL NOT NULL,
+    embed_ms        REAL NOT NULL,
+    retrieve_ms     REAL NOT NULL,
+    rerank_ms       REAL NOT NULL,
+    log_ms          REAL NOT NULL,
+    total_ms        REAL NOT NULL,
+    rerank_fallback TEXT,
+    created_at      INTEGER NOT NULL
+);
+CREATE TABLE search_results (
+    query_id           TEXT NOT NULL REFERENCES searches (id) ON DELETE CASCADE,
+    rank               INTEGER NOT NULL,
+    photo_id           INTEGER NOT NULL,
+    score              REAL NOT NULL,
+    rerank_probability REAL,
+    clicked            INTEGER NOT NULL DEFAULT 0,
+    clicked_at         INTEGER,
+    PRIMARY KEY (query_id, rank)
+);
+"#];
+
+/// A library file as the catalog last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibraryEntry {
+    /// The photo.
+    pub id: PhotoId,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Modification time, seconds.
+    pub modified_at: Option<i64>,
+}
+
+/// The SQLite catalog.
+pub struct SqliteCatalog {
+    connection: Mutex<Connection>,
+}
+
+fn internal(error: impl std::fmt::Display) -> PortError {
+    PortError::Internal(format!("catalog: {error}"))
+}
+
+fn storage(error: rusqlite::Error) -> PortError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            PortError::Unavailable(format!("catalog busy: {error}"))
+        }
+        _ => internal(error),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Seconds since 1970, now.
+pub fn now_seconds() -> i64 {
+    now_ms() / 1000
+}
+
+fn sql_id(id: PhotoId) -> i64 {
+    id.as_u64() as i64
+}
+
+fn photo_id(value: i64) -> PhotoId {
+    PhotoId::from_u64(value as u64)
+}
+
+const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes, width, height, \
+     taken_at, dated_at, camera, latitude, longitude, album, status, last_error, added_at, \
+     modified_at";
+
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::Png => "png",
+        ImageFormat::Webp => "webp",
+        ImageFormat::Gif => "gif",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Tiff => "tiff",
+    }
+}
+
+fn parse_format(name: &str) -> Option<ImageFormat> {
+    [
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Webp,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+    ]
+    .into_iter()
+    .find(|f| format_name(*f) == name)
+}
+
+fn corrupt(column: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("unknown {what}").into(),
+    )
+}
+
+fn photo_from_row(row: &Row<'_>) -> rusqlite::Result<Photo> {
+    let origin_kind: String = row.get(2)?;
+    let origin_key: String = row.get(3)?;
+    let origin = match origin_kind.as_str() {
+        "library" => Origin::Library(origin_key),
+        "upload" => Origin::Upload(origin_key),
+        _ => return Err(corrupt(2, "origin kind")),
+    };
+    let format: String = row.get(4)?;
+    let status: String = row.get(14)?;
+    let latitude: Option<f64> = row.get(11)?;
+    let longitude: Option<f64> = row.get(12)?;
+    Ok(Photo {
+        id: photo_id(row.get(0)?),
+        sha256: row.get(1)?,
+        origin,
+        format: parse_format(&format).ok_or_else(|| corrupt(4, "format"))?,
+        bytes: row.get::<_, i64>(5)? as u64,
+        width: row.get(6)?,
+        height: row.get(7)?,
+        taken_at: row.get(8)?,
+        dated_at: row.get(9)?,
+        camera: row.get(10)?,
+        location: latitude
+            .zip(longitude)
+            .map(|(latitude, longitude)| GeoPoint {
+                latitude,
+                longitude,
+            }),
+        album: row.get(13)?,
+        status: PhotoStatus::parse(&status).ok_or_else(|| corrupt(14, "status"))?,
+        last_error: row.get(15)?,
+        added_at: row.get(16)?,
+        modified_at: row.get(17)?,
+    })
+}
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, PortError> {
+        let connection = Connection::open(path).map_err(storage)?;
+        Self::configure(connection)
+    }
+
+    fn configure(mut connection: Connection) -> Result<Self, PortError> {
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(storage)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(storage)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(storage)?;
+        let version: usize = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(storage)?;
+        if version > MIGRATIONS.len() {
+            return Err(PortError::Internal(format!(
+                "the catalog has schema version {version}, newer than this Glimpse knows ({}); \
+                 upgrade Glimpse",
+                MIGRATIONS.len()
+            )));
+        }
+        for (number, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Exclusive)
+                .map_err(storage)?;
+            transaction.execute_batch(migration).map_err(storage)?;
+            transaction
+                .pragma_update(None, "user_version", number + 1)
+                .map_err(storage)?;
+            transaction.commit().map_err(storage)?;
+        }
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, PortError> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| internal("a previous catalog operation panicked"))?;
+        work(&mut connection).map_err(storage)
+    }
+
+    /// Releases every lease: only for a process that owns the data directory exclusively, at
+    /// start, so the jobs a crashed run held are runnable at once instead of after their lease.
+    pub fn release_leases(&self) -> Result<u64, PortError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE feature_jobs SET state = 'queued', lease_until = NULL, run_after = ?1 \
+                 WHERE state = 'leased'",
+                params![now_ms()],
+            )
+            .map(|n| n as u64)
+        })
+    }
+
+    /// Every library file the catalog holds, by path relative to the library root.
+    pub fn library_entries(
+        &self,
+    ) -> Result<std::collections::HashMap<String, LibraryEntry>, PortError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT origin_key, id, bytes, modified_at FROM photos \
+                 WHERE origin_kind = 'library'",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    LibraryEntry {
+                        id: photo_id(row.get(1)?),
+                        bytes: row.get::<_, i64>(2)? as u64,
+                        modified_at: row.get(3)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The most recent photos that failed, with their errors.
+    pub fn failed_photos(&self, limit: usize) -> Result<Vec<Photo>, PortError> {
+        self.with(|c| {
+            let mut statement = c.prepare(&format!(
+                "SELECT {PHOTO_COLUMNS} FROM photos WHERE status = 'failed' \
+                 ORDER BY added_at DESC LIMIT ?1"
+            ))?;
+            let rows = statement.query_map(params![limit as i64], photo_from_row)?;
+            rows.collect()
+        })
+    }
+}
+
+#[async_trait]
+impl Catalog for SqliteCatalog {
+    async fn register_encoder(
+        &self,
+        encoder: &EncoderId,
+        dimension: usize,
+    ) -> Result<(), PortError> {
+        let now = now_seconds();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO encoders (id, dimension, first_used_at, last_used_at) \
+                 VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET last_used_at = excluded.last_used_at",
+                params![encoder.to_string(), dimension as i64, now],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError> {
+        let (kind, key) = match &photo.origin {
+            Origin::Library(key) => ("library", key),
+            Origin::Upload(key) => ("upload", key),
+        };
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<i64> = transaction
+                .query_row(
+                    "SELECT id FROM photos WHERE sha256 = ?1",
+                    params![photo.sha256],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Added {
+                    id: photo_id(id),
+                    created: false,
+                });
+            }
+            transaction.execute(
+                &format!(
+                    "INSERT INTO photos ({PHOTO_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                      ?17, ?18)"
+                ),
+                params![
+                    sql_id(photo.id),
+                    photo.sha256,
+                    kind,
+                    key,
+                    format_name(photo.format),
+                    photo.bytes as i64,
+                    photo.width,
+                    photo.height,
+                    photo.taken_at,
+                    photo.dated_at,
+                    photo.camera,
+                    photo.location.map(|l| l.latitude),
+                    photo.location.map(|l| l.longitude),
+                    photo.album,
+                    photo.status.as_str(),
+                    photo.last_error,
+                    photo.added_at,
+                    photo.modified_at,
+                ],
+            )?;
+            let now = now_ms();
+            transaction.execute(
+                "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
+                 VALUES (?1, 'queued', ?2, ?2)",
+                params![sql_id(photo.id), now],
+            )?;
+            transaction.commit()?;
+            Ok(Added {
+                id: photo.id,
+                created: true,
+            })
+        })
+    }
+
+    async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
+                params![sql_id(id)],
+                photo_from_row,
+            )
+            .optional()
+        })
+    }
+
+    async fn photos(&self, ids: &[PhotoId]) -> Result<Vec<Photo>, PortError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare_cached(&format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"))?;
+            let mut photos = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(photo) = statement
+                    .query_row(params![sql_id(*id)], photo_from_row)
+                    .optional()?
+                {
+                    photos.push(photo);
+                }
+            }
+            Ok(photos)
+        })
+    }
+
+    async fn remove_photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError> {
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let photo = transaction
+                .query_row(
+                    &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
+                    params![sql_id(id)],
+                    photo_from_row,
+                )
+                .optional()?;
+            transaction.execute("DELETE FROM photos WHERE id = ?1", params![sql_id(id)])?;
+            transaction.commit()?;
+            Ok(photo)
+        })
+    }
+
+    async fn claim_jobs(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, PortError> {
+        let now = now_ms();
+        let lease_until = now.saturating_add(lease.as_millis() as i64);
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed: Vec<(i64, i64, u32)> = {
+                let mut statement = transaction.prepare_cached(
+                    "SELECT id, photo_id, attempts FROM feature_jobs \
+                     WHERE (state = 'queued' AND run_after <= ?1) \
+                        OR (state = 'leased' AND lease_until <= ?1) \
+                     ORDER BY id LIMIT ?2",
+                )?;
+                let rows = statement.query_map(params![now, limit as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut jobs = Vec::with_capacity(claimed.len());
+            for (job_id, photo, attempts) in claimed {
+                transaction.execute(
+                    "UPDATE feature_jobs SET state = 'leased', lease_until = ?2, \
+                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+                    params![job_id, lease_until, now],
+                )?;
+                let photo = transaction.query_row(
+                    &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
+                    params![photo],
+                    photo_from_row,
+                )?;
+                jobs.push(ClaimedJob {
+                    job_id,
+                    photo,
+                    previous_attempts: attempts,
+                });
+            }
+            transaction.commit()?;
+            Ok(jobs)
+        })
+    }
+
+    async fn finish_job(&self, job_id: i64, outcome: &JobOutcome) -> Result<(), PortError> {
+        let now = now_ms();
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (job_state, run_after, error, photo_status) = match outcome {
+                JobOutcome::Done => ("done", now, None, Some(PhotoStatus::Indexed)),
+                JobOutcome::Retry { error, after } => (
+                    "queued",
+                    now.saturating_add(after.as_millis() as i64),
+                    Some(error.as_str()),
+                    None,
+                ),
+                JobOutcome::Failed { error } => (
+                    "failed",
+                    now,
+                    Some(error.as_str()),
+                    Some(PhotoStatus::Failed),
+                ),
+            };
+            transaction.execute(
+                "UPDATE feature_jobs SET state = ?2, run_after = ?3, lease_until = NULL, \
+                 error = ?4, updated_at = ?5 WHERE id = ?1",
+                params![job_id, job_state, run_after, error, now],
+            )?;
+            let status_sql = match photo_status {
+                Some(_) => {
+                    "UPDATE photos SET status = ?2, last_error = ?3 \
+                     WHERE id = (SELECT photo_id FROM feature_jobs WHERE id = ?1)"
+                }
+                None => {
+                    "UPDATE photos SET last_error = ?3 \
+                     WHERE id = (SELECT photo_id FROM feature_jobs WHERE id = ?1)"
+                }
+            };
+            transaction.execute(
+                status_sql,
+                params![job_id, photo_status.map(PhotoStatus::as_str), error],
+            )?;
+            transaction.commit()
+        })
+    }
+
+    async fn requeue_all(&self) -> Result<u64, PortError> {
+        let now = now_ms();
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            transaction.execute("DELETE FROM feature_jobs", [])?;
+            let photos = transaction.execute(
+                "UPDATE photos SET status = 'pending', last_error = NULL",
+                [],
+            )?;
+            transaction.execute(
+                "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
+                 SELECT id, 'queued', ?1, ?1 FROM photos",
+                params![now],
+            )?;
+            transaction.commit()?;
+            Ok(photos as u64)
+        })
+    }
+
+    async fn counts(&self) -> Result<CatalogCounts, PortError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), \
+                        COALESCE(SUM(status = 'pending'), 0), \
+                        COALESCE(SUM(status = 'indexed'), 0), \
+                        COALESCE(SUM(status = 'failed'), 0) FROM photos",
+                [],
+                |row| {
+                    Ok(CatalogCounts {
+                        photos: row.get::<_, i64>(0)? as u64,
+                        pending: row.get::<_, i64>(1)? as u64,
+                        indexed: row.get::<_, i64>(2)? as u64,
+                        failed: row.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+        })
+    }
+
+    async fn log_search(&self, log: &SearchLog) -> Result<(), PortError> {
+        let now = now_seconds();
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let t = &log.timings;
+            transaction.execute(
+                "INSERT INTO searches (id, text, parsed, encoder, parse_ms, embed_ms, \
+                 retrieve_ms, rerank_ms, log_ms, total_ms, rerank_fallback, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    log.query_id.to_string(),
+                    log.text,
+                    log.parsed,
+                    log.encoder.to_string(),
+                    t.parse_ms,
+                    t.embed_ms,
+                    t.retrieve_ms,
+                    t.rerank_ms,
+                    t.log_ms,
+                    t.total_ms,
+                    log.rerank_fallback,
+                    now,
+                ],
+            )?;
+            {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT INTO search_results (query_id, rank, photo_id, score, \
+                     rerank_probability) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let query_id = log.query_id.to_string();
+                for result in &log.results {
+                    statement.execute(params![
+                        query_id,
+                        result.rank,
+                        sql_id(result.photo_id),
+                        result.score,
+                        result.rerank_probability,
+                    ])?;
+                }
+            }
+            transaction.commit()
+        })
+    }
+
+    async fn search_log(&self, query_id: &QueryId) -> Result<Option<SearchLogEntry>, PortError> {
+        let key = query_id.to_string();
+        let entry = self.with(|c| {
+            let Some((text, parsed, encoder, timings, rerank_fallback, created_at)) = c
+                .query_row(
+                    "SELECT text, parsed, encoder, parse_ms, embed_ms, retrieve_ms, rerank_ms, \
+                     log_ms, total_ms, rerank_fallback, created_at FROM searches WHERE id = ?1",
+                    params![key],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            StageTimings {
+                                parse_ms: row.get(3)?,
+                                embed_ms: row.get(4)?,
+                                retrieve_ms: row.get(5)?,
+                                rerank_ms: row.get(6)?,
+                                log_ms: row.get(7)?,
+                                total_ms: row.get(8)?,
+                            },
+                            row.get::<_, Option<String>>(9)?,
+                            row.get::<_, i64>(10)?,
+                        ))
+                    },
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut statement = c.prepare_cached(
+                "SELECT rank, photo_id, score, rerank_probability, clicked, clicked_at \
+                 FROM search_results WHERE query_id = ?1 ORDER BY rank",
+            )?;
+            let results = statement
+                .query_map(params![key], |row| {
+                    Ok(LoggedResultWithClick {
+                        result: LoggedResult {
+                            rank: row.get(0)?,
+                            photo_id: photo_id(row.get(1)?),
+                            score: row.get(2)?,
+                            rerank_probability: row.get(3)?,
+                        },
+                        clicked: row.get(4)?,
+                        clicked_at: row.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((
+                text,
+                parsed,
+                encoder,
+                timings,
+                rerank_fallback,
+                created_at,
+                results,
+            )))
+        })?;
+        let Some((text, parsed, encoder, timings, rerank_fallback, created_at, results)) = entry
+        else {
+            return Ok(None);
+        };
+        Ok(Some(SearchLogEntry {
+            query_id: *query_id,
+            text,
+            parsed,
+            encoder: encoder.parse().map_err(internal)?,
+            timings,
+            rerank_fallback,
+            created_at,
+            results,
+        }))
+    }
+
+    async fn record_click(
+        &self,
+        query_id: &QueryId,
+        rank: u32,
+    ) -> Result<Option<ClickedResult>, PortError> {
+        let now = now_seconds();
+        self.with(|c| {
+            c.query_row(
+                "UPDATE search_results SET clicked = 1, clicked_at = COALESCE(clicked_at, ?3) \
+                 WHERE query_id = ?1 AND rank = ?2 RETURNING photo_id",
+                params![query_id.to_string(), rank, now],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|id| {
+                id.map(|id| ClickedResult {
+                    photo_id: photo_id(id),
+                    rank,
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn honours_the_catalog_contract() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).unwrap();
+        glimpse_core::contract::catalog_suite(&catalog).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_rows_and_the_schema_version() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("catalog.sqlite3");
+        let encoder: EncoderId = "clip:test/reopen@1".parse().unwrap();
+        SqliteCatalog::open(&path)
+            .unwrap()
+            .register_encoder(&encoder, 4)
+            .await
+            .unwrap();
+        let reopened = SqliteCatalog::open(&path).unwrap();
+        let version: usize = reopened
+            .with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let encoders: i64 = reopened
+            .with(|c| c.query_row("SELECT COUNT(*) FROM encoders", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(encoders, 1);
+    }
+}
