@@ -5,6 +5,8 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod embedded;
 pub mod encoder;
 pub mod hub;
 pub mod models;
+pub mod server;

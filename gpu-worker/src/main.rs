@@ -1,10 +1,19 @@
 //! The `glimpse` command.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use glimpse_core::flows;
+use glimpse_core::ports::Catalog;
+use glimpse_core::search::SearchRequest;
+use glimpse_worker::adapters::SqliteCatalog;
+use glimpse_worker::embedded::{self, Engine, OpenOptions};
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
+use glimpse_worker::server::{self, ServerConfig, Stats};
 use glimpse_worker::{bench, hub};
 use serde_json::json;
 
@@ -22,6 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Index a photo folder and serve search over HTTP (the main command).
+    Serve(ServeArgs),
+    /// Index a photo folder once, with a progress bar, then print a summary.
+    Index(IndexArgs),
+    /// Search a data directory from the command line.
+    Search(SearchArgs),
+    /// Show what a data directory holds and how far indexing got.
+    Status(DataDirArgs),
     /// Print the embedding of texts or images as JSON, one line per input.
     Embed(EmbedArgs),
     /// Measure performance.
@@ -40,6 +57,319 @@ struct EmbedArgs {
     /// An image file to embed (repeatable).
     #[arg(long)]
     image: Vec<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct DataDirArgs {
+    /// Where Glimpse keeps its catalog, index, uploads and token.
+    #[arg(long, env = "GLIMPSE__DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A model directory (Hugging Face layout) or Hub repository id, optionally `@revision`;
+    /// default: the one this data directory used last, else openai/clip-vit-base-patch32.
+    #[arg(long, env = "GLIMPSE__MODEL")]
+    model: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The photo folder to index (read in place, never modified); remembered in the data
+    /// directory, so later runs may leave it out.
+    #[arg(long, env = "GLIMPSE__LIBRARY")]
+    library: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, env = "GLIMPSE__LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The bearer token for writes (default: generated on first start and kept in the data
+    /// directory's `token` file).
+    #[arg(long, env = "GLIMPSE__TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Require the token for reads (search, photos, status) too.
+    #[arg(long, env = "GLIMPSE__PROTECT_READS")]
+    protect_reads: bool,
+    /// Largest upload accepted, in MB.
+    #[arg(long, env = "GLIMPSE__MAX_UPLOAD_MB", default_value_t = 100)]
+    max_upload_mb: usize,
+    /// Minutes between full rescans of the library (the file watcher catches changes sooner).
+    #[arg(long, env = "GLIMPSE__RESCAN_MINUTES", default_value_t = 10)]
+    rescan_minutes: u64,
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// The photo folder to index.
+    library: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// The query, e.g. "beach at dusk -people album:Trips".
+    query: String,
+    #[command(flatten)]
+    data: DataDirArgs,
+    /// How many results.
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Leave out results scoring below this.
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Print the whole response as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME")) {
+        Some(base) if std::env::var_os("XDG_DATA_HOME").is_some() => {
+            PathBuf::from(base).join("glimpse")
+        }
+        Some(home) => PathBuf::from(home).join(".local/share/glimpse"),
+        None => PathBuf::from("glimpse-data"),
+    }
+}
+
+async fn open_engine(
+    data: &DataDirArgs,
+    library: Option<PathBuf>,
+    model: Option<String>,
+) -> Result<Engine> {
+    Engine::open(OpenOptions {
+        data_dir: data.data_dir.clone(),
+        library,
+        model,
+        rebuild_on_encoder_change: true,
+    })
+    .await
+    .context("cannot open the data directory")
+}
+
+/// The write token: configured, else the one kept in the data directory, else a new one (saved
+/// with owner-only permissions and printed once).
+fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String> {
+    if let Some(token) = configured.filter(|t| !t.trim().is_empty()) {
+        return Ok(token.trim().to_owned());
+    }
+    let path = data_dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot save the token in {}", path.display()))?;
+        file.write_all(token.as_bytes())?;
+    }
+    println!(
+        "Your write token (shown once; it is kept in {}):",
+        path.display()
+    );
+    println!("  {token}");
+    println!("Send it as `Authorization: Bearer <token>` to upload or delete photos.");
+    Ok(token)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let engine = Arc::new(open_engine(&args.data, args.library, args.model.model).await?);
+    let token = write_token(engine.data_dir(), args.token)?;
+    let background = embedded::background::start(
+        Arc::clone(&engine),
+        Duration::from_secs(args.rescan_minutes.max(1) * 60),
+    );
+    let config = ServerConfig {
+        token,
+        protect_reads: args.protect_reads,
+        max_upload_bytes: args.max_upload_mb.max(1) * 1024 * 1024,
+    };
+    let app = server::router(
+        Arc::clone(&engine),
+        Arc::clone(&background.wake_indexer),
+        config,
+        Stats::default(),
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!(
+        "Glimpse is serving http://{address} (library: {}, data: {})",
+        engine
+            .library()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+        engine.data_dir().display()
+    );
+    println!("Search: curl 'http://{address}/api/search?q=beach+at+dusk'");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    drop(background);
+    engine.index.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn index(args: IndexArgs) -> Result<()> {
+    let engine = open_engine(&args.data, Some(args.library), args.model.model).await?;
+    let scan = engine.scan_library().await?.unwrap_or_default();
+    println!(
+        "Scanned {} image files: {} new, {} changed, {} removed, {} duplicates, {} not images \
+         (skipped), {} refused",
+        scan.images,
+        scan.added,
+        scan.changed,
+        scan.removed,
+        scan.duplicates,
+        scan.skipped,
+        scan.rejected
+    );
+    for rejection in &scan.rejections {
+        println!("  refused {rejection}");
+    }
+    let pending = engine.counts().await?.pending;
+    let bar = indicatif::ProgressBar::new(pending);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} indexing [{bar:40}] {pos}/{len} photos ({per_sec}, eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let mut total = flows::IndexRound::default();
+    loop {
+        let round = engine.index_round().await?;
+        bar.inc((round.indexed + round.failed) as u64);
+        total.indexed += round.indexed;
+        total.failed += round.failed;
+        total.retried += round.retried;
+        if round.claimed == 0 {
+            if engine.counts().await?.pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    bar.finish_and_clear();
+    engine.index.optimize()?;
+    let counts = engine.counts().await?;
+    println!(
+        "Indexed {} photos this run ({} failed); the library now has {} photos, {} indexed, {} \
+         failed.",
+        total.indexed, total.failed, counts.photos, counts.indexed, counts.failed
+    );
+    for photo in engine.catalog.failed_photos(10)? {
+        println!(
+            "  failed {}: {}",
+            photo.origin.blob_key(),
+            photo.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn search(args: SearchArgs) -> Result<()> {
+    let engine = open_engine(&args.data, None, None).await?;
+    let request = SearchRequest {
+        query: args.query,
+        top_k: args.top_k,
+        min_score: args.min_score,
+    };
+    let response = flows::search(engine.ports(), &request).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(());
+    }
+    if response.results.is_empty() {
+        println!("No results.");
+    }
+    let library = engine.library().map(Path::to_path_buf);
+    for result in &response.results {
+        let location = match (&result.photo.origin, &library) {
+            (glimpse_core::photo::Origin::Library(path), Some(root)) => {
+                root.join(path).display().to_string()
+            }
+            (origin, _) => origin.blob_key(),
+        };
+        println!(
+            "{:>3}  {:>6.2}  {}  {}",
+            result.rank, result.score, result.photo.id, location
+        );
+    }
+    println!(
+        "{} results in {:.1} ms (search id {})",
+        response.results.len(),
+        response.timings.total_ms,
+        response.query_id
+    );
+    Ok(())
+}
+
+async fn status(args: DataDirArgs) -> Result<()> {
+    let path = args.data_dir.join("catalog.sqlite3");
+    if !path.exists() {
+        bail!(
+            "{} holds no Glimpse data yet: run `glimpse serve --library PATH` or `glimpse index \
+             PATH` first",
+            args.data_dir.display()
+        );
+    }
+    let settings = Engine::settings(&args.data_dir)?;
+    let catalog = SqliteCatalog::open(&path)?;
+    let counts = catalog.counts().await?;
+    println!("data directory: {}", args.data_dir.display());
+    println!(
+        "library:        {}",
+        settings
+            .library
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+    );
+    println!(
+        "model:          {}",
+        settings.model.as_deref().unwrap_or(hub::DEFAULT_MODEL)
+    );
+    println!(
+        "photos:         {} ({} indexed, {} pending, {} failed)",
+        counts.photos, counts.indexed, counts.pending, counts.failed
+    );
+    for photo in catalog.failed_photos(5)? {
+        println!(
+            "  failed {}: {}",
+            photo.origin.blob_key(),
+            photo.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -131,13 +461,23 @@ fn bench_encode(
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Embed(args) => embed(args),
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
+    match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Index(args) => runtime()?.block_on(index(args)),
+        Command::Search(args) => runtime()?.block_on(search(args)),
+        Command::Status(args) => runtime()?.block_on(status(args)),
+        Command::Embed(args) => embed(&args),
         Command::Bench(BenchCommand::Encode {
             model,
             json,
             rounds,
             jpeg_draft,
-        }) => bench_encode(model.as_deref(), *json, *rounds, *jpeg_draft),
+        }) => bench_encode(model.as_deref(), json, rounds, jpeg_draft),
     }
 }

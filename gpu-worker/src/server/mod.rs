@@ -1,0 +1,579 @@
+//! The public HTTP API of the embedded engine (axum). Handlers only translate HTTP to core's flows
+//! and back; status codes are decided here and nowhere else.
+
+mod stats;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use glimpse_core::flows::{self, FlowError};
+use glimpse_core::photo::{Photo, PhotoId, RejectedImage};
+use glimpse_core::ports::{BlobStore, Catalog};
+use glimpse_core::search::{DEFAULT_TOP_K, QueryId, SearchRequest, SearchResponse};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+pub use self::stats::Stats;
+use crate::adapters::sqlite::now_seconds;
+use crate::embedded::Engine;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// Longest side of a thumbnail, in pixels.
+const THUMBNAIL_SIZE: u32 = 320;
+
+/// How the server is configured.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The bearer token every write needs.
+    pub token: String,
+    /// Whether reads need the token too.
+    pub protect_reads: bool,
+    /// The largest request body accepted, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+struct AppState {
+    engine: Arc<Engine>,
+    wake_indexer: Arc<Notify>,
+    config: ServerConfig,
+    stats: Stats,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// An error response: a status, a stable code and a message a person can act on.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let (Some(Value::Object(extra)), Some(object)) = (self.details, error.as_object_mut()) {
+            object.extend(extra);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(error: FlowError) -> Self {
+        match error {
+            FlowError::InvalidQuery(query) => Self {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_query",
+                message: query.to_string(),
+                details: Some(json!({"position": query.position, "hint": query.hint})),
+            },
+            FlowError::RejectedImage(rejected) => {
+                let (status, code) = match &rejected {
+                    RejectedImage::UnsupportedType(_) => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                    }
+                    RejectedImage::Unreadable(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "unreadable_image")
+                    }
+                    RejectedImage::TooManyPixels { .. } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels")
+                    }
+                };
+                Self::new(status, code, rejected.to_string())
+            }
+            FlowError::BadRequest(message) => Self::bad_request(message),
+            FlowError::NotFound(message) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            FlowError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            FlowError::Unavailable(message) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            FlowError::Internal(message) => {
+                eprintln!("glimpse: internal error: {message}");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl From<glimpse_core::ports::PortError> for ApiError {
+    fn from(error: glimpse_core::ports::PortError) -> Self {
+        FlowError::from(error).into()
+    }
+}
+
+fn body_error(status: StatusCode, detail: String, limit: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "too_large",
+            format!(
+                "the request body is larger than the {} MB limit (serve --max-upload-mb)",
+                limit / (1024 * 1024)
+            ),
+        )
+    } else {
+        ApiError::new(
+            status,
+            "bad_body",
+            format!("the request body cannot be read: {detail}"),
+        )
+    }
+}
+
+/// Builds the router with its state.
+pub fn router(
+    engine: Arc<Engine>,
+    wake_indexer: Arc<Notify>,
+    config: ServerConfig,
+    stats: Stats,
+) -> Router {
+    let limit = config.max_upload_bytes;
+    let state = Arc::new(AppState {
+        engine,
+        wake_indexer,
+        config,
+        stats,
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/status", get(status))
+        .route("/api/stats", get(stats_report))
+        .route("/api/photos", post(upload))
+        .route("/api/photos/{id}", get(photo).delete(delete_photo))
+        .route("/api/photos/{id}/original", get(original))
+        .route("/api/photos/{id}/thumbnail", get(thumbnail))
+        .route("/api/photos/{id}/similar", get(similar))
+        .route("/api/search", get(search_get).post(search_post))
+        .route("/api/search/{query_id}", get(search_log))
+        .route("/api/search/{query_id}/clicks", post(click))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorise,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Writes need the bearer token; reads too when configured. Clicks are not writes of photos,
+/// settings or models: they are accepted for real search results only, checked by the flow.
+async fn authorise(State(state): Shared, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let is_click = path.starts_with("/api/search/") && path.ends_with("/clicks");
+    let is_search = path == "/api/search";
+    let is_write = !request.method().is_safe() && !is_click && !is_search;
+    let open = path == "/healthz";
+    let needs_token = !open && (is_write || state.config.protect_reads);
+    if needs_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(token) if same_secret(token.trim(), &state.config.token) => {}
+            Some(_) => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_token",
+                    "the bearer token is wrong; use the token `glimpse serve` printed on first \
+                     start (kept in the data directory's `token` file)",
+                )
+                .into_response();
+            }
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_required",
+                    "this request changes data and needs `Authorization: Bearer <token>`; the \
+                     token was printed on first start and is in the data directory's `token` file",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let engine = &state.engine;
+    let counts = engine.counts().await?;
+    let vectors = engine.indexed_vectors().await?;
+    let encoder = glimpse_core::ports::VectorIndex::encoder(&engine.index);
+    Ok(Json(json!({
+        "encoder": encoder,
+        "dimension": glimpse_core::ports::VectorIndex::dimension(&engine.index),
+        "library": engine.library(),
+        "photos": counts,
+        "index_vectors": vectors,
+        "indexing_done": counts.pending == 0,
+        "last_scan": engine.last_scan(),
+    })))
+}
+
+async fn stats_report(State(state): Shared) -> Json<Value> {
+    Json(state.stats.report())
+}
+
+async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
+    let counts = state.engine.counts().await?;
+    let vectors = state.engine.indexed_vectors().await?;
+    let text = state.stats.prometheus(&counts, vectors);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct UploadParams {
+    album: Option<String>,
+}
+
+async fn upload(
+    State(state): Shared,
+    Query(params): Query<UploadParams>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.config.max_upload_bytes;
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (bytes, album) = if is_multipart {
+        use axum::extract::FromRequest;
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
+        let mut file = None;
+        let mut album = params.album;
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text(), limit))?
+        {
+            let name = field.name().map(str::to_owned);
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
+            match name.as_deref() {
+                Some("album") => album = Some(String::from_utf8_lossy(&data).into_owned()),
+                _ if file.is_none() => file = Some(data),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "send one file per request (the form has more than one)",
+                    ));
+                }
+            }
+        }
+        let file = file.ok_or_else(|| {
+            ApiError::bad_request("the form has no file: send it in a field named `file`")
+        })?;
+        (file, album)
+    } else {
+        use axum::extract::FromRequest;
+        let bytes = Bytes::from_request(request, &state)
+            .await
+            .map_err(|e: BytesRejection| body_error(e.status(), e.body_text(), limit))?;
+        (bytes, params.album)
+    };
+    let engine = &state.engine;
+    let added = flows::upload(
+        &engine.catalog,
+        &engine.blobs,
+        bytes.to_vec(),
+        album,
+        now_seconds(),
+    )
+    .await
+    .inspect_err(|_| state.stats.count_rejected_upload())?;
+    state.stats.count_upload(added.created);
+    if added.created {
+        state.wake_indexer.notify_one();
+    }
+    let status = if added.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (
+        status,
+        Json(json!({"id": added.id, "created": added.created,
+                    "status_url": format!("/api/photos/{}", added.id)})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/photos/{}", added.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn parse_photo_id(text: &str) -> Result<PhotoId, ApiError> {
+    text.parse()
+        .map_err(|e: glimpse_core::photo::PhotoIdError| ApiError::bad_request(e.to_string()))
+}
+
+async fn find_photo(state: &AppState, id: &str) -> Result<Photo, ApiError> {
+    let id = parse_photo_id(id)?;
+    state
+        .engine
+        .catalog
+        .photo(id)
+        .await?
+        .ok_or_else(|| FlowError::NotFound(format!("there is no photo {id}")).into())
+}
+
+async fn photo(State(state): Shared, Path(id): Path<String>) -> Result<Json<Photo>, ApiError> {
+    find_photo(&state, &id).await.map(Json)
+}
+
+async fn delete_photo(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_photo_id(&id)?;
+    let engine = &state.engine;
+    flows::delete_photo(&engine.catalog, &engine.blobs, &engine.index, id, false).await?;
+    engine
+        .blobs
+        .delete(&thumbnail_key(id))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn read_original(state: &AppState, photo: &Photo) -> Result<Vec<u8>, ApiError> {
+    state
+        .engine
+        .blobs
+        .get(&photo.origin.blob_key())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::GONE,
+                "original_missing",
+                format!(
+                    "the original of photo {} is no longer in storage (moved or deleted); a \
+                     library rescan will drop it",
+                    photo.id
+                ),
+            )
+        })
+}
+
+async fn original(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let photo = find_photo(&state, &id).await?;
+    let bytes = read_original(&state, &photo).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, photo.format.media_type()),
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn thumbnail_key(id: PhotoId) -> String {
+    format!("thumbnails/{id}-{THUMBNAIL_SIZE}.jpg")
+}
+
+async fn thumbnail(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let photo = find_photo(&state, &id).await?;
+    let key = thumbnail_key(photo.id);
+    let cached = state.engine.blobs.get(&key).await?;
+    let jpeg = match cached {
+        Some(jpeg) => jpeg,
+        None => {
+            let original = read_original(&state, &photo).await?;
+            let jpeg = tokio::task::spawn_blocking(move || make_thumbnail(&original))
+                .await
+                .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
+                .map_err(|message| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "undecodable_image",
+                        message,
+                    )
+                })?;
+            state.engine.blobs.put(&key, jpeg.clone()).await?;
+            jpeg
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        jpeg,
+    )
+        .into_response())
+}
+
+fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
+    let rgb = crate::encoder::decode_rgb(original, Some(THUMBNAIL_SIZE))
+        .map_err(|e| format!("the image cannot be decoded: {e}"))?;
+    let small = image::DynamicImage::ImageRgb8(rgb).thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE);
+    let mut jpeg = Vec::new();
+    small
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .map_err(|e| format!("the thumbnail cannot be encoded: {e}"))?;
+    Ok(jpeg)
+}
+
+#[derive(Deserialize)]
+struct SearchParams {
+    q: Option<String>,
+    query: Option<String>,
+    top_k: Option<usize>,
+    min_score: Option<f32>,
+}
+
+async fn run_search(
+    state: &AppState,
+    request: SearchRequest,
+) -> Result<Json<SearchResponse>, ApiError> {
+    match flows::search(state.engine.ports(), &request).await {
+        Ok(response) => {
+            state.stats.record_search(&response);
+            Ok(Json(response))
+        }
+        Err(error) => {
+            state.stats.count_search_error();
+            Err(error.into())
+        }
+    }
+}
+
+async fn search_get(
+    State(state): Shared,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = params.q.or(params.query).ok_or_else(|| {
+        ApiError::bad_request("say what to search for: /api/search?q=beach+at+dusk")
+    })?;
+    let request = SearchRequest {
+        query,
+        top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
+        min_score: params.min_score,
+    };
+    run_search(&state, request).await
+}
+
+async fn search_post(
+    State(state): Shared,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; send {{\"query\": \"…\", \"top_k\": 20, \"min_score\": 1.5}}",
+            e.body_text()
+        ))
+    })?;
+    run_search(&state, request).await
+}
+
+#[derive(Deserialize)]
+struct SimilarParams {
+    top_k: Option<usize>,
+}
+
+async fn similar(
+    State(state): Shared,
+    Path(id): Path<String>,
+    params: Result<Query<SimilarParams>, QueryRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = parse_photo_id(&id)?;
+    let request = SearchRequest {
+        query: format!("like:{id}"),
+        top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
+        min_score: None,
+    };
+    run_search(&state, request).await
+}
+
+fn parse_query_id(text: &str) -> Result<QueryId, ApiError> {
+    text.parse()
+        .map_err(|e: glimpse_core::search::QueryIdError| ApiError::bad_request(e.to_string()))
+}
+
+async fn search_log(
+    State(state): Shared,
+    Path(query_id): Path<String>,
+) -> Result<Json<glimpse_core::search::SearchLogEntry>, ApiError> {
+    let query_id = parse_query_id(&query_id)?;
+    state
+        .engine
+        .catalog
+        .search_log(&query_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| FlowError::NotFound(format!("there is no search {query_id}")).into())
+}
+
+#[derive(Deserialize)]
+struct ClickBody {
+    rank: u32,
+}
+
+async fn click(
+    State(state): Shared,
+    Path(query_id): Path<String>,
+    body: Result<Json<ClickBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let query_id = parse_query_id(&query_id)?;
+    let Json(body) = body
+        .map_err(|e| ApiError::bad_request(format!("{}; send {{\"rank\": 1}}", e.body_text())))?;
+    let clicked = flows::record_click(&state.engine.catalog, &query_id, body.rank).await?;
+    state.stats.count_click();
+    Ok(Json(
+        json!({"query_id": query_id, "rank": clicked.rank, "photo_id": clicked.photo_id}),
+    ))
+}

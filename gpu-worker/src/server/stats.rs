@@ -1,0 +1,229 @@
+//! Latency percentiles per search stage over a rolling window, and counters, for `/api/stats` and
+//! `/metrics`.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use glimpse_core::ports::CatalogCounts;
+use glimpse_core::search::{SearchResponse, StageTimings};
+use serde_json::{Value, json};
+
+/// Searches the percentiles are computed over.
+pub const WINDOW: usize = 10_000;
+
+const STAGES: [&str; 6] = ["parse", "embed", "retrieve", "rerank", "log", "total"];
+
+fn stage_values(t: &StageTimings) -> [f64; 6] {
+    [
+        t.parse_ms,
+        t.embed_ms,
+        t.retrieve_ms,
+        t.rerank_ms,
+        t.log_ms,
+        t.total_ms,
+    ]
+}
+
+/// Counters and latency windows, shared by the handlers.
+#[derive(Default)]
+pub struct Stats {
+    windows: Mutex<[VecDeque<f64>; 6]>,
+    searches: AtomicU64,
+    search_errors: AtomicU64,
+    rerank_fallbacks: AtomicU64,
+    uploads: AtomicU64,
+    duplicate_uploads: AtomicU64,
+    rejected_uploads: AtomicU64,
+    clicks: AtomicU64,
+}
+
+/// The nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Stats {
+    /// Records a completed search.
+    pub fn record_search(&self, response: &SearchResponse) {
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        if response.rerank_fallback.is_some() {
+            self.rerank_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut windows) = self.windows.lock() {
+            for (window, value) in windows.iter_mut().zip(stage_values(&response.timings)) {
+                if window.len() == WINDOW {
+                    window.pop_front();
+                }
+                window.push_back(value);
+            }
+        }
+    }
+
+    /// Counts a search that failed.
+    pub fn count_search_error(&self) {
+        self.search_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted upload (`created == false` for duplicates).
+    pub fn count_upload(&self, created: bool) {
+        let counter = if created {
+            &self.uploads
+        } else {
+            &self.duplicate_uploads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused upload.
+    pub fn count_rejected_upload(&self) {
+        self.rejected_uploads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a recorded click.
+    pub fn count_click(&self) {
+        self.clicks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn percentiles(&self) -> Vec<(&'static str, usize, [f64; 3])> {
+        let Ok(windows) = self.windows.lock() else {
+            return Vec::new();
+        };
+        STAGES
+            .iter()
+            .zip(windows.iter())
+            .map(|(stage, window)| {
+                let mut sorted: Vec<f64> = window.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let p = [50.0, 95.0, 99.0].map(|p| percentile(&sorted, p));
+                (*stage, sorted.len(), p)
+            })
+            .collect()
+    }
+
+    /// The `/api/stats` document.
+    pub fn report(&self) -> Value {
+        let stages: serde_json::Map<String, Value> = self
+            .percentiles()
+            .into_iter()
+            .map(|(stage, samples, [p50, p95, p99])| {
+                (
+                    stage.to_owned(),
+                    json!({"samples": samples, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99}),
+                )
+            })
+            .collect();
+        json!({
+            "window": WINDOW,
+            "stages": stages,
+            "searches": self.searches.load(Ordering::Relaxed),
+            "search_errors": self.search_errors.load(Ordering::Relaxed),
+            "rerank_fallbacks": self.rerank_fallbacks.load(Ordering::Relaxed),
+            "uploads": self.uploads.load(Ordering::Relaxed),
+            "duplicate_uploads": self.duplicate_uploads.load(Ordering::Relaxed),
+            "rejected_uploads": self.rejected_uploads.load(Ordering::Relaxed),
+            "clicks": self.clicks.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The `/metrics` page (Prometheus text format 0.0.4).
+    pub fn prometheus(&self, counts: &CatalogCounts, vectors: u64) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "glimpse_searches_total",
+                "Searches answered.",
+                &self.searches,
+            ),
+            (
+                "glimpse_search_errors_total",
+                "Searches refused or failed.",
+                &self.search_errors,
+            ),
+            (
+                "glimpse_rerank_fallbacks_total",
+                "Searches answered in retrieval order because the reranker failed.",
+                &self.rerank_fallbacks,
+            ),
+            (
+                "glimpse_uploads_total",
+                "Photos uploaded (new).",
+                &self.uploads,
+            ),
+            (
+                "glimpse_duplicate_uploads_total",
+                "Uploads of bytes already in the catalog.",
+                &self.duplicate_uploads,
+            ),
+            (
+                "glimpse_rejected_uploads_total",
+                "Uploads refused.",
+                &self.rejected_uploads,
+            ),
+            (
+                "glimpse_clicks_total",
+                "Clicks recorded on results.",
+                &self.clicks,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP glimpse_photos Photos in the catalog by indexing status.\n\
+             # TYPE glimpse_photos gauge"
+        );
+        for (status, value) in [
+            ("pending", counts.pending),
+            ("indexed", counts.indexed),
+            ("failed", counts.failed),
+        ] {
+            let _ = writeln!(out, "glimpse_photos{{status=\"{status}\"}} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP glimpse_index_vectors Vectors in the index.\n\
+             # TYPE glimpse_index_vectors gauge\nglimpse_index_vectors {vectors}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP glimpse_search_stage_seconds Search stage latency over the last {WINDOW} \
+             searches.\n# TYPE glimpse_search_stage_seconds summary"
+        );
+        for (stage, _samples, quantiles) in self.percentiles() {
+            for (q, value) in ["0.5", "0.95", "0.99"].iter().zip(quantiles) {
+                let _ = writeln!(
+                    out,
+                    "glimpse_search_stage_seconds{{stage=\"{stage}\",quantile=\"{q}\"}} {}",
+                    value / 1000.0
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 50.0);
+        assert_eq!(percentile(&values, 95.0), 95.0);
+        assert_eq!(percentile(&values, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
