@@ -648,6 +648,61 @@ mod tests {
         pollster::block_on(crate::contract::reranker_suite(&RetrievalOrder));
     }
 
+    fn unit(values: Vec<f32>) -> Embedding {
+        Embedding::normalized(values).unwrap()
+    }
+
+    /// Two terms whose raw cosines live on very different scales (an image–image term spread
+    /// widely, a text–image term in a narrow band) count as their weights say once standardised.
+    #[test]
+    fn weights_mean_what_they_say_across_score_scales() {
+        // Library: component 1 varies widely (what the "image" term sees), component 2 a little
+        // (what the "text" term sees), independently.
+        let library: Vec<Embedding> = (0..64)
+            .map(|i| {
+                let wide = ((i % 8) as f32 - 3.5) * 0.1;
+                let narrow = ((i / 8) as f32 - 3.5) * 0.01;
+                unit(vec![1.0, wide, narrow])
+            })
+            .collect();
+        let image_term = unit(vec![0.0, 1.0, 0.0]);
+        let text_term = unit(vec![0.0, 0.0, 1.0]);
+        // A stands out on the image term, B on the text term, by the same number of spreads.
+        let a = unit(vec![1.0, 0.46, 0.0]);
+        let b = unit(vec![1.0, 0.0, 0.046]);
+        let candidates = vec![
+            (PhotoId::from_u64(1), a.clone()),
+            (PhotoId::from_u64(2), b.clone()),
+        ];
+        let top = |image_weight: f32, text_weight: f32| {
+            let terms = [
+                calibrate(image_term.clone(), image_weight, &library),
+                calibrate(text_term.clone(), text_weight, &library),
+            ];
+            score(&terms, candidates.clone(), None)[0].0
+        };
+        // In raw cosines A's lead on the image term dwarfs B's on the text term ...
+        let raw_a = image_term.cosine(&a) + 3.0 * text_term.cosine(&a);
+        let raw_b = image_term.cosine(&b) + 3.0 * text_term.cosine(&b);
+        assert!(raw_a > raw_b);
+        // ... standardised, the heavier term decides.
+        assert_eq!(top(1.0, 3.0), PhotoId::from_u64(2));
+        assert_eq!(top(3.0, 1.0), PhotoId::from_u64(1));
+        // A single term's score is its cosine in standard deviations above the library mean.
+        let terms = [calibrate(text_term.clone(), 1.0, &library)];
+        let all: Vec<(PhotoId, Embedding)> = library
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (PhotoId::from_u64(i as u64), v.clone()))
+            .collect();
+        let scored = score(&terms, all.clone(), None);
+        let mean: f32 = scored.iter().map(|(_, s)| s).sum::<f32>() / scored.len() as f32;
+        assert!(mean.abs() < 1e-3, "{mean}");
+        let above = score(&terms, all, Some(1.0));
+        assert!(!above.is_empty() && above.len() < 32);
+        assert!(above.iter().all(|(_, s)| *s >= 1.0));
+    }
+
     #[test]
     fn retries_back_off_exponentially_then_give_up() {
         let policy = RetryPolicy::default();

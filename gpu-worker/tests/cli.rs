@@ -180,3 +180,101 @@ fn cached_hub_models_load_offline_by_branch_or_by_commit() {
     assert_eq!(line["dimension"], 32);
     std::fs::remove_dir_all(&home).unwrap();
 }
+
+fn run_ok(args: &[&str]) -> String {
+    let output = glimpse(args);
+    assert!(
+        output.status.success(),
+        "glimpse {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_the_index() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures/Trips");
+    std::fs::create_dir_all(&library).unwrap();
+    for name in ["noise.png", "gradient.jpg", "checkerboard.png"] {
+        std::fs::copy(reference().join("images").join(name), library.join(name)).unwrap();
+    }
+    std::fs::write(library.join("no-header.jpg"), b"\xFF\xD8\xFF\xE0 cut short").unwrap();
+    let jpeg = std::fs::read(reference().join("images/noise.jpg")).unwrap();
+    std::fs::write(library.join("broken.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    let data = scratch.path().join("data");
+    let (data, root) = (data.to_str().unwrap(), scratch.path().join("Pictures"));
+    let odd = reference().join("checkpoints/clip-odd");
+    let summary = run_ok(&[
+        "index",
+        root.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--model",
+        odd.to_str().unwrap(),
+    ]);
+    assert!(
+        summary.contains("Scanned 5 image files: 4 new"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 refused"), "{summary}");
+    assert!(
+        summary.contains("refused Trips/no-header.jpg: the image header cannot be read"),
+        "{summary}"
+    );
+    assert!(summary.contains("3 indexed, 1 failed"), "{summary}");
+    assert!(
+        summary.contains("failed library/Trips/broken.jpg"),
+        "{summary}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "search",
+        "a red sled",
+        "--json",
+        "--data-dir",
+        data,
+    ]))
+    .unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["photo"]["album"] == "Trips"));
+    let table = run_ok(&["search", "a red sled album:nowhere", "--data-dir", data]);
+    assert!(table.contains("No results."), "{table}");
+    let bad = glimpse(&["search", "beach -\"open", "--data-dir", data]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("closing quote"));
+
+    let status = run_ok(&["status", "--data-dir", data]);
+    assert!(
+        status.contains("4 (3 indexed, 0 pending, 1 failed)"),
+        "{status}"
+    );
+    assert!(status.contains("clip-odd"), "{status}");
+
+    // Another encoder: the index is rebuilt for it and every photo is indexed again.
+    let gelu = reference().join("checkpoints/clip-gelu");
+    let summary = run_ok(&[
+        "index",
+        root.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--model",
+        gelu.to_str().unwrap(),
+    ]);
+    assert!(
+        summary.contains("Indexed 3 photos this run (1 failed)"),
+        "{summary}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "search",
+        "a red sled",
+        "--json",
+        "--data-dir",
+        data,
+    ]))
+    .unwrap();
+    assert_eq!(json["results"].as_array().unwrap().len(), 3);
+    let status = run_ok(&["status", "--data-dir", data]);
+    assert!(status.contains("clip-gelu"), "{status}");
+}

@@ -1,0 +1,634 @@
+//! `glimpse serve` end to end over HTTP, as a user runs it: a library folder, the small test
+//! checkpoint, real SQLite and qdrant-edge under a temporary data directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on broken fixtures
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn reference() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
+}
+
+fn model() -> String {
+    reference()
+        .join("checkpoints/clip-odd")
+        .display()
+        .to_string()
+}
+
+/// The fixture images in two albums (PNGs in `Trips`, JPEGs in `Home`) and a text file.
+fn fixture_library(root: &Path) {
+    std::fs::create_dir_all(root.join("Trips")).unwrap();
+    std::fs::create_dir_all(root.join("Home")).unwrap();
+    for entry in std::fs::read_dir(reference().join("images")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        let album = match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => "Trips",
+            _ => "Home",
+        };
+        std::fs::copy(&path, root.join(album).join(name)).unwrap();
+    }
+    std::fs::write(root.join("notes.txt"), "not a photo").unwrap();
+}
+
+fn fixture_count() -> usize {
+    std::fs::read_dir(reference().join("images"))
+        .unwrap()
+        .count()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    token: String,
+    data_dir: PathBuf,
+}
+
+impl Server {
+    fn start(library: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command.arg("serve");
+        if let Some(library) = library {
+            command.arg("--library").arg(library);
+        }
+        let mut child = command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--model", &model(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("glimpse serve exited before listening")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("Glimpse is serving ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let token = std::fs::read_to_string(data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            base,
+            token,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        response(ureq::get(&self.url(path)).call())
+    }
+
+    fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        response(ureq::post(&self.url(path)).send_json(body))
+    }
+
+    fn upload(&self, bytes: &[u8], token: Option<&str>) -> (u16, Value) {
+        let mut request = ureq::post(&self.url("/api/photos"));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        response(request.send_bytes(bytes))
+    }
+
+    fn delete(&self, path: &str) -> (u16, Value) {
+        response(
+            ureq::delete(&self.url(path))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    fn search(&self, query: &str, top_k: usize) -> Value {
+        let (status, body) = self.post_json("/api/search", json!({"query": query, "top_k": top_k}));
+        assert_eq!(status, 200, "{query}: {body}");
+        body
+    }
+
+    /// Waits until nothing is pending and `photos` are known.
+    fn wait_indexed(&self, photos: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, status) = self.get("/api/status");
+            if status["photos"]["photos"] == photos && status["photos"]["pending"] == 0 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "indexing did not finish: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: a graceful stop.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(other) => panic!("request failed: {other}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn ids(response: &Value) -> Vec<String> {
+    response["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["photo"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_clicks() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    let server = Server::start(Some(&library), &scratch.path().join("data"), &[]);
+    let total = fixture_count();
+    let status = server.wait_indexed(total as u64);
+    assert_eq!(status["photos"]["indexed"], total);
+    assert_eq!(status["index_vectors"], total);
+    assert_eq!(
+        status["last_scan"]["skipped"], 1,
+        "the text file is counted and skipped"
+    );
+
+    // Ranked results with stage timings, best first.
+    let all = server.search("a red sled", 200);
+    let results = all["results"].as_array().unwrap();
+    assert_eq!(results.len(), total);
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert_eq!(results[0]["rank"], 1);
+    assert!(all["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    // GET and POST agree.
+    let (status, by_get) = server.get("/api/search?q=a%20red%20sled&top_k=200");
+    assert_eq!(status, 200);
+    assert_eq!(ids(&by_get), ids(&all));
+
+    // Filters.
+    let trips = server.search("a red sled album:trips", 200);
+    assert!(!ids(&trips).is_empty());
+    assert!(
+        trips["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["photo"]["album"] == "Trips")
+    );
+    assert_eq!(
+        ids(&trips).len() + ids(&server.search("a red sled album:Home", 200)).len(),
+        total
+    );
+    assert!(ids(&server.search("a red sled after:2100", 200)).is_empty());
+    assert_eq!(
+        ids(&server.search("a red sled before:2100-01-01", 200)).len(),
+        total
+    );
+    assert!(ids(&server.search("a red sled camera:canon", 200)).is_empty());
+
+    // A negative term alone ranks by dissimilarity: every score is the positive term's, negated.
+    let positive_response = server.search("golden retriever", 200);
+    let positive = ids(&positive_response);
+    let negative = server.search("-\"golden retriever\"", 200);
+    let score_of = |response: &Value, id: &str| {
+        response["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["photo"]["id"] == id)
+            .map(|r| r["score"].as_f64().unwrap())
+            .unwrap()
+    };
+    for id in &positive {
+        let (p, n) = (score_of(&positive_response, id), score_of(&negative, id));
+        assert!((p + n).abs() < 1e-4, "{id}: {p} vs {n}");
+    }
+    assert_eq!(ids(&negative).last(), positive.first());
+    // Subtracting a term changes the order; the weight scales its effect.
+    let plain = server.search("a red sled", 200);
+    let minus = server.search("a red sled -\"golden retriever\"", 200);
+    assert_ne!(ids(&plain), ids(&minus));
+
+    // Image by example: the example itself is left out; /similar is the same query.
+    let example = positive[0].clone();
+    let like = server.search(&format!("like:{example}"), 5);
+    assert!(!ids(&like).contains(&example));
+    let (status, similar) = server.get(&format!("/api/photos/{example}/similar?top_k=5"));
+    assert_eq!(status, 200);
+    assert_eq!(ids(&similar), ids(&like));
+    let mixed = server.search(&format!("a red sled like:{example}"), 5);
+    assert_eq!(ids(&mixed).len(), 5);
+    let threshold = server.post_json(
+        "/api/search",
+        json!({"query": "a red sled", "top_k": 200, "min_score": 0.5}),
+    );
+    assert!(
+        threshold.1["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["score"].as_f64().unwrap() >= 0.5)
+    );
+
+    // A click is recorded with its rank, for real results only.
+    let query_id = all["query_id"].as_str().unwrap();
+    let (status, clicked) = server.post_json(
+        &format!("/api/search/{query_id}/clicks"),
+        json!({"rank": 2}),
+    );
+    assert_eq!(status, 200, "{clicked}");
+    assert_eq!(clicked["photo_id"], results[1]["photo"]["id"]);
+    let (status, _) = server.post_json(
+        &format!("/api/search/{query_id}/clicks"),
+        json!({"rank": 999}),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = server.post_json(
+        &format!("/api/search/{}/clicks", "ab".repeat(16)),
+        json!({"rank": 1}),
+    );
+    assert_eq!(status, 404);
+    let (status, log) = server.get(&format!("/api/search/{query_id}"));
+    assert_eq!(status, 200);
+    assert_eq!(log["text"], "a red sled");
+    let logged = log["results"].as_array().unwrap();
+    assert_eq!(logged.len(), total);
+    assert!(logged[1]["clicked"].as_bool().unwrap());
+    assert!(logged.iter().filter(|r| r["clicked"] == true).count() == 1);
+
+    // Photos, originals, thumbnails, stats, metrics, the OpenAPI document.
+    let (status, photo) = server.get(&format!("/api/photos/{example}"));
+    assert_eq!(status, 200);
+    assert_eq!(photo["status"], "indexed");
+    let original = ureq::get(&server.url(&format!("/api/photos/{example}/original")))
+        .call()
+        .unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut original.into_reader(), &mut bytes).unwrap();
+    assert_eq!(bytes.len() as u64, photo["bytes"].as_u64().unwrap());
+    let thumbnail = ureq::get(&server.url(&format!("/api/photos/{example}/thumbnail")))
+        .call()
+        .unwrap();
+    assert_eq!(thumbnail.content_type(), "image/jpeg");
+    let (_, stats) = server.get("/api/stats");
+    assert!(stats["stages"]["total"]["samples"].as_u64().unwrap() >= 10);
+    assert!(stats["stages"]["embed"]["p95_ms"].as_f64().unwrap() > 0.0);
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(metrics.contains(&format!("glimpse_photos{{status=\"indexed\"}} {total}")));
+    assert!(metrics.contains("glimpse_clicks_total 1"));
+    let (_, openapi) = server.get("/api/openapi.json");
+    for path in [
+        "/api/photos",
+        "/api/photos/{id}",
+        "/api/photos/{id}/original",
+        "/api/photos/{id}/thumbnail",
+        "/api/photos/{id}/similar",
+        "/api/search",
+        "/api/search/{query_id}",
+        "/api/search/{query_id}/clicks",
+        "/api/status",
+        "/api/stats",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            openapi["paths"][path].is_object(),
+            "{path} is not documented"
+        );
+    }
+
+    // The watcher notices a new file and a deleted one.
+    let extra = scratch.path().join("extra.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 99]))
+        .save(&extra)
+        .unwrap();
+    std::fs::copy(&extra, library.join("Trips/new.png")).unwrap();
+    server.wait_indexed(total as u64 + 1);
+    std::fs::remove_file(library.join("Trips/new.png")).unwrap();
+    let status = server.wait_indexed(total as u64);
+    assert_eq!(status["index_vectors"], total);
+}
+
+/// A PNG header declaring 50000 × 50000 pixels, with a valid CRC and no pixel data.
+fn bomb_png() -> Vec<u8> {
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&50_000u32.to_be_bytes());
+    chunk.extend_from_slice(&50_000u32.to_be_bytes());
+    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&chunk);
+    png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_loses_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    let server = Server::start(
+        Some(&library),
+        &scratch.path().join("data"),
+        &["--max-upload-mb", "1"],
+    );
+    let total = fixture_count() as u64;
+    server.wait_indexed(total);
+    let token = server.token.clone();
+    let good = std::fs::read(reference().join("images/noise.png")).unwrap();
+    let mut fresh = good.clone();
+    fresh.extend_from_slice(b"trailing bytes make a new file");
+
+    // No token, wrong token.
+    let (status, body) = server.upload(&fresh, None);
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer")
+    );
+    assert_eq!(server.upload(&fresh, Some("wrong")).0, 401);
+    let (status, _) = response(ureq::delete(&server.url("/api/photos/0000000000000000")).call());
+    assert_eq!(status, 401);
+
+    // Not an image, a decompression bomb, an oversized body.
+    let (status, body) = server.upload(b"%PDF-1.7 not a photo", Some(&token));
+    assert_eq!(status, 415, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("JPEG, PNG")
+    );
+    let (status, body) = server.upload(&bomb_png(), Some(&token));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("50000×50000")
+    );
+    let (status, body) = server.upload(&vec![0xFF; 2 * 1024 * 1024], Some(&token));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("1 MB"));
+
+    // A malformed query, an unknown photo, a bad id, a bad top_k.
+    let (status, body) = server.get("/api/search?q=beach%20-%22tour%20bus");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_query");
+    assert_eq!(body["error"]["position"], 7);
+    assert!(body["error"]["hint"].as_str().unwrap().contains("quote"));
+    assert_eq!(server.get("/api/photos/0123456789abcdef").0, 404);
+    assert_eq!(server.get("/api/photos/not-an-id").0, 400);
+    assert_eq!(server.get("/api/search?q=sled&top_k=201").0, 400);
+    assert_eq!(server.get("/api/search?q=like:0123456789abcdef").0, 404);
+
+    // A truncated image is accepted, then its job fails with the decoder's error on the photo.
+    let jpeg = std::fs::read(reference().join("images/noise.jpg")).unwrap();
+    let truncated = &jpeg[..jpeg.len() / 2];
+    let (status, body) = server.upload(truncated, Some(&token));
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let photo = loop {
+        let (_, photo) = server.get(&format!("/api/photos/{id}"));
+        if photo["status"] != "pending" {
+            break photo;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(photo["status"], "failed");
+    assert!(
+        photo["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be decoded"),
+        "{photo}"
+    );
+
+    // A good upload, then the same bytes again (multipart this time): the existing id.
+    let (status, body) = server.upload(&fresh, Some(&token));
+    assert_eq!(status, 202);
+    let uploaded = body["id"].as_str().unwrap().to_owned();
+    let boundary = "glimpse-test-boundary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&fresh);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let (status, body) = response(
+        ureq::post(&server.url("/api/photos"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send_bytes(&form),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], uploaded.as_str());
+    let status = server.wait_indexed(total + 2);
+    assert_eq!(status["photos"]["failed"], 1);
+    assert_eq!(
+        status["index_vectors"],
+        total + 1,
+        "nothing stored was lost"
+    );
+
+    // Library photos are the user's files: deleting one through the API is refused.
+    let library_photo = ids(&server.search("a red sled album:Trips", 1))[0].clone();
+    let (status, body) = server.delete(&format!("/api/photos/{library_photo}"));
+    assert_eq!(status, 409);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("library")
+    );
+    // Uploaded photos can be deleted.
+    assert_eq!(server.delete(&format!("/api/photos/{uploaded}")).0, 204);
+    assert_eq!(server.get(&format!("/api/photos/{uploaded}")).0, 404);
+    let status = server.wait_indexed(total + 1);
+    assert_eq!(status["index_vectors"], total);
+}
+
+#[test]
+fn a_restart_keeps_photos_searches_clicks_and_the_token() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    let data = scratch.path().join("data");
+    let total = fixture_count() as u64;
+    let server = Server::start(Some(&library), &data, &[]);
+    server.wait_indexed(total);
+    let (_, uploaded) = server.upload(&bomb_free_upload(), Some(&server.token.clone()));
+    server.wait_indexed(total + 1);
+    let before = server.search("a red sled", 50);
+    let query_id = before["query_id"].as_str().unwrap().to_owned();
+    server.post_json(
+        &format!("/api/search/{query_id}/clicks"),
+        json!({"rank": 1}),
+    );
+    let token = server.token.clone();
+    server.stop();
+
+    // The library is remembered: no --library this time.
+    let server = Server::start(None, &data, &[]);
+    assert_eq!(server.token, token);
+    let status = server.wait_indexed(total + 1);
+    assert_eq!(status["index_vectors"], total + 1);
+    assert_eq!(ids(&server.search("a red sled", 50)), ids(&before));
+    let (_, log) = server.get(&format!("/api/search/{query_id}"));
+    assert_eq!(log["results"][0]["clicked"], true);
+    assert_eq!(
+        server
+            .get(&format!("/api/photos/{}", uploaded["id"].as_str().unwrap()))
+            .0,
+        200
+    );
+    assert_eq!(server.data_dir, data);
+}
+
+fn bomb_free_upload() -> Vec<u8> {
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(33, 21, |x, y| image::Rgb([x as u8 * 7, 200, y as u8 * 11]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+/// Noise JPEGs, slow enough to decode that a kill lands in the middle of indexing.
+fn many_photos(root: &Path, count: u32) {
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..count {
+        let mut state = 0x9E37_79B9u32.wrapping_mul(i + 1);
+        let image = image::RgbImage::from_fn(640, 480, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+        });
+        image.save(root.join(format!("photo-{i:04}.jpg"))).unwrap();
+    }
+}
+
+#[test]
+fn kill_during_indexing_then_restart_indexes_every_photo_exactly_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    let count = 400;
+    many_photos(&library, count);
+    let data = scratch.path().join("data");
+    let server = Server::start(Some(&library), &data, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, status) = server.get("/api/status");
+        let indexed = status["photos"]["indexed"].as_u64().unwrap();
+        if indexed > 0 {
+            assert!(
+                indexed < u64::from(count),
+                "indexing finished before the kill: {status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "indexing never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+
+    let server = Server::start(Some(&library), &data, &[]);
+    let status = server.wait_indexed(u64::from(count));
+    assert_eq!(status["photos"]["indexed"], count);
+    assert_eq!(status["photos"]["failed"], 0);
+    assert_eq!(status["index_vectors"], count);
+    drop(server);
+    let catalog = rusqlite::Connection::open(data.join("catalog.sqlite3")).unwrap();
+    let (jobs, done, photos_with_one_job): (i64, i64, i64) = catalog
+        .query_row(
+            "SELECT COUNT(*), SUM(state = 'done'), \
+             (SELECT COUNT(*) FROM (SELECT photo_id FROM feature_jobs GROUP BY photo_id \
+              HAVING COUNT(*) = 1)) FROM feature_jobs",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (jobs, done, photos_with_one_job),
+        (i64::from(count), i64::from(count), i64::from(count))
+    );
+}
