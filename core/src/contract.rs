@@ -12,7 +12,7 @@ use crate::ports::{
     BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, RerankCandidate, Reranker,
     SearchFilter, TextEmbedder, VectorIndex,
 };
-use crate::search::{LoggedResult, QueryId, SearchLog, StageTimings};
+use crate::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
 use crate::{Embedding, EncoderId};
 
 fn photo(seed: u8, album: Option<&str>) -> Photo {
@@ -130,15 +130,14 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     // Search log and clicks: only real (query id, rank) pairs are accepted.
     let query_id = QueryId::random();
     let log = SearchLog {
-        query_id,
-        text: "beach -people".to_owned(),
-        parsed: "{}".to_owned(),
-        encoder: encoder.clone(),
-        timings: StageTimings {
-            total_ms: 3.5,
-            ..StageTimings::default()
+        search: LoggedSearch {
+            query_id,
+            text: "beach -people".to_owned(),
+            parsed: "{}".to_owned(),
+            encoder: encoder.clone(),
+            timings: StageTimings::from_values([0.1, 1.0, 1.5, 0.2, 0.4, 3.5]),
+            rerank_fallback: Some("reranker down".to_owned()),
         },
-        rerank_fallback: Some("reranker down".to_owned()),
         results: vec![
             LoggedResult {
                 rank: 1,
@@ -163,9 +162,7 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     let click = catalog.record_click(&query_id, 2).await.unwrap().unwrap();
     assert_eq!((click.photo_id, click.rank), (second.id, 2));
     let entry = catalog.search_log(&query_id).await.unwrap().unwrap();
-    assert_eq!(entry.text, log.text);
-    assert_eq!(entry.rerank_fallback, log.rerank_fallback);
-    assert_eq!(entry.timings.total_ms, 3.5);
+    assert_eq!(entry.search, log.search);
     assert_eq!(entry.results.len(), 2);
     assert!(!entry.results[0].clicked);
     assert!(entry.results[1].clicked && entry.results[1].clicked_at.is_some());

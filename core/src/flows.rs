@@ -11,8 +11,8 @@ use crate::ports::{
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
-    LoggedResult, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog, SearchRequest, SearchResponse,
-    SearchResult, StageTimings,
+    LoggedResult, LoggedSearch, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog, SearchRequest,
+    SearchResponse, SearchResult, StageTimings,
 };
 use crate::{Embedding, ports::ImageEmbedder};
 
@@ -446,12 +446,14 @@ pub async fn search(
         })
         .collect();
     let mut log = SearchLog {
-        query_id,
-        text: request.query.clone(),
-        parsed: parsed_json(&parsed),
-        encoder: ports.index.encoder().clone(),
-        timings,
-        rerank_fallback: rerank_fallback.clone(),
+        search: LoggedSearch {
+            query_id,
+            text: request.query.clone(),
+            parsed: parsed_json(&parsed),
+            encoder: ports.index.encoder().clone(),
+            timings,
+            rerank_fallback: rerank_fallback.clone(),
+        },
         results: results
             .iter()
             .map(|r| LoggedResult {
@@ -462,7 +464,7 @@ pub async fn search(
             })
             .collect(),
     };
-    log.timings.total_ms = elapsed_ms(started);
+    log.search.timings.total_ms = elapsed_ms(started);
     ports.catalog.log_search(&log).await?;
     timings.log_ms = elapsed_ms(stage);
     timings.total_ms = elapsed_ms(started);

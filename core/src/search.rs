@@ -118,6 +118,37 @@ pub struct StageTimings {
     pub total_ms: f64,
 }
 
+impl StageTimings {
+    /// The stage names, in order, as used in storage columns (`{name}_ms`) and metrics.
+    pub const STAGES: [&'static str; 6] = ["parse", "embed", "retrieve", "rerank", "log", "total"];
+
+    /// The milliseconds of each stage, in the order of [`Self::STAGES`].
+    pub fn values(&self) -> [f64; 6] {
+        [
+            self.parse_ms,
+            self.embed_ms,
+            self.retrieve_ms,
+            self.rerank_ms,
+            self.log_ms,
+            self.total_ms,
+        ]
+    }
+
+    /// Timings from values in the order of [`Self::STAGES`].
+    pub fn from_values(
+        [parse_ms, embed_ms, retrieve_ms, rerank_ms, log_ms, total_ms]: [f64; 6],
+    ) -> Self {
+        Self {
+            parse_ms,
+            embed_ms,
+            retrieve_ms,
+            rerank_ms,
+            log_ms,
+            total_ms,
+        }
+    }
+}
+
 /// One result of a search.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SearchResult {
@@ -161,9 +192,9 @@ pub struct LoggedResult {
     pub rerank_probability: Option<f32>,
 }
 
-/// A search as the catalog stores it.
+/// What the search log keeps of a search besides its results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SearchLog {
+pub struct LoggedSearch {
     /// Its id.
     pub query_id: QueryId,
     /// The query as typed.
@@ -176,6 +207,14 @@ pub struct SearchLog {
     pub timings: StageTimings,
     /// Why reranking fell back, if it did.
     pub rerank_fallback: Option<String>,
+}
+
+/// A search as the flow hands it to the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchLog {
+    /// The search.
+    #[serde(flatten)]
+    pub search: LoggedSearch,
     /// The results, in rank order.
     pub results: Vec<LoggedResult>,
 }
@@ -195,18 +234,9 @@ pub struct LoggedResultWithClick {
 /// A logged search with its clicks, as read back from the catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchLogEntry {
-    /// Its id.
-    pub query_id: QueryId,
-    /// The query as typed.
-    pub text: String,
-    /// The parsed form, as JSON.
-    pub parsed: String,
-    /// The encoder that embedded it.
-    pub encoder: EncoderId,
-    /// Stage timings.
-    pub timings: StageTimings,
-    /// Why reranking fell back, if it did.
-    pub rerank_fallback: Option<String>,
+    /// The search.
+    #[serde(flatten)]
+    pub search: LoggedSearch,
     /// When it ran, seconds since 1970.
     pub created_at: i64,
     /// The results with clicks.

@@ -205,14 +205,17 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
     let data = scratch.path().join("data");
     let (data, root) = (data.to_str().unwrap(), scratch.path().join("Pictures"));
     let odd = reference().join("checkpoints/clip-odd");
-    let summary = run_ok(&[
-        "index",
-        root.to_str().unwrap(),
-        "--data-dir",
-        data,
-        "--model",
-        odd.to_str().unwrap(),
-    ]);
+    let index_with = |model: &Path| {
+        run_ok(&[
+            "index",
+            root.to_str().unwrap(),
+            "--data-dir",
+            data,
+            "--model",
+            model.to_str().unwrap(),
+        ])
+    };
+    let summary = index_with(&odd);
     assert!(
         summary.contains("Scanned 5 image files: 4 new"),
         "{summary}"
@@ -228,14 +231,17 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
         "{summary}"
     );
 
-    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
-        "search",
-        "a red sled",
-        "--json",
-        "--data-dir",
-        data,
-    ]))
-    .unwrap();
+    let search_json = || -> serde_json::Value {
+        serde_json::from_str(&run_ok(&[
+            "search",
+            "a red sled",
+            "--json",
+            "--data-dir",
+            data,
+        ]))
+        .unwrap()
+    };
+    let json = search_json();
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert!(results.iter().all(|r| r["photo"]["album"] == "Trips"));
@@ -254,26 +260,12 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
 
     // Another encoder: the index is rebuilt for it and every photo is indexed again.
     let gelu = reference().join("checkpoints/clip-gelu");
-    let summary = run_ok(&[
-        "index",
-        root.to_str().unwrap(),
-        "--data-dir",
-        data,
-        "--model",
-        gelu.to_str().unwrap(),
-    ]);
+    let summary = index_with(&gelu);
     assert!(
         summary.contains("Indexed 3 photos this run (1 failed)"),
         "{summary}"
     );
-    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
-        "search",
-        "a red sled",
-        "--json",
-        "--data-dir",
-        data,
-    ]))
-    .unwrap();
+    let json = search_json();
     assert_eq!(json["results"].as_array().unwrap().len(), 3);
     let status = run_ok(&["status", "--data-dir", data]);
     assert!(status.contains("clip-gelu"), "{status}");

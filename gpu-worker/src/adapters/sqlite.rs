@@ -11,7 +11,8 @@ use glimpse_core::ports::{
     Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError,
 };
 use glimpse_core::search::{
-    LoggedResult, LoggedResultWithClick, QueryId, SearchLog, SearchLogEntry, StageTimings,
+    LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
+    StageTimings,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -130,6 +131,15 @@ fn sql_id(id: PhotoId) -> i64 {
 
 fn photo_id(value: i64) -> PhotoId {
     PhotoId::from_u64(value as u64)
+}
+
+/// The `searches` columns of the stage timings, in [`StageTimings::STAGES`] order.
+fn timing_columns() -> String {
+    StageTimings::STAGES
+        .iter()
+        .map(|stage| format!("{stage}_ms"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes, width, height, \
@@ -561,34 +571,33 @@ impl Catalog for SqliteCatalog {
 
     async fn log_search(&self, log: &SearchLog) -> Result<(), PortError> {
         let now = now_seconds();
+        let search = &log.search;
+        let query_id = search.query_id.to_string();
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let t = &log.timings;
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                query_id.clone().into(),
+                search.text.clone().into(),
+                search.parsed.clone().into(),
+                search.encoder.to_string().into(),
+                search.rerank_fallback.clone().into(),
+                now.into(),
+            ];
+            values.extend(search.timings.values().map(rusqlite::types::Value::from));
             transaction.execute(
-                "INSERT INTO searches (id, text, parsed, encoder, parse_ms, embed_ms, \
-                 retrieve_ms, rerank_ms, log_ms, total_ms, rerank_fallback, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    log.query_id.to_string(),
-                    log.text,
-                    log.parsed,
-                    log.encoder.to_string(),
-                    t.parse_ms,
-                    t.embed_ms,
-                    t.retrieve_ms,
-                    t.rerank_ms,
-                    t.log_ms,
-                    t.total_ms,
-                    log.rerank_fallback,
-                    now,
-                ],
+                &format!(
+                    "INSERT INTO searches (id, text, parsed, encoder, rerank_fallback, created_at, \
+                     {}) VALUES ({})",
+                    timing_columns(),
+                    vec!["?"; values.len()].join(", ")
+                ),
+                rusqlite::params_from_iter(values),
             )?;
             {
                 let mut statement = transaction.prepare_cached(
                     "INSERT INTO search_results (query_id, rank, photo_id, score, \
                      rerank_probability) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
-                let query_id = log.query_id.to_string();
                 for result in &log.results {
                     statement.execute(params![
                         query_id,
@@ -605,30 +614,27 @@ impl Catalog for SqliteCatalog {
 
     async fn search_log(&self, query_id: &QueryId) -> Result<Option<SearchLogEntry>, PortError> {
         let key = query_id.to_string();
-        let entry = self.with(|c| {
-            let Some((text, parsed, encoder, timings, rerank_fallback, created_at)) = c
-                .query_row(
-                    "SELECT text, parsed, encoder, parse_ms, embed_ms, retrieve_ms, rerank_ms, \
-                     log_ms, total_ms, rerank_fallback, created_at FROM searches WHERE id = ?1",
-                    params![key],
-                    |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, String>(2)?,
-                            StageTimings {
-                                parse_ms: row.get(3)?,
-                                embed_ms: row.get(4)?,
-                                retrieve_ms: row.get(5)?,
-                                rerank_ms: row.get(6)?,
-                                log_ms: row.get(7)?,
-                                total_ms: row.get(8)?,
-                            },
-                            row.get::<_, Option<String>>(9)?,
-                            row.get::<_, i64>(10)?,
-                        ))
-                    },
-                )
+        let found = self.with(|c| {
+            let sql = format!(
+                "SELECT text, parsed, encoder, rerank_fallback, created_at, {} FROM searches \
+                 WHERE id = ?1",
+                timing_columns()
+            );
+            let Some(row) = c
+                .query_row(&sql, params![key], |row| {
+                    let mut timings = [0.0; 6];
+                    for (i, value) in timings.iter_mut().enumerate() {
+                        *value = row.get(5 + i)?;
+                    }
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, i64>(4)?,
+                        StageTimings::from_values(timings),
+                    ))
+                })
                 .optional()?
             else {
                 return Ok(None);
@@ -651,27 +657,21 @@ impl Catalog for SqliteCatalog {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some((
-                text,
-                parsed,
-                encoder,
-                timings,
-                rerank_fallback,
-                created_at,
-                results,
-            )))
+            Ok(Some((row, results)))
         })?;
-        let Some((text, parsed, encoder, timings, rerank_fallback, created_at, results)) = entry
+        let Some(((text, parsed, encoder, rerank_fallback, created_at, timings), results)) = found
         else {
             return Ok(None);
         };
         Ok(Some(SearchLogEntry {
-            query_id: *query_id,
-            text,
-            parsed,
-            encoder: encoder.parse().map_err(internal)?,
-            timings,
-            rerank_fallback,
+            search: LoggedSearch {
+                query_id: *query_id,
+                text,
+                parsed,
+                encoder: encoder.parse().map_err(internal)?,
+                timings,
+                rerank_fallback,
+            },
             created_at,
             results,
         }))

@@ -6,8 +6,7 @@ mod text;
 
 pub use self::clip::ClipEncoder;
 pub use self::image::{
-    ImageProcessor, ImageProcessorConfig, JpegDecode, MAX_PIXELS, PreparedImage, Resample,
-    SizeSpec, decode_rgb,
+    ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec, decode_rgb,
 };
 pub use self::text::TextTokenizer;
 

@@ -13,19 +13,6 @@ use serde_json::{Value, json};
 /// Searches the percentiles are computed over.
 pub const WINDOW: usize = 10_000;
 
-const STAGES: [&str; 6] = ["parse", "embed", "retrieve", "rerank", "log", "total"];
-
-fn stage_values(t: &StageTimings) -> [f64; 6] {
-    [
-        t.parse_ms,
-        t.embed_ms,
-        t.retrieve_ms,
-        t.rerank_ms,
-        t.log_ms,
-        t.total_ms,
-    ]
-}
-
 /// Counters and latency windows, shared by the handlers.
 #[derive(Default)]
 pub struct Stats {
@@ -56,7 +43,7 @@ impl Stats {
             self.rerank_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut windows) = self.windows.lock() {
-            for (window, value) in windows.iter_mut().zip(stage_values(&response.timings)) {
+            for (window, value) in windows.iter_mut().zip(response.timings.values()) {
                 if window.len() == WINDOW {
                     window.pop_front();
                 }
@@ -94,7 +81,7 @@ impl Stats {
         let Ok(windows) = self.windows.lock() else {
             return Vec::new();
         };
-        STAGES
+        StageTimings::STAGES
             .iter()
             .zip(windows.iter())
             .map(|(stage, window)| {
