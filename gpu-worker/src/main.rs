@@ -372,8 +372,101 @@ async fn status(args: DataDirArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+struct AnnArgs {
+    /// How many vectors.
+    #[arg(long, default_value_t = 1_000_000)]
+    vectors: usize,
+    /// Their dimension.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries measured (each run twice; the second pass is timed).
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Vectors per cluster.
+    #[arg(long, default_value_t = 100)]
+    per_cluster: usize,
+    /// Uniform random unit vectors (the worst case) instead of clusters.
+    #[arg(long)]
+    uniform: bool,
+    /// HNSW graph degree.
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    /// HNSW build candidate list.
+    #[arg(long, default_value_t = 100)]
+    ef_construct: usize,
+    /// HNSW search candidate list.
+    #[arg(long, default_value_t = 128)]
+    ef: usize,
+    /// Keep f32 vectors in RAM instead of int8 in RAM + f32 on disk.
+    #[arg(long)]
+    no_quantization: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AnnArgs {
+    fn options(&self) -> bench::ann::AnnOptions {
+        bench::ann::AnnOptions {
+            vectors: self.vectors,
+            dimension: self.dim,
+            per_cluster: self.per_cluster,
+            uniform: self.uniform,
+            queries: self.queries,
+            tuning: glimpse_worker::adapters::IndexTuning {
+                m: self.m,
+                ef_construct: self.ef_construct,
+                search_ef: self.ef,
+                quantized: !self.no_quantization,
+            },
+            seed: 7,
+        }
+    }
+}
+
+fn print_report<T: serde::Serialize>(report: &T, json_output: bool) -> Result<()> {
+    if json_output {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(())
+}
+
+async fn bench_ann(args: AnnArgs) -> Result<()> {
+    let report = bench::ann::ann(&args.options())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, args.json)
+}
+
+async fn bench_search(args: AnnArgs, searches: usize, model: Option<String>) -> Result<()> {
+    let encoder: Arc<dyn ImageTextEncoder> = match model {
+        Some(spec) => Arc::new(load_encoder(&spec)?),
+        None => Arc::new(bench::random_vit_b32(0)?),
+    };
+    let report = bench::ann::search(&args.options(), encoder, searches)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, args.json)
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The vector index: build time, memory, latency and recall@10 on synthetic embeddings.
+    Ann(AnnArgs),
+    /// The whole search flow, server-side, over an index of synthetic embeddings.
+    Search {
+        #[command(flatten)]
+        index: AnnArgs,
+        /// Searches measured.
+        #[arg(long, default_value_t = 500)]
+        searches: usize,
+        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
         /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
@@ -473,6 +566,12 @@ fn main() -> Result<()> {
         Command::Search(args) => runtime()?.block_on(search(args)),
         Command::Status(args) => runtime()?.block_on(status(args)),
         Command::Embed(args) => embed(&args),
+        Command::Bench(BenchCommand::Ann(args)) => runtime()?.block_on(bench_ann(args)),
+        Command::Bench(BenchCommand::Search {
+            index,
+            searches,
+            model,
+        }) => runtime()?.block_on(bench_search(index, searches, model)),
         Command::Bench(BenchCommand::Encode {
             model,
             json,

@@ -9,9 +9,9 @@ use glimpse_core::photo::PhotoId;
 use glimpse_core::ports::{IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use qdrant_edge::{
-    CountRequest, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter,
-    NamedQuery, PointId, PointInsertOperations, PointOperations, QueryEnum, QueryRequest,
-    RetrieveRequest, ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal,
+    CountRequest, EdgeConfigBuilder, EdgeShard, Filter, NamedQuery, PointId, PointInsertOperations,
+    PointOperations, QuantizationSearchParams, QueryEnum, QueryRequest, RetrieveRequest,
+    ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, VectorInternal,
     VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde::{Deserialize, Serialize};
@@ -59,9 +59,68 @@ pub enum IndexOpenError {
     },
 }
 
+/// How the HNSW graph and the vector storage are set up (fixed when the index is created, except
+/// `search_ef`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IndexTuning {
+    /// Graph degree.
+    pub m: usize,
+    /// Candidate list size while building.
+    pub ef_construct: usize,
+    /// Candidate list size while searching.
+    pub search_ef: usize,
+    /// Keep int8 scalar-quantised vectors in RAM (quantile 0.99) and the originals on disk,
+    /// memory-mapped, for rescoring: about a quarter of the memory of f32 vectors in RAM.
+    pub quantized: bool,
+}
+
+impl Default for IndexTuning {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construct: 100,
+            search_ef: 128,
+            quantized: true,
+        }
+    }
+}
+
+impl IndexTuning {
+    fn vector_params(&self, dimension: usize) -> Result<qdrant_edge::EdgeVectorParams, String> {
+        let mut params = json!({
+            "size": dimension,
+            "distance": "Cosine",
+            "hnsw_config": {
+                "m": self.m,
+                "ef_construct": self.ef_construct,
+                "full_scan_threshold": 10_000,
+            },
+        });
+        if self.quantized {
+            params["memory"] = json!("cold");
+            params["quantization_config"] =
+                json!({"scalar": {"type": "int8", "quantile": 0.99, "always_ram": true}});
+        }
+        serde_json::from_value(params).map_err(|e| e.to_string())
+    }
+
+    fn search_params(&self) -> SearchParams {
+        SearchParams {
+            hnsw_ef: Some(self.search_ef),
+            quantization: self.quantized.then_some(QuantizationSearchParams {
+                ignore: false,
+                rescore: Some(true),
+                ..QuantizationSearchParams::default()
+            }),
+            ..SearchParams::default()
+        }
+    }
+}
+
 /// The qdrant-edge index.
 pub struct EdgeIndex {
     shard: EdgeShard,
+    tuning: IndexTuning,
     encoder: EncoderId,
     dimension: usize,
     directory: PathBuf,
@@ -138,6 +197,7 @@ impl EdgeIndex {
         directory: &Path,
         encoder: &EncoderId,
         dimension: usize,
+        tuning: IndexTuning,
     ) -> Result<Self, IndexOpenError> {
         let stamp_path = directory.join(STAMP_FILE);
         let shard_path = directory.join(SHARD_DIRECTORY);
@@ -160,11 +220,11 @@ impl EdgeIndex {
             EdgeShard::load(&shard_path, None).map_err(|e| storage_error(directory, e))?
         } else {
             std::fs::create_dir_all(&shard_path).map_err(|e| storage_error(directory, e))?;
+            let params = tuning
+                .vector_params(dimension)
+                .map_err(|e| storage_error(directory, e))?;
             let config = EdgeConfigBuilder::new()
-                .vector(
-                    qdrant_edge::DEFAULT_VECTOR_NAME,
-                    EdgeVectorParamsBuilder::new(dimension, Distance::Cosine).build(),
-                )
+                .vector(qdrant_edge::DEFAULT_VECTOR_NAME, params)
                 .build();
             let shard =
                 EdgeShard::new(&shard_path, config).map_err(|e| storage_error(directory, e))?;
@@ -177,6 +237,7 @@ impl EdgeIndex {
         };
         Ok(Self {
             shard,
+            tuning,
             encoder: encoder.clone(),
             dimension,
             directory: directory.to_path_buf(),
@@ -280,6 +341,7 @@ impl VectorIndex for EdgeIndex {
             using: None,
         })));
         request.filter = qdrant_filter(filter)?;
+        request.params = Some(self.tuning.search_params());
         request.with_vector = WithVector::Bool(true);
         request.with_payload = WithPayloadInterface::Bool(false);
         self.shard
@@ -342,7 +404,7 @@ mod tests {
     async fn honours_the_vector_index_contract() {
         let directory = tempfile::tempdir().unwrap();
         let encoder: EncoderId = "clip:test/contract@1".parse().unwrap();
-        let index = EdgeIndex::open(directory.path(), &encoder, 4).unwrap();
+        let index = EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
         glimpse_core::contract::vector_index_suite(&index).await;
     }
 
@@ -351,7 +413,8 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let encoder: EncoderId = "clip:test/a@1".parse().unwrap();
         {
-            let index = EdgeIndex::open(directory.path(), &encoder, 4).unwrap();
+            let index =
+                EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
             let vector = Embedding::normalized(vec![1.0, 2.0, 3.0, 4.0]).unwrap();
             index
                 .upsert(vec![IndexedPhoto {
@@ -366,11 +429,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let reopened = EdgeIndex::open(directory.path(), &encoder, 4).unwrap();
+        let reopened =
+            EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
         assert_eq!(reopened.count().await.unwrap(), 1);
         drop(reopened);
         let other: EncoderId = "clip:test/b@1".parse().unwrap();
-        let error = EdgeIndex::open(directory.path(), &other, 4).err().unwrap();
+        let error = EdgeIndex::open(directory.path(), &other, 4, IndexTuning::default())
+            .err()
+            .unwrap();
         assert!(
             matches!(error, IndexOpenError::OtherEncoder { .. }),
             "{error}"

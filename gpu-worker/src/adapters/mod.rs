@@ -6,7 +6,7 @@ pub mod local_blobs;
 pub mod local_encoder;
 pub mod sqlite;
 
-pub use edge_index::{EdgeIndex, IndexOpenError};
+pub use edge_index::{EdgeIndex, IndexOpenError, IndexTuning};
 pub use local_blobs::LocalBlobStore;
 pub use local_encoder::LocalEncoder;
 pub use sqlite::SqliteCatalog;

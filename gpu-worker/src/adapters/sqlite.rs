@@ -215,7 +215,70 @@ fn photo_from_row(row: &Row<'_>) -> rusqlite::Result<Photo> {
     })
 }
 
+/// Inserts a photo row, and its queued feature job if it is pending.
+fn insert_photo(transaction: &rusqlite::Transaction<'_>, photo: &Photo) -> rusqlite::Result<()> {
+    let (kind, key) = match &photo.origin {
+        Origin::Library(key) => ("library", key),
+        Origin::Upload(key) => ("upload", key),
+    };
+    transaction
+        .prepare_cached(&format!(
+            "INSERT INTO photos ({PHOTO_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        ))?
+        .execute(params![
+            sql_id(photo.id),
+            photo.sha256,
+            kind,
+            key,
+            format_name(photo.format),
+            photo.bytes as i64,
+            photo.width,
+            photo.height,
+            photo.taken_at,
+            photo.dated_at,
+            photo.camera,
+            photo.location.map(|l| l.latitude),
+            photo.location.map(|l| l.longitude),
+            photo.album,
+            photo.status.as_str(),
+            photo.last_error,
+            photo.added_at,
+            photo.modified_at,
+        ])?;
+    if photo.status == PhotoStatus::Pending {
+        let now = now_ms();
+        transaction
+            .prepare_cached(
+                "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
+                 VALUES (?1, 'queued', ?2, ?2)",
+            )?
+            .execute(params![sql_id(photo.id), now])?;
+    }
+    Ok(())
+}
+
 impl SqliteCatalog {
+    /// Adds many photos in one transaction (an import); photos whose bytes are already in the
+    /// catalog are skipped. Returns how many were added.
+    pub fn import(&self, photos: &[Photo]) -> Result<u64, PortError> {
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut added = 0;
+            for photo in photos {
+                let exists = transaction
+                    .prepare_cached("SELECT 1 FROM photos WHERE sha256 = ?1")?
+                    .exists(params![photo.sha256])?;
+                if !exists {
+                    insert_photo(&transaction, photo)?;
+                    added += 1;
+                }
+            }
+            transaction.commit()?;
+            Ok(added)
+        })
+    }
+
     /// Opens (creating if needed) the catalog at `path` and applies pending migrations.
     pub fn open(path: &Path) -> Result<Self, PortError> {
         let connection = Connection::open(path).map_err(storage)?;
@@ -340,10 +403,6 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError> {
-        let (kind, key) = match &photo.origin {
-            Origin::Library(key) => ("library", key),
-            Origin::Upload(key) => ("upload", key),
-        };
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing: Option<i64> = transaction
@@ -359,39 +418,7 @@ impl Catalog for SqliteCatalog {
                     created: false,
                 });
             }
-            transaction.execute(
-                &format!(
-                    "INSERT INTO photos ({PHOTO_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                      ?17, ?18)"
-                ),
-                params![
-                    sql_id(photo.id),
-                    photo.sha256,
-                    kind,
-                    key,
-                    format_name(photo.format),
-                    photo.bytes as i64,
-                    photo.width,
-                    photo.height,
-                    photo.taken_at,
-                    photo.dated_at,
-                    photo.camera,
-                    photo.location.map(|l| l.latitude),
-                    photo.location.map(|l| l.longitude),
-                    photo.album,
-                    photo.status.as_str(),
-                    photo.last_error,
-                    photo.added_at,
-                    photo.modified_at,
-                ],
-            )?;
-            let now = now_ms();
-            transaction.execute(
-                "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
-                 VALUES (?1, 'queued', ?2, ?2)",
-                params![sql_id(photo.id), now],
-            )?;
+            insert_photo(&transaction, photo)?;
             transaction.commit()?;
             Ok(Added {
                 id: photo.id,

@@ -14,7 +14,9 @@ use glimpse_core::ports::{Catalog, PortError, VectorIndex};
 use serde::{Deserialize, Serialize};
 
 pub use self::library::ScanReport;
-use crate::adapters::{EdgeIndex, IndexOpenError, LocalBlobStore, LocalEncoder, SqliteCatalog};
+use crate::adapters::{
+    EdgeIndex, IndexOpenError, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog,
+};
 use crate::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
 use crate::hub;
 
@@ -165,11 +167,11 @@ impl Engine {
         let index_dir = data_dir.join("index");
         let id = glimpse_core::ports::TextEmbedder::encoder(&encoder).clone();
         let dimension = encoder.dimension();
-        let index = match EdgeIndex::open(&index_dir, &id, dimension) {
+        let index = match EdgeIndex::open(&index_dir, &id, dimension, IndexTuning::default()) {
             Err(IndexOpenError::OtherEncoder { found, .. }) if rebuild => {
                 eprintln!("glimpse: the index was built with {found}; rebuilding it for {id}");
                 EdgeIndex::destroy(&index_dir).map_err(|e| storage(&index_dir, e))?;
-                let index = EdgeIndex::open(&index_dir, &id, dimension)?;
+                let index = EdgeIndex::open(&index_dir, &id, dimension, IndexTuning::default())?;
                 catalog.requeue_all().await?;
                 index
             }

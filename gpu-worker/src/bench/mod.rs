@@ -4,6 +4,8 @@
 //! from a fixed seed (speed does not depend on the values) and a byte-level CLIP tokenizer, so it
 //! runs on a machine that has never downloaded a model.
 
+pub mod ann;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,472 @@
+//! `glimpse bench ann` and `glimpse bench search`: the embedded vector index (qdrant-edge behind
+//! the VectorIndex port) on seeded synthetic vectors shaped like real embeddings, and the whole
+//! search flow over such an index.
+//!
+//! The clustered set puts one centroid per `per_cluster` vectors and scatters members so they sit
+//! near cosine 0.7 to their centroid; queries are drawn the same way around random centroids.
+//! Uniform random unit vectors (`--uniform`) are the worst case of every ANN index.
+
+use std::collections::BinaryHeap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use glimpse_core::flows::{self, Ports, RetrievalOrder};
+use glimpse_core::photo::{
+    Facets, ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId,
+};
+use glimpse_core::ports::{IndexedPhoto, SearchFilter, VectorIndex};
+use glimpse_core::search::{SearchRequest, StageTimings};
+use glimpse_core::{Embedding, EncoderId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::adapters::{EdgeIndex, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog};
+use crate::encoder::ImageTextEncoder;
+
+/// Vectors generated and upserted at a time.
+const BATCH: usize = 10_000;
+/// Exact neighbours compared for recall.
+const RECALL_AT: usize = 10;
+
+/// What to build and measure.
+#[derive(Clone, Debug)]
+pub struct AnnOptions {
+    /// How many vectors.
+    pub vectors: usize,
+    /// Their dimension.
+    pub dimension: usize,
+    /// Vectors per cluster (clustered set).
+    pub per_cluster: usize,
+    /// Uniform random unit vectors instead of clusters.
+    pub uniform: bool,
+    /// Queries measured.
+    pub queries: usize,
+    /// Index set-up.
+    pub tuning: IndexTuning,
+    /// Seed of the generator.
+    pub seed: u64,
+}
+
+/// The figures of one ANN run.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnnReport {
+    /// Vectors indexed.
+    pub vectors: usize,
+    /// Dimension.
+    pub dimension: usize,
+    /// `clustered` or `uniform`.
+    pub distribution: &'static str,
+    /// Seconds to upsert everything and build the graph.
+    pub build_s: f64,
+    /// Resident memory of the process after the queries, MB.
+    pub rss_mb: f64,
+    /// Peak resident memory of the process, MB.
+    pub peak_rss_mb: f64,
+    /// Latency of one top-10 query, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Mean fraction of the exact top 10 found.
+    pub recall_at_10: f64,
+    /// Queries measured.
+    pub queries: usize,
+    /// Graph degree.
+    pub m: usize,
+    /// Build candidate list.
+    pub ef_construct: usize,
+    /// Search candidate list.
+    pub search_ef: usize,
+    /// int8 vectors in RAM, originals on disk.
+    pub quantized: bool,
+}
+
+/// Seeded generator of embedding-shaped vectors.
+struct Generator {
+    rng: StdRng,
+    dimension: usize,
+    centroids: Vec<Vec<f32>>,
+    noise: f32,
+}
+
+impl Generator {
+    fn new(options: &AnnOptions) -> Self {
+        let mut rng = StdRng::seed_from_u64(options.seed);
+        let clusters = if options.uniform {
+            0
+        } else {
+            options.vectors.div_ceil(options.per_cluster.max(1))
+        };
+        let dimension = options.dimension;
+        let centroids = (0..clusters)
+            .map(|_| unit_gaussian(&mut rng, dimension, 1.0))
+            .collect();
+        // A member is centroid + noise with |noise|² ≈ 1.04: cosine ≈ 1 / √2.04 ≈ 0.7.
+        let noise = (1.04 / dimension as f32).sqrt();
+        Self {
+            rng,
+            dimension,
+            centroids,
+            noise,
+        }
+    }
+
+    fn next(&mut self) -> Vec<f32> {
+        if self.centroids.is_empty() {
+            return unit_gaussian(&mut self.rng, self.dimension, 1.0);
+        }
+        let centroid = &self.centroids[self.rng.random_range(0..self.centroids.len())];
+        let mut vector: Vec<f32> = centroid
+            .iter()
+            .map(|c| {
+                let n: f32 = StandardNormal.sample(&mut self.rng);
+                c + n * self.noise
+            })
+            .collect();
+        normalise(&mut vector);
+        vector
+    }
+}
+
+fn unit_gaussian(rng: &mut StdRng, dimension: usize, scale: f32) -> Vec<f32> {
+    let mut vector: Vec<f32> = (0..dimension)
+        .map(|_| {
+            let n: f32 = StandardNormal.sample(rng);
+            n * scale
+        })
+        .collect();
+    normalise(&mut vector);
+    vector
+}
+
+fn normalise(vector: &mut [f32]) {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    vector.iter_mut().for_each(|v| *v /= norm);
+}
+
+/// Memory figures of this process from /proc, MB: (current, peak).
+fn resident_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Nearest-rank percentiles (50, 95, 99) of samples in ms.
+pub fn percentiles(mut samples: Vec<f64>) -> [f64; 3] {
+    samples.sort_by(f64::total_cmp);
+    [50.0, 95.0, 99.0].map(|p| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+        samples[rank.clamp(1, samples.len()) - 1]
+    })
+}
+
+/// Exact top-10 ids of every query, over the stream of generated batches.
+struct ExactTopK {
+    queries: Tensor,
+    heaps: Vec<BinaryHeap<std::cmp::Reverse<(ordered::Score, u64)>>>,
+}
+
+mod ordered {
+    /// A score with a total order (for the heaps).
+    #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+    pub struct Score(pub f32);
+    impl Eq for Score {}
+    #[allow(clippy::derive_ord_xor_partial_ord)]
+    impl Ord for Score {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0)
+        }
+    }
+}
+
+impl ExactTopK {
+    fn new(queries: &[Vec<f32>], dimension: usize) -> candle_core::Result<Self> {
+        let flat: Vec<f32> = queries.iter().flatten().copied().collect();
+        Ok(Self {
+            queries: Tensor::from_vec(flat, (queries.len(), dimension), &Device::Cpu)?,
+            heaps: vec![BinaryHeap::new(); queries.len()],
+        })
+    }
+
+    fn add(
+        &mut self,
+        first_id: u64,
+        batch: &[Vec<f32>],
+        dimension: usize,
+    ) -> candle_core::Result<()> {
+        let flat: Vec<f32> = batch.iter().flatten().copied().collect();
+        let vectors = Tensor::from_vec(flat, (batch.len(), dimension), &Device::Cpu)?;
+        let scores: Vec<Vec<f32>> = self.queries.matmul(&vectors.t()?)?.to_vec2()?;
+        for (heap, row) in self.heaps.iter_mut().zip(scores) {
+            for (offset, score) in row.into_iter().enumerate() {
+                let entry = std::cmp::Reverse((ordered::Score(score), first_id + offset as u64));
+                if heap.len() < RECALL_AT {
+                    heap.push(entry);
+                } else if heap.peek().is_some_and(|worst| entry < *worst) {
+                    heap.pop();
+                    heap.push(entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ids(&self, query: usize) -> Vec<u64> {
+        self.heaps[query].iter().map(|e| (e.0).1).collect()
+    }
+}
+
+fn error(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn facets() -> Facets {
+    Facets {
+        album: None,
+        camera: None,
+        dated_at: 0,
+    }
+}
+
+/// Builds an index of generated vectors in `directory` (through the VectorIndex port, then the
+/// optimiser), returning it with the exact neighbours of `queries` and the build time.
+async fn build(
+    directory: &Path,
+    options: &AnnOptions,
+    encoder: &EncoderId,
+    queries: &[Vec<f32>],
+    generator: &mut Generator,
+) -> Result<(EdgeIndex, ExactTopK, f64), String> {
+    let index =
+        EdgeIndex::open(directory, encoder, options.dimension, options.tuning).map_err(error)?;
+    let mut exact = ExactTopK::new(queries, options.dimension).map_err(error)?;
+    let started = Instant::now();
+    let mut generated = 0;
+    while generated < options.vectors {
+        let size = BATCH.min(options.vectors - generated);
+        let batch: Vec<Vec<f32>> = (0..size).map(|_| generator.next()).collect();
+        exact
+            .add(generated as u64, &batch, options.dimension)
+            .map_err(error)?;
+        let points = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, vector)| {
+                Ok(IndexedPhoto {
+                    id: PhotoId::from_u64((generated + i) as u64),
+                    vector: Embedding::normalized(vector).map_err(error)?,
+                    facets: facets(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        index.upsert(points).await.map_err(error)?;
+        generated += size;
+    }
+    index.optimize().map_err(error)?;
+    Ok((index, exact, started.elapsed().as_secs_f64()))
+}
+
+/// `glimpse bench ann`.
+pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
+    let directory = tempfile::tempdir().map_err(error)?;
+    let encoder: EncoderId = "bench:synthetic/vectors@1".parse().map_err(error)?;
+    let mut generator = Generator::new(options);
+    let queries: Vec<Vec<f32>> = (0..options.queries).map(|_| generator.next()).collect();
+    let (index, exact, build_s) = build(
+        directory.path(),
+        options,
+        &encoder,
+        &queries,
+        &mut generator,
+    )
+    .await?;
+    let filter = SearchFilter::default();
+    let mut latencies = Vec::with_capacity(queries.len());
+    let mut recall = 0.0;
+    for round in 0..2 {
+        for (i, query) in queries.iter().enumerate() {
+            let query = Embedding::normalized(query.clone()).map_err(error)?;
+            let started = Instant::now();
+            let found = index
+                .nearest(&query, &filter, RECALL_AT)
+                .await
+                .map_err(error)?;
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            if round == 1 {
+                latencies.push(elapsed);
+                let truth = exact.ids(i);
+                let hits = found
+                    .iter()
+                    .filter(|n| truth.contains(&n.id.as_u64()))
+                    .count();
+                recall += hits as f64 / RECALL_AT as f64;
+            }
+        }
+    }
+    let (rss_mb, peak_rss_mb) = resident_mb();
+    let [p50_ms, p95_ms, p99_ms] = percentiles(latencies);
+    Ok(AnnReport {
+        vectors: options.vectors,
+        dimension: options.dimension,
+        distribution: if options.uniform {
+            "uniform"
+        } else {
+            "clustered"
+        },
+        build_s,
+        rss_mb,
+        peak_rss_mb,
+        p50_ms,
+        p95_ms,
+        p99_ms,
+        recall_at_10: recall / queries.len().max(1) as f64,
+        queries: queries.len(),
+        m: options.tuning.m,
+        ef_construct: options.tuning.ef_construct,
+        search_ef: options.tuning.search_ef,
+        quantized: options.tuning.quantized,
+    })
+}
+
+/// The figures of one search-flow run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchReport {
+    /// Photos in the index and catalog.
+    pub vectors: usize,
+    /// Searches measured.
+    pub searches: usize,
+    /// Server-side latency of a whole search (parse → log), ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Median of each stage, ms.
+    pub stage_p50_ms: std::collections::BTreeMap<&'static str, f64>,
+    /// Seconds to build the index and catalog.
+    pub build_s: f64,
+    /// Resident memory after the searches, MB.
+    pub rss_mb: f64,
+}
+
+/// Queries of the kind people type, with the language's features.
+const QUERIES: [&str; 12] = [
+    "kids on a red sled",
+    "beach at dusk -people",
+    "whiteboard from the march offsite",
+    "2:\"golden retriever\" on grass",
+    "receipt from the hardware store",
+    "sunset over water -people -boats",
+    "birthday cake with candles",
+    "mountain lake reflection",
+    "sem: a cat sleeping on a laptop",
+    "snowy street at night -cars",
+    "family dinner, 3:\"grandma\"",
+    "city skyline from the plane window",
+];
+
+/// `glimpse bench search`: the whole search flow (parse, embed with the ViT-B/32-shaped text
+/// tower, retrieve, rerank pass-through, load photos, log) over an index of `options.vectors`.
+pub async fn search(
+    options: &AnnOptions,
+    encoder: std::sync::Arc<dyn ImageTextEncoder>,
+    searches: usize,
+) -> Result<SearchReport, String> {
+    let directory = tempfile::tempdir().map_err(error)?;
+    let local = LocalEncoder::new(std::sync::Arc::clone(&encoder));
+    let id = encoder.id().clone();
+    let options = AnnOptions {
+        dimension: encoder.dimension(),
+        queries: 1,
+        ..options.clone()
+    };
+    let mut generator = Generator::new(&options);
+    let queries = vec![generator.next()];
+    let started = Instant::now();
+    let (index, _, _) = build(
+        &directory.path().join("index"),
+        &options,
+        &id,
+        &queries,
+        &mut generator,
+    )
+    .await?;
+    let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).map_err(error)?;
+    let photos: Vec<Photo> = (0..options.vectors as u64)
+        .map(|n| {
+            let facts = ImageFacts {
+                sha256: format!("{n:064x}"),
+                id: PhotoId::from_u64(n),
+                format: ImageFormat::Jpeg,
+                width: 4000,
+                height: 3000,
+                taken_at: Some(1_600_000_000 + n as i64),
+                camera: Some("Bench Camera".to_owned()),
+                location: None,
+            };
+            let details = NewPhotoDetails {
+                origin: Origin::Upload(Origin::upload_key(PhotoId::from_u64(n))),
+                bytes: 3_000_000,
+                album: Some(format!("Album {}", n % 50)),
+                modified_at: None,
+            };
+            Photo::new(facts, details, 1_700_000_000)
+        })
+        .collect();
+    catalog.import(&photos).map_err(error)?;
+    drop(photos);
+    let build_s = started.elapsed().as_secs_f64();
+    let blobs = LocalBlobStore::open(&directory.path().join("blobs"), None).map_err(error)?;
+    let ports = Ports {
+        catalog: &catalog,
+        blobs: &blobs,
+        index: &index,
+        text: &local,
+        reranker: &RetrievalOrder,
+    };
+    let mut totals = Vec::with_capacity(searches);
+    let mut stages: Vec<StageTimings> = Vec::with_capacity(searches);
+    for round in 0..searches + QUERIES.len() {
+        let request = SearchRequest::new(QUERIES[round % QUERIES.len()]);
+        let response = flows::search(ports, &request).await.map_err(error)?;
+        if round >= QUERIES.len() {
+            totals.push(response.timings.total_ms);
+            stages.push(response.timings);
+        }
+    }
+    let (rss_mb, _) = resident_mb();
+    let [p50_ms, p95_ms, p99_ms] = percentiles(totals);
+    let stage_p50_ms = StageTimings::STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                *name,
+                percentiles(stages.iter().map(|t| t.values()[i]).collect())[0],
+            )
+        })
+        .collect();
+    Ok(SearchReport {
+        vectors: options.vectors,
+        searches,
+        p50_ms,
+        p95_ms,
+        p99_ms,
+        stage_p50_ms,
+        build_s,
+        rss_mb,
+    })
+}
