@@ -79,10 +79,16 @@ impl Server {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(data_dir.join("token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let configured = extra
+            .windows(2)
+            .find(|pair| pair[0] == "--token")
+            .map(|pair| pair[1].to_owned());
+        let token = configured.unwrap_or_else(|| {
+            std::fs::read_to_string(data_dir.join("token"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
         Self {
             child,
             base,
@@ -365,6 +371,36 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
     assert_eq!(status["index_vectors"], total);
 }
 
+/// Announces a body of `size` bytes over a raw connection without sending it, and returns what
+/// the server answers: it must refuse from the announced length, before any of the body arrives
+/// (a client library sending the body would see the connection close under its write).
+fn oversized_upload(server: &Server, size: usize) -> String {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST /api/photos HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {size}\r\n\r\n",
+        server.token
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(read) = stream.read(&mut buffer) {
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A PNG header declaring 50000 × 50000 pixels, with a valid CRC and no pixel data.
 fn bomb_png() -> Vec<u8> {
     let mut chunk = b"IHDR".to_vec();
@@ -425,9 +461,9 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
             .unwrap()
             .contains("50000×50000")
     );
-    let (status, body) = server.upload(&vec![0xFF; 2 * 1024 * 1024], Some(&token));
-    assert_eq!(status, 413, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("1 MB"));
+    let answer = oversized_upload(&server, 2 * 1024 * 1024);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("1 MB limit"), "{answer}");
 
     // A malformed query, an unknown photo, a bad id, a bad top_k.
     let (status, body) = server.get("/api/search?q=beach%20-%22tour%20bus");
@@ -616,4 +652,32 @@ fn kill_during_indexing_then_restart_indexes_every_photo_exactly_once() {
         (jobs, done, photos_with_one_job),
         (i64::from(count), i64::from(count), i64::from(count))
     );
+}
+
+#[test]
+fn protected_reads_need_the_token_and_a_configured_token_replaces_the_generated_one() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    let data = scratch.path().join("data");
+    let server = Server::start(
+        Some(&library),
+        &data,
+        &["--protect-reads", "--token", "my-own-secret"],
+    );
+    assert!(
+        !data.join("token").exists(),
+        "a configured token is not replaced by a generated one"
+    );
+    let (status, body) = server.get("/api/search?q=sled");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(server.get("/api/status").0, 401);
+    let (status, _) = response(ureq::get(&server.url("/healthz")).call());
+    assert_eq!(status, 200);
+    let (status, _) = response(
+        ureq::get(&server.url("/api/status"))
+            .set("Authorization", "Bearer my-own-secret")
+            .call(),
+    );
+    assert_eq!(status, 200);
 }

@@ -93,3 +93,36 @@ impl ImageEmbedder for LocalEncoder {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::encoder::ClipEncoder;
+
+    fn encoder() -> LocalEncoder {
+        let directory =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/checkpoints/clip-odd");
+        let id: EncoderId = "clip:test/clip-odd@1".parse().unwrap();
+        LocalEncoder::new(Arc::new(ClipEncoder::load(&directory, id).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn honours_the_text_embedder_contract() {
+        let encoder = encoder();
+        let dimension = encoder.dimension();
+        glimpse_core::contract::text_embedder_suite(&encoder, dimension).await;
+    }
+
+    #[tokio::test]
+    async fn honours_the_image_embedder_contract() {
+        let encoder = encoder();
+        let jpeg = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/images/noise.jpg"),
+        )
+        .unwrap();
+        let dimension = encoder.dimension();
+        glimpse_core::contract::image_embedder_suite(&encoder, jpeg, dimension).await;
+    }
+}

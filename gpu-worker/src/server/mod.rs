@@ -271,6 +271,18 @@ async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     let limit = state.config.max_upload_bytes;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        // Refuse from the announced length, without receiving the body.
+        return Err(body_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            String::new(),
+            limit,
+        ));
+    }
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
