@@ -59,6 +59,11 @@ pub enum IndexOpenError {
     },
 }
 
+/// With int8 vectors, how many times `limit` candidates are fetched and rescored on the original
+/// vectors: near-ties among close neighbours flip under quantisation error, and rescoring a wider
+/// set puts them back in order.
+const QUANTIZED_OVERSAMPLING: f64 = 3.0;
+
 /// How the HNSW graph and the vector storage are set up (fixed when the index is created, except
 /// `search_ef`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,7 +115,7 @@ impl IndexTuning {
             quantization: self.quantized.then_some(QuantizationSearchParams {
                 ignore: false,
                 rescore: Some(true),
-                ..QuantizationSearchParams::default()
+                oversampling: Some(QUANTIZED_OVERSAMPLING),
             }),
             ..SearchParams::default()
         }
