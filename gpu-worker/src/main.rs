@@ -151,7 +151,7 @@ async fn open_engine(
         rebuild_on_encoder_change: true,
     })
     .await
-    .context("cannot open the data directory")
+    .map_err(anyhow::Error::from)
 }
 
 /// The write token: configured, else the one kept in the data directory, else a new one (saved
