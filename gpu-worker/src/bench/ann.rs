@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::adapters::{EdgeIndex, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog};
 use crate::encoder::ImageTextEncoder;
+use crate::server::percentiles;
 
 /// Vectors generated and upserted at a time.
 const BATCH: usize = 10_000;
@@ -159,18 +160,6 @@ fn resident_mb() -> (f64, f64) {
             .map_or(0.0, |kb| kb / 1024.0)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Nearest-rank percentiles (50, 95, 99) of samples in ms.
-pub fn percentiles(mut samples: Vec<f64>) -> [f64; 3] {
-    samples.sort_by(f64::total_cmp);
-    [50.0, 95.0, 99.0].map(|p| {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-        samples[rank.clamp(1, samples.len()) - 1]
-    })
 }
 
 /// Exact top-10 ids of every query, over the stream of generated batches.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-pub use self::stats::Stats;
+pub use self::stats::{Stats, percentiles};
 use crate::adapters::sqlite::now_seconds;
 use crate::embedded::Engine;
 

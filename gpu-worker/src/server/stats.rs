@@ -26,13 +26,16 @@ pub struct Stats {
     clicks: AtomicU64,
 }
 
-/// The nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// Nearest-rank p50, p95 and p99 of samples.
+pub fn percentiles(mut samples: Vec<f64>) -> [f64; 3] {
+    samples.sort_by(f64::total_cmp);
+    [50.0, 95.0, 99.0].map(|p| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+        samples[rank.clamp(1, samples.len()) - 1]
+    })
 }
 
 impl Stats {
@@ -85,10 +88,11 @@ impl Stats {
             .iter()
             .zip(windows.iter())
             .map(|(stage, window)| {
-                let mut sorted: Vec<f64> = window.iter().copied().collect();
-                sorted.sort_by(f64::total_cmp);
-                let p = [50.0, 95.0, 99.0].map(|p| percentile(&sorted, p));
-                (*stage, sorted.len(), p)
+                (
+                    *stage,
+                    window.len(),
+                    percentiles(window.iter().copied().collect()),
+                )
             })
             .collect()
     }
@@ -206,11 +210,9 @@ mod tests {
 
     #[test]
     fn percentiles_use_the_nearest_rank() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&values, 50.0), 50.0);
-        assert_eq!(percentile(&values, 95.0), 95.0);
-        assert_eq!(percentile(&values, 99.0), 99.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentiles(values), [50.0, 95.0, 99.0]);
+        assert_eq!(percentiles(vec![7.0]), [7.0; 3]);
+        assert_eq!(percentiles(Vec::new()), [0.0; 3]);
     }
 }
