@@ -198,34 +198,42 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
     let open = path == "/healthz";
     let needs_token = !open && (is_write || state.config.protect_reads);
     if needs_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(token) if same_secret(token.trim(), &state.config.token) => {}
-            Some(_) => {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_token",
-                    "the bearer token is wrong; use the token `glimpse serve` printed on first \
-                     start (kept in the data directory's `token` file)",
-                )
-                .into_response();
-            }
-            None => {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "token_required",
-                    "this request changes data and needs `Authorization: Bearer <token>`; the \
-                     token was printed on first start and is in the data directory's `token` file",
-                )
-                .into_response();
-            }
+        let refusal = token_refusal(&request, &state.config.token);
+        if let Some(refusal) = refusal {
+            // Read a small body before answering, so the client sees the answer instead of a
+            // connection reset under its unfinished upload.
+            let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
+            return refusal.into_response();
         }
     }
     next.run(request).await
+}
+
+/// Bodies up to this size are read before a refused request is answered.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Why a request that needs the token is refused, if it is.
+fn token_refusal(request: &Request, token: &str) -> Option<ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_secret(given.trim(), token) => None,
+        Some(_) => Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+            "the bearer token is wrong; use the token `glimpse serve` printed on first start \
+             (kept in the data directory's `token` file)",
+        )),
+        None => Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_required",
+            "this request changes data and needs `Authorization: Bearer <token>`; the token was \
+             printed on first start and is in the data directory's `token` file",
+        )),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {
