@@ -2,7 +2,7 @@
 //! clustered index rank and filter alike. The index directory is stamped with the encoder id and
 //! dimension it was built with.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
@@ -128,7 +128,6 @@ pub struct EdgeIndex {
     tuning: IndexTuning,
     encoder: EncoderId,
     dimension: usize,
-    directory: PathBuf,
 }
 
 fn storage_error(directory: &Path, error: impl std::fmt::Display) -> IndexOpenError {
@@ -245,7 +244,6 @@ impl EdgeIndex {
             tuning,
             encoder: encoder.clone(),
             dimension,
-            directory: directory.to_path_buf(),
         })
     }
 
@@ -255,11 +253,6 @@ impl EdgeIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
-    }
-
-    /// The index directory.
-    pub fn directory(&self) -> &Path {
-        &self.directory
     }
 
     /// Builds the HNSW graph and merges segments where worthwhile, then persists everything.

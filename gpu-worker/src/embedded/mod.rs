@@ -245,26 +245,6 @@ impl Engine {
         .await
     }
 
-    /// Runs indexing rounds until no job is runnable now, then optimises the index if anything
-    /// changed. Returns the rounds' totals.
-    pub async fn index_until_idle(&self) -> Result<IndexRound, EngineError> {
-        let mut total = IndexRound::default();
-        loop {
-            let round = self.index_round().await?;
-            total.claimed += round.claimed;
-            total.indexed += round.indexed;
-            total.retried += round.retried;
-            total.failed += round.failed;
-            if round.claimed == 0 {
-                break;
-            }
-        }
-        if total.indexed > 0 {
-            self.index.optimize()?;
-        }
-        Ok(total)
-    }
-
     /// Scans the library (if any) and records the report for `status`.
     pub async fn scan_library(&self) -> Result<Option<ScanReport>, EngineError> {
         let Some(library) = self.library() else {
