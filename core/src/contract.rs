@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::browse::BrowseCursor;
 use crate::photo::{Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus};
 use crate::ports::{
     BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, RerankCandidate, Reranker,
@@ -180,6 +181,101 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     let counts = catalog.counts().await.unwrap();
     assert_eq!((counts.photos, counts.pending), (2, 2));
     assert_eq!(catalog.claim_jobs(10, lease).await.unwrap().len(), 2);
+
+    browse_contract(catalog, &[first, third]).await;
+}
+
+/// Browsing, on a catalog holding `existing` photos.
+async fn browse_contract(catalog: &dyn Catalog, existing: &[Photo]) {
+    let mut all = existing.to_vec();
+    for seed in 10..17u8 {
+        let album = ["Trips", "trips", "Home"][usize::from(seed % 3)];
+        let mut photo = photo(seed, Some(album));
+        if seed >= 14 {
+            photo.dated_at = 1_600_000_000; // three photos on the same second
+        }
+        catalog.add_photo(&photo).await.unwrap();
+        all.push(photo);
+    }
+    let browse_all = |filter: SearchFilter, page: usize| async move {
+        let mut seen: Vec<Photo> = Vec::new();
+        let mut after = None;
+        loop {
+            let batch = catalog.browse(&filter, after, page).await.unwrap();
+            assert!(batch.len() <= page);
+            seen.extend(batch.iter().cloned());
+            match batch.last() {
+                Some(last) if batch.len() == page => after = Some(BrowseCursor::after(last)),
+                _ => return seen,
+            }
+        }
+    };
+    let ids = |photos: &[Photo]| {
+        let mut ids: Vec<PhotoId> = photos.iter().map(|p| p.id).collect();
+        ids.sort();
+        ids
+    };
+    let everything = browse_all(SearchFilter::default(), 2).await;
+    assert_eq!(ids(&everything), ids(&all), "every photo exactly once");
+    assert!(
+        everything
+            .windows(2)
+            .all(|w| w[0].dated_at >= w[1].dated_at),
+        "newest first"
+    );
+    assert_eq!(everything, browse_all(SearchFilter::default(), 100).await);
+
+    let only = |keep: &dyn Fn(&Photo) -> bool| {
+        ids(&all.iter().filter(|p| keep(p)).cloned().collect::<Vec<_>>())
+    };
+    let trips = SearchFilter {
+        album: Some("trips".to_owned()),
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(&browse_all(trips, 2).await),
+        only(&|p| p
+            .album
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case("trips")))
+    );
+    let range = SearchFilter {
+        from: Some(1_700_000_011),
+        until: Some(1_700_000_013),
+        camera: Some("test cam".to_owned()),
+        ..SearchFilter::default()
+    };
+    assert_eq!(
+        ids(&browse_all(range, 1).await),
+        only(&|p| (1_700_000_011..1_700_000_013).contains(&p.dated_at))
+    );
+    let nikon = SearchFilter {
+        camera: Some("nikon".to_owned()),
+        ..SearchFilter::default()
+    };
+    assert!(catalog.browse(&nikon, None, 10).await.unwrap().is_empty());
+
+    let albums = catalog.albums().await.unwrap();
+    let summary: Vec<(String, u64)> = albums
+        .iter()
+        .map(|a| (a.name.to_lowercase(), a.photos))
+        .collect();
+    let count = |name: &str| {
+        all.iter()
+            .filter(|p| {
+                p.album
+                    .as_deref()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(name))
+            })
+            .count() as u64
+    };
+    assert_eq!(
+        summary,
+        vec![
+            ("home".to_owned(), count("home")),
+            ("trips".to_owned(), count("trips"))
+        ]
+    );
 }
 
 /// The BlobStore contract, on an empty store.

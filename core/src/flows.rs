@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
 use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage};
 use crate::ports::{
     Added, BlobStore, Catalog, IndexedPhoto, JobOutcome, PortError, RerankCandidate, Reranker,
@@ -11,8 +12,8 @@ use crate::ports::{
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
-    LoggedResult, LoggedSearch, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog, SearchRequest,
-    SearchResponse, SearchResult, StageTimings,
+    LoggedResult, LoggedSearch, MAX_DEPTH, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog,
+    SearchRequest, SearchResponse, SearchResult, StageTimings,
 };
 use crate::{Embedding, ports::ImageEmbedder};
 
@@ -335,6 +336,13 @@ pub async fn search(
             request.top_k
         )));
     }
+    let depth = request.offset.saturating_add(request.top_k);
+    if depth > MAX_DEPTH {
+        return Err(FlowError::BadRequest(format!(
+            "results go {MAX_DEPTH} deep: offset + top_k must be at most {MAX_DEPTH}, not {depth}; \
+             narrow the query instead"
+        )));
+    }
     if request.min_score.is_some_and(|s| !s.is_finite()) {
         return Err(FlowError::BadRequest(
             "min_score must be a finite number".to_owned(),
@@ -344,7 +352,7 @@ pub async fn search(
     if !parsed.has_ranking() {
         return Err(FlowError::BadRequest(
             "the query has filters but nothing to look for: add words that describe the photo, \
-             or like:<photo id>"
+             or like:<photo id>, or list the photos the filters pass with GET /api/photos?q=…"
                 .to_owned(),
         ));
     }
@@ -407,9 +415,13 @@ pub async fn search(
         .map(|(vector, weight)| calibrate(vector, weight, &sample))
         .collect();
     let filter = search_filter(&parsed, like_ids);
-    let candidates = retrieve(ports.index, &terms, &filter, request.top_k).await?;
+    let candidates = retrieve(ports.index, &terms, &filter, depth).await?;
     let mut scored = score(&terms, candidates, request.min_score);
-    scored.truncate(request.top_k);
+    scored.truncate(depth);
+    // Reranking reorders the first RERANK_CANDIDATES only: a page past them skips it.
+    let reranked = request.offset < RERANK_CANDIDATES;
+    let skipped = if reranked { 0 } else { request.offset };
+    scored.drain(..skipped.min(scored.len()));
     timings.retrieve_ms = elapsed_ms(stage);
 
     let stage = Instant::now();
@@ -430,7 +442,12 @@ pub async fn search(
         .map(|t| t.text.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let rerank_fallback = rerank(ports.reranker, &rerank_text, &mut ranked).await;
+    let rerank_fallback = if reranked {
+        rerank(ports.reranker, &rerank_text, &mut ranked).await
+    } else {
+        None
+    };
+    ranked.drain(..(request.offset - skipped).min(ranked.len()));
     timings.rerank_ms = elapsed_ms(stage);
 
     let stage = Instant::now();
@@ -439,7 +456,7 @@ pub async fn search(
         .into_iter()
         .enumerate()
         .map(|(i, (photo, score, rerank_probability))| SearchResult {
-            rank: i as u32 + 1,
+            rank: (request.offset + i) as u32 + 1,
             score,
             rerank_probability,
             photo,
@@ -623,6 +640,45 @@ impl Reranker for RetrievalOrder {
         let sum: f32 = exps.iter().sum();
         Ok(exps.into_iter().map(|e| e / sum).collect())
     }
+}
+
+/// A page of photos in date order (newest first) passing the filters of `query`, which must not
+/// rank (no words, no `like:`): what a person sees before searching, or for `album:Trips`.
+pub async fn browse(
+    catalog: &dyn Catalog,
+    query: &str,
+    after: Option<BrowseCursor>,
+    limit: usize,
+) -> Result<BrowsePage, FlowError> {
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(FlowError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}, not {limit}"
+        )));
+    }
+    let parsed = if query.trim().is_empty() {
+        ParsedQuery::default()
+    } else {
+        query::parse(query)?
+    };
+    if parsed.has_ranking() {
+        return Err(FlowError::BadRequest(
+            "browsing takes filters only (album:, camera:, after:, before:); to rank by words or \
+             like:, search instead"
+                .to_owned(),
+        ));
+    }
+    let photos = catalog
+        .browse(&search_filter(&parsed, Vec::new()), after, limit)
+        .await?;
+    let next_cursor = if photos.len() == limit {
+        photos.last().map(BrowseCursor::after)
+    } else {
+        None
+    };
+    Ok(BrowsePage {
+        photos,
+        next_cursor,
+    })
 }
 
 /// Records a click on a search result. Only real results are accepted: the query id must be one

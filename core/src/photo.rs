@@ -55,19 +55,7 @@ impl FromStr for PhotoId {
     }
 }
 
-impl Serialize for PhotoId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PhotoId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_text!(PhotoId);
 
 /// Where a photo's original is kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

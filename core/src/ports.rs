@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::browse::{AlbumSummary, BrowseCursor};
 use crate::photo::{Facets, Photo, PhotoId};
 use crate::search::{QueryId, SearchLog, SearchLogEntry};
 use crate::{Embedding, EncoderId};
@@ -226,6 +227,18 @@ pub trait Catalog: MaybeSendSync {
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError>;
     /// These photos (absent ids are left out; order unspecified).
     async fn photos(&self, ids: &[PhotoId]) -> Result<Vec<Photo>, PortError>;
+    /// Up to `limit` photos passing `filter`, newest `dated_at` first (ties in an order of the
+    /// adapter's choosing that stays the same between calls), starting just after `after`.
+    /// Paging with the cursor of each page's last photo returns every photo exactly once.
+    async fn browse(
+        &self,
+        filter: &SearchFilter,
+        after: Option<BrowseCursor>,
+        limit: usize,
+    ) -> Result<Vec<Photo>, PortError>;
+    /// Every album with its photo count, by lowercase name; albums differing only in case are
+    /// one (named as one of its photos spells it).
+    async fn albums(&self) -> Result<Vec<AlbumSummary>, PortError>;
     /// Removes the photo and its jobs, returning what was removed.
     async fn remove_photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError>;
     /// Claims up to `limit` runnable jobs (queued and due, or leased with an expired lease) for

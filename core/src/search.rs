@@ -10,6 +10,8 @@ use crate::photo::{Photo, PhotoId};
 
 /// The most results one search returns.
 pub const MAX_TOP_K: usize = 200;
+/// How deep paging goes: `offset + top_k` at most.
+pub const MAX_DEPTH: usize = 1000;
 /// Results returned when the request does not say.
 pub const DEFAULT_TOP_K: usize = 20;
 /// How many of the best candidates the reranker sees.
@@ -27,6 +29,10 @@ pub struct SearchRequest {
     /// Leave out results scoring below this (see [`SearchResult::score`]).
     #[serde(default)]
     pub min_score: Option<f32>,
+    /// Skip this many of the best results (the next page starts at `offset + top_k`); ranks stay
+    /// absolute. `offset + top_k` is at most [`MAX_DEPTH`].
+    #[serde(default)]
+    pub offset: usize,
 }
 
 fn default_top_k() -> usize {
@@ -40,6 +46,7 @@ impl SearchRequest {
             query: query.into(),
             top_k: DEFAULT_TOP_K,
             min_score: None,
+            offset: 0,
         }
     }
 }
@@ -87,19 +94,7 @@ impl FromStr for QueryId {
     }
 }
 
-impl Serialize for QueryId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for QueryId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_text!(QueryId);
 
 /// Milliseconds spent in each stage of one search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -152,7 +147,8 @@ impl StageTimings {
 /// One result of a search.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SearchResult {
-    /// Position in the results, from 1; clicks name it.
+    /// Position in the whole ranking, from 1 (a page at `offset` 40 starts at rank 41); clicks
+    /// name it.
     pub rank: u32,
     /// How well the photo matches, in standard deviations above the library's typical match for
     /// each term, combined with the terms' weights (negative terms subtract). About 2 is a good

@@ -304,6 +304,7 @@ async fn search(args: SearchArgs) -> Result<()> {
         query: args.query,
         top_k: args.top_k,
         min_score: args.min_score,
+        offset: 0,
     };
     let response = flows::search(engine.ports(), &request).await?;
     if args.json {

@@ -3,193 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on broken fixtures
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{Server, fixture_count, fixture_library, ids, reference, response};
 use serde_json::{Value, json};
-
-fn reference() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
-}
-
-fn model() -> String {
-    reference()
-        .join("checkpoints/clip-odd")
-        .display()
-        .to_string()
-}
-
-/// The fixture images in two albums (PNGs in `Trips`, JPEGs in `Home`) and a text file.
-fn fixture_library(root: &Path) {
-    std::fs::create_dir_all(root.join("Trips")).unwrap();
-    std::fs::create_dir_all(root.join("Home")).unwrap();
-    for entry in std::fs::read_dir(reference().join("images")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        let album = match path.extension().and_then(|e| e.to_str()) {
-            Some("png") => "Trips",
-            _ => "Home",
-        };
-        std::fs::copy(&path, root.join(album).join(name)).unwrap();
-    }
-    std::fs::write(root.join("notes.txt"), "not a photo").unwrap();
-}
-
-fn fixture_count() -> usize {
-    std::fs::read_dir(reference().join("images"))
-        .unwrap()
-        .count()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    token: String,
-    data_dir: PathBuf,
-}
-
-impl Server {
-    fn start(library: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
-        command.arg("serve");
-        if let Some(library) = library {
-            command.arg("--library").arg(library);
-        }
-        let mut child = command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--model", &model(), "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("glimpse serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("Glimpse is serving ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let configured = extra
-            .windows(2)
-            .find(|pair| pair[0] == "--token")
-            .map(|pair| pair[1].to_owned());
-        let token = configured.unwrap_or_else(|| {
-            std::fs::read_to_string(data_dir.join("token"))
-                .unwrap()
-                .trim()
-                .to_owned()
-        });
-        Self {
-            child,
-            base,
-            token,
-            data_dir: data_dir.to_path_buf(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        response(ureq::get(&self.url(path)).call())
-    }
-
-    fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
-        response(ureq::post(&self.url(path)).send_json(body))
-    }
-
-    fn upload(&self, bytes: &[u8], token: Option<&str>) -> (u16, Value) {
-        let mut request = ureq::post(&self.url("/api/photos"));
-        if let Some(token) = token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
-        }
-        response(request.send_bytes(bytes))
-    }
-
-    fn delete(&self, path: &str) -> (u16, Value) {
-        response(
-            ureq::delete(&self.url(path))
-                .set("Authorization", &format!("Bearer {}", self.token))
-                .call(),
-        )
-    }
-
-    fn search(&self, query: &str, top_k: usize) -> Value {
-        let (status, body) = self.post_json("/api/search", json!({"query": query, "top_k": top_k}));
-        assert_eq!(status, 200, "{query}: {body}");
-        body
-    }
-
-    /// Waits until nothing is pending and `photos` are known.
-    fn wait_indexed(&self, photos: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, status) = self.get("/api/status");
-            if status["photos"]["photos"] == photos && status["photos"]["pending"] == 0 {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "indexing did not finish: {status}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) {
-        // SIGTERM: a graceful stop.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    let response = match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(other) => panic!("request failed: {other}"),
-    };
-    let status = response.status();
-    let text = response.into_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn ids(response: &Value) -> Vec<String> {
-    response["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["photo"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[test]
 fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_clicks() {
@@ -222,6 +42,94 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
     let (status, by_get) = server.get("/api/search?q=a%20red%20sled&top_k=200");
     assert_eq!(status, 200);
     assert_eq!(ids(&by_get), ids(&all));
+
+    // Pages: offsets continue the same ranking with absolute ranks, and clicks name them.
+    let mut paged = Vec::new();
+    for offset in (0..total).step_by(4) {
+        let (status, page) = server.post_json(
+            "/api/search",
+            json!({"query": "a red sled", "top_k": 4, "offset": offset}),
+        );
+        assert_eq!(status, 200, "{page}");
+        let ranks: Vec<u64> = page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rank"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> =
+            (offset as u64 + 1..=(offset as u64 + 4).min(total as u64)).collect();
+        assert_eq!(ranks, expected);
+        paged.extend(ids(&page));
+        if offset == 4 {
+            let clicked = format!("/api/search/{}/clicks", page["query_id"].as_str().unwrap());
+            assert_eq!(server.post_json(&clicked, json!({"rank": 6})).0, 200);
+            assert_eq!(
+                server.post_json(&clicked, json!({"rank": 1})).0,
+                404,
+                "not on this page"
+            );
+        }
+    }
+    assert_eq!(paged, ids(&all));
+    let (status, too_deep) = server.get("/api/search?q=sled&top_k=200&offset=801");
+    assert_eq!(status, 400);
+    assert!(
+        too_deep["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000")
+    );
+
+    // Browsing: filters only, newest first, page by page; the albums with their counts.
+    let (status, page) = server.get("/api/photos?limit=5");
+    assert_eq!(status, 200);
+    assert_eq!(page["photos"].as_array().unwrap().len(), 5);
+    let mut browsed = Vec::new();
+    let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
+    browsed.extend(page["photos"].as_array().unwrap().iter().cloned());
+    while let Some(next) = cursor {
+        let (status, page) = server.get(&format!("/api/photos?limit=5&cursor={next}"));
+        assert_eq!(status, 200, "{page}");
+        browsed.extend(page["photos"].as_array().unwrap().iter().cloned());
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(browsed.len(), total);
+    let dates: Vec<i64> = browsed
+        .iter()
+        .map(|p| p["dated_at"].as_i64().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|w| w[0] >= w[1]), "{dates:?}");
+    let (_, albums) = server.get("/api/albums");
+    let albums = albums["albums"].as_array().unwrap().clone();
+    let (_, trips_page) = server.get("/api/photos?q=album:trips&limit=200");
+    let trips_count = trips_page["photos"].as_array().unwrap().len();
+    assert!(trips_count > 0);
+    assert_eq!(
+        albums,
+        vec![
+            json!({"name": "Home", "photos": total - trips_count}),
+            json!({"name": "Trips", "photos": trips_count}),
+        ]
+    );
+    let (status, refused) = server.get("/api/photos?q=red+sled");
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("search instead")
+    );
+    assert_eq!(server.get("/api/photos?cursor=garbage").0, 400);
+    assert_eq!(server.get("/api/photos?limit=0").0, 400);
+    let (status, filters_only) = server.get("/api/search?q=album:Trips");
+    assert_eq!(status, 400);
+    assert!(
+        filters_only["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GET /api/photos")
+    );
 
     // Filters.
     let trips = server.search("a red sled album:trips", 200);
@@ -337,9 +245,10 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
         .into_string()
         .unwrap();
     assert!(metrics.contains(&format!("glimpse_photos{{status=\"indexed\"}} {total}")));
-    assert!(metrics.contains("glimpse_clicks_total 1"));
+    assert!(metrics.contains("glimpse_clicks_total 2"));
     let (_, openapi) = server.get("/api/openapi.json");
     for path in [
+        "/api/albums",
         "/api/photos",
         "/api/photos/{id}",
         "/api/photos/{id}/original",
@@ -671,6 +580,17 @@ fn protected_reads_need_the_token_and_a_configured_token_replaces_the_generated_
     );
     let (status, body) = server.get("/api/search?q=sled");
     assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--protect-reads")
+    );
+    // The page itself holds no photos: it loads, to ask for the token.
+    for page in ["/", "/assets/app.js", "/assets/app.css", "/assets/icon.svg"] {
+        let (status, _) = response(ureq::get(&server.url(page)).call());
+        assert_eq!(status, 200, "{page}");
+    }
     assert_eq!(server.get("/api/status").0, 401);
     let (status, _) = response(ureq::get(&server.url("/healthz")).call());
     assert_eq!(status, 200);

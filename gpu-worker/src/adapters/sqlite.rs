@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use glimpse_core::EncoderId;
+use glimpse_core::browse::{AlbumSummary, BrowseCursor};
 use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
 use glimpse_core::ports::{
-    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError,
+    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError, SearchFilter,
 };
 use glimpse_core::search::{
     LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
@@ -17,7 +18,8 @@ use glimpse_core::search::{
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 /// The migrations, in order; `user_version` counts how many are applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE encoders (
     id            TEXT PRIMARY KEY,
     dimension     INTEGER NOT NULL,
@@ -83,7 +85,12 @@ CREATE TABLE search_results (
     clicked_at         INTEGER,
     PRIMARY KEY (query_id, rank)
 );
-"#];
+"#,
+    r#"
+CREATE INDEX photos_by_date ON photos (dated_at DESC, id DESC);
+CREATE INDEX photos_by_album ON photos (lower(album));
+"#,
+];
 
 /// A library file as the catalog last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -452,6 +459,75 @@ impl Catalog for SqliteCatalog {
                 }
             }
             Ok(photos)
+        })
+    }
+
+    async fn browse(
+        &self,
+        filter: &SearchFilter,
+        after: Option<BrowseCursor>,
+        limit: usize,
+    ) -> Result<Vec<Photo>, PortError> {
+        use rusqlite::types::Value;
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        if let Some(album) = &filter.album {
+            conditions.push("lower(album) = ?".to_owned());
+            values.push(Value::Text(album.to_lowercase()));
+        }
+        if let Some(camera) = &filter.camera {
+            conditions.push("instr(lower(camera), ?) > 0".to_owned());
+            values.push(Value::Text(camera.to_lowercase()));
+        }
+        if let Some(from) = filter.from {
+            conditions.push("dated_at >= ?".to_owned());
+            values.push(Value::Integer(from));
+        }
+        if let Some(until) = filter.until {
+            conditions.push("dated_at < ?".to_owned());
+            values.push(Value::Integer(until));
+        }
+        if !filter.exclude.is_empty() {
+            let marks = vec!["?"; filter.exclude.len()].join(", ");
+            conditions.push(format!("id NOT IN ({marks})"));
+            values.extend(filter.exclude.iter().map(|id| Value::Integer(sql_id(*id))));
+        }
+        if let Some(cursor) = after {
+            conditions.push("(dated_at, id) < (?, ?)".to_owned());
+            values.push(Value::Integer(cursor.dated_at));
+            values.push(Value::Integer(sql_id(cursor.id)));
+        }
+        let clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        values.push(Value::Integer(limit as i64));
+        self.with(|c| {
+            let mut statement = c.prepare(&format!(
+                "SELECT {PHOTO_COLUMNS} FROM photos {clause} \
+                 ORDER BY dated_at DESC, id DESC LIMIT ?"
+            ))?;
+            statement
+                .query_map(rusqlite::params_from_iter(values), photo_from_row)?
+                .collect()
+        })
+    }
+
+    async fn albums(&self) -> Result<Vec<AlbumSummary>, PortError> {
+        self.with(|c| {
+            let mut statement = c.prepare_cached(
+                "SELECT min(album), COUNT(*) FROM photos WHERE album IS NOT NULL \
+                 GROUP BY lower(album) ORDER BY lower(album)",
+            )?;
+            statement
+                .query_map([], |row| {
+                    Ok(AlbumSummary {
+                        name: row.get(0)?,
+                        photos: row.get::<_, i64>(1)? as u64,
+                    })
+                })?
+                .collect()
         })
     }
 

@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use glimpse_core::browse::{BrowseCursor, BrowsePage, DEFAULT_PAGE};
 use glimpse_core::flows::{self, FlowError};
 use glimpse_core::photo::{Photo, PhotoId, RejectedImage};
 use glimpse_core::ports::{BlobStore, Catalog};
@@ -166,7 +167,10 @@ pub fn router(
         .route("/api/openapi.json", get(openapi))
         .route("/api/status", get(status))
         .route("/api/stats", get(stats_report))
-        .route("/api/photos", post(upload))
+        .route("/", get(web_page))
+        .route("/assets/{file}", get(web_asset))
+        .route("/api/albums", get(albums))
+        .route("/api/photos", get(browse).post(upload))
         .route("/api/photos/{id}", get(photo).delete(delete_photo))
         .route("/api/photos/{id}/original", get(original))
         .route("/api/photos/{id}/thumbnail", get(thumbnail))
@@ -195,10 +199,11 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
     let is_click = path.starts_with("/api/search/") && path.ends_with("/clicks");
     let is_search = path == "/api/search";
     let is_write = !request.method().is_safe() && !is_click && !is_search;
-    let open = path == "/healthz";
+    // The page and its assets hold no data: a visitor needs them to paste the token.
+    let open = path == "/healthz" || path == "/" || path.starts_with("/assets/");
     let needs_token = !open && (is_write || state.config.protect_reads);
     if needs_token {
-        let refusal = token_refusal(&request, &state.config.token);
+        let refusal = token_refusal(&request, &state.config.token, is_write);
         if let Some(refusal) = refusal {
             // Read a small body before answering, so the client sees the answer instead of a
             // connection reset under its unfinished upload.
@@ -213,7 +218,7 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Why a request that needs the token is refused, if it is.
-fn token_refusal(request: &Request, token: &str) -> Option<ApiError> {
+fn token_refusal(request: &Request, token: &str, is_write: bool) -> Option<ApiError> {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -230,8 +235,14 @@ fn token_refusal(request: &Request, token: &str) -> Option<ApiError> {
         None => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "token_required",
-            "this request changes data and needs `Authorization: Bearer <token>`; the token was \
-             printed on first start and is in the data directory's `token` file",
+            if is_write {
+                "this request changes data and needs `Authorization: Bearer <token>`; the token \
+                 was printed on first start and is in the data directory's `token` file"
+            } else {
+                "this Glimpse keeps its photos private (serve --protect-reads): reading needs \
+                 `Authorization: Bearer <token>`; the token was printed on first start and is in \
+                 the data directory's `token` file"
+            },
         )),
     }
 }
@@ -265,6 +276,90 @@ async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let vectors = state.engine.indexed_vectors().await?;
     let text = state.stats.prometheus(&counts, vectors);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The web page's files, built into the binary so `glimpse serve` stays one file.
+const WEB_ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/app.css"),
+    ),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_str!("../../../web/icon.svg"),
+    ),
+];
+
+/// Nothing on the page comes from, or goes to, another origin.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob:; \
+     style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+fn web_response(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn web_page() -> Response {
+    web_response(
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    )
+}
+
+async fn web_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+    WEB_ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .map(|(_, content_type, body)| web_response(content_type, body))
+        .ok_or_else(|| FlowError::NotFound(format!("there is no asset {file}")).into())
+}
+
+async fn albums(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let albums = state.engine.catalog.albums().await?;
+    Ok(Json(json!({ "albums": albums })))
+}
+
+#[derive(Deserialize)]
+struct BrowseParams {
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn browse(
+    State(state): Shared,
+    params: Result<Query<BrowseParams>, QueryRejection>,
+) -> Result<Json<BrowsePage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let cursor = params
+        .cursor
+        .map(|c| c.parse::<BrowseCursor>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let page = flows::browse(
+        &state.engine.catalog,
+        params.q.as_deref().unwrap_or_default(),
+        cursor,
+        params.limit.unwrap_or(DEFAULT_PAGE),
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]
@@ -492,6 +587,7 @@ struct SearchParams {
     query: Option<String>,
     top_k: Option<usize>,
     min_score: Option<f32>,
+    offset: Option<usize>,
 }
 
 async fn run_search(
@@ -522,6 +618,7 @@ async fn search_get(
         query,
         top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
         min_score: params.min_score,
+        offset: params.offset.unwrap_or_default(),
     };
     run_search(&state, request).await
 }
@@ -532,7 +629,7 @@ async fn search_post(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Json(request) = body.map_err(|e| {
         ApiError::bad_request(format!(
-            "{}; send {{\"query\": \"…\", \"top_k\": 20, \"min_score\": 1.5}}",
+            "{}; send {{\"query\": \"…\", \"top_k\": 20, \"offset\": 0, \"min_score\": 1.5}}",
             e.body_text()
         ))
     })?;
@@ -542,6 +639,7 @@ async fn search_post(
 #[derive(Deserialize)]
 struct SimilarParams {
     top_k: Option<usize>,
+    offset: Option<usize>,
 }
 
 async fn similar(
@@ -555,6 +653,7 @@ async fn similar(
         query: format!("like:{id}"),
         top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
         min_score: None,
+        offset: params.offset.unwrap_or_default(),
     };
     run_search(&state, request).await
 }

@@ -1,0 +1,200 @@
+//! What the end-to-end tests of `glimpse serve` share: the fixture library and a server process.
+//! Each test crate uses a part of it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn reference() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
+}
+
+pub fn model() -> String {
+    reference()
+        .join("checkpoints/clip-odd")
+        .display()
+        .to_string()
+}
+
+/// The fixture images in two albums (PNGs in `Trips`, JPEGs in `Home`) and a text file.
+pub fn fixture_library(root: &Path) {
+    std::fs::create_dir_all(root.join("Trips")).unwrap();
+    std::fs::create_dir_all(root.join("Home")).unwrap();
+    for entry in std::fs::read_dir(reference().join("images")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        let album = match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => "Trips",
+            _ => "Home",
+        };
+        std::fs::copy(&path, root.join(album).join(name)).unwrap();
+    }
+    std::fs::write(root.join("notes.txt"), "not a photo").unwrap();
+}
+
+pub fn fixture_count() -> usize {
+    std::fs::read_dir(reference().join("images"))
+        .unwrap()
+        .count()
+}
+
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The write token.
+    pub token: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    pub fn start(library: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command.arg("serve");
+        if let Some(library) = library {
+            command.arg("--library").arg(library);
+        }
+        let mut child = command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--model", &model(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("glimpse serve exited before listening")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("Glimpse is serving ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let configured = extra
+            .windows(2)
+            .find(|pair| pair[0] == "--token")
+            .map(|pair| pair[1].to_owned());
+        let token = configured.unwrap_or_else(|| {
+            std::fs::read_to_string(data_dir.join("token"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
+        Self {
+            child,
+            base,
+            token,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        response(ureq::get(&self.url(path)).call())
+    }
+
+    pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        response(ureq::post(&self.url(path)).send_json(body))
+    }
+
+    pub fn upload(&self, bytes: &[u8], token: Option<&str>) -> (u16, Value) {
+        let mut request = ureq::post(&self.url("/api/photos"));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        response(request.send_bytes(bytes))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        response(
+            ureq::delete(&self.url(path))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    pub fn search(&self, query: &str, top_k: usize) -> Value {
+        let (status, body) = self.post_json("/api/search", json!({"query": query, "top_k": top_k}));
+        assert_eq!(status, 200, "{query}: {body}");
+        body
+    }
+
+    /// Waits until nothing is pending and `photos` are known (asking with the token, so it works
+    /// with `--protect-reads` too).
+    pub fn wait_indexed(&self, photos: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, status) = response(
+                ureq::get(&self.url("/api/status"))
+                    .set("Authorization", &format!("Bearer {}", self.token))
+                    .call(),
+            );
+            if status["photos"]["photos"] == photos && status["photos"]["pending"] == 0 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "indexing did not finish: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(mut self) {
+        // SIGTERM: a graceful stop.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(other) => panic!("request failed: {other}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub fn ids(response: &Value) -> Vec<String> {
+    response["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["photo"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
