@@ -29,6 +29,16 @@ impl PhotoId {
     pub fn from_u64(value: u64) -> Self {
         Self(value)
     }
+
+    /// The same 64 bits as a signed number, for databases without unsigned integers.
+    pub fn as_i64(self) -> i64 {
+        self.0 as i64
+    }
+
+    /// The id from [`Self::as_i64`]'s number.
+    pub fn from_i64(value: i64) -> Self {
+        Self(value as u64)
+    }
 }
 
 impl fmt::Display for PhotoId {
@@ -80,6 +90,23 @@ impl Origin {
     /// The key under which an upload with this id is stored.
     pub fn upload_key(id: PhotoId) -> String {
         format!("originals/{id}")
+    }
+
+    /// The stable kind name (`library` or `upload`) and the key, as catalogs store them.
+    pub fn kind_and_key(&self) -> (&'static str, &str) {
+        match self {
+            Self::Library(key) => ("library", key),
+            Self::Upload(key) => ("upload", key),
+        }
+    }
+
+    /// The origin stored as this kind and key; `None` for an unknown kind.
+    pub fn from_kind_and_key(kind: &str, key: String) -> Option<Self> {
+        match kind {
+            "library" => Some(Self::Library(key)),
+            "upload" => Some(Self::Upload(key)),
+            _ => None,
+        }
     }
 }
 
@@ -172,6 +199,33 @@ impl ImageFormat {
             [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] => Some(Self::Tiff),
             _ => None,
         }
+    }
+
+    /// Every accepted format.
+    pub const ALL: [Self; 6] = [
+        Self::Jpeg,
+        Self::Png,
+        Self::Webp,
+        Self::Gif,
+        Self::Bmp,
+        Self::Tiff,
+    ];
+
+    /// The stable lowercase name used in storage and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::Webp => "webp",
+            Self::Gif => "gif",
+            Self::Bmp => "bmp",
+            Self::Tiff => "tiff",
+        }
+    }
+
+    /// The format with this name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
     }
 
     /// The media type, for `Content-Type`.

@@ -132,14 +132,6 @@ pub fn now_seconds() -> i64 {
     now_ms() / 1000
 }
 
-fn sql_id(id: PhotoId) -> i64 {
-    id.as_u64() as i64
-}
-
-fn photo_id(value: i64) -> PhotoId {
-    PhotoId::from_u64(value as u64)
-}
-
 /// The `searches` columns of the stage timings, in [`StageTimings::STAGES`] order.
 fn timing_columns() -> String {
     StageTimings::STAGES
@@ -153,30 +145,6 @@ const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes,
      taken_at, dated_at, camera, latitude, longitude, album, status, last_error, added_at, \
      modified_at";
 
-fn format_name(format: ImageFormat) -> &'static str {
-    match format {
-        ImageFormat::Jpeg => "jpeg",
-        ImageFormat::Png => "png",
-        ImageFormat::Webp => "webp",
-        ImageFormat::Gif => "gif",
-        ImageFormat::Bmp => "bmp",
-        ImageFormat::Tiff => "tiff",
-    }
-}
-
-fn parse_format(name: &str) -> Option<ImageFormat> {
-    [
-        ImageFormat::Jpeg,
-        ImageFormat::Png,
-        ImageFormat::Webp,
-        ImageFormat::Gif,
-        ImageFormat::Bmp,
-        ImageFormat::Tiff,
-    ]
-    .into_iter()
-    .find(|f| format_name(*f) == name)
-}
-
 fn corrupt(column: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         column,
@@ -187,21 +155,17 @@ fn corrupt(column: usize, what: &str) -> rusqlite::Error {
 
 fn photo_from_row(row: &Row<'_>) -> rusqlite::Result<Photo> {
     let origin_kind: String = row.get(2)?;
-    let origin_key: String = row.get(3)?;
-    let origin = match origin_kind.as_str() {
-        "library" => Origin::Library(origin_key),
-        "upload" => Origin::Upload(origin_key),
-        _ => return Err(corrupt(2, "origin kind")),
-    };
+    let origin = Origin::from_kind_and_key(&origin_kind, row.get(3)?)
+        .ok_or_else(|| corrupt(2, "origin kind"))?;
     let format: String = row.get(4)?;
     let status: String = row.get(14)?;
     let latitude: Option<f64> = row.get(11)?;
     let longitude: Option<f64> = row.get(12)?;
     Ok(Photo {
-        id: photo_id(row.get(0)?),
+        id: PhotoId::from_i64(row.get(0)?),
         sha256: row.get(1)?,
         origin,
-        format: parse_format(&format).ok_or_else(|| corrupt(4, "format"))?,
+        format: ImageFormat::parse(&format).ok_or_else(|| corrupt(4, "format"))?,
         bytes: row.get::<_, i64>(5)? as u64,
         width: row.get(6)?,
         height: row.get(7)?,
@@ -224,21 +188,18 @@ fn photo_from_row(row: &Row<'_>) -> rusqlite::Result<Photo> {
 
 /// Inserts a photo row, and its queued feature job if it is pending.
 fn insert_photo(transaction: &rusqlite::Transaction<'_>, photo: &Photo) -> rusqlite::Result<()> {
-    let (kind, key) = match &photo.origin {
-        Origin::Library(key) => ("library", key),
-        Origin::Upload(key) => ("upload", key),
-    };
+    let (kind, key) = photo.origin.kind_and_key();
     transaction
         .prepare_cached(&format!(
             "INSERT INTO photos ({PHOTO_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         ))?
         .execute(params![
-            sql_id(photo.id),
+            photo.id.as_i64(),
             photo.sha256,
             kind,
             key,
-            format_name(photo.format),
+            photo.format.as_str(),
             photo.bytes as i64,
             photo.width,
             photo.height,
@@ -260,7 +221,7 @@ fn insert_photo(transaction: &rusqlite::Transaction<'_>, photo: &Photo) -> rusql
                 "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
                  VALUES (?1, 'queued', ?2, ?2)",
             )?
-            .execute(params![sql_id(photo.id), now])?;
+            .execute(params![photo.id.as_i64(), now])?;
     }
     Ok(())
 }
@@ -367,7 +328,7 @@ impl SqliteCatalog {
                 Ok((
                     row.get::<_, String>(0)?,
                     LibraryEntry {
-                        id: photo_id(row.get(1)?),
+                        id: PhotoId::from_i64(row.get(1)?),
                         bytes: row.get::<_, i64>(2)? as u64,
                         modified_at: row.get(3)?,
                     },
@@ -421,7 +382,7 @@ impl Catalog for SqliteCatalog {
                 .optional()?;
             if let Some(id) = existing {
                 return Ok(Added {
-                    id: photo_id(id),
+                    id: PhotoId::from_i64(id),
                     created: false,
                 });
             }
@@ -438,7 +399,7 @@ impl Catalog for SqliteCatalog {
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
-                params![sql_id(id)],
+                params![id.as_i64()],
                 photo_from_row,
             )
             .optional()
@@ -452,7 +413,7 @@ impl Catalog for SqliteCatalog {
             let mut photos = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(photo) = statement
-                    .query_row(params![sql_id(*id)], photo_from_row)
+                    .query_row(params![id.as_i64()], photo_from_row)
                     .optional()?
                 {
                     photos.push(photo);
@@ -490,12 +451,12 @@ impl Catalog for SqliteCatalog {
         if !filter.exclude.is_empty() {
             let marks = vec!["?"; filter.exclude.len()].join(", ");
             conditions.push(format!("id NOT IN ({marks})"));
-            values.extend(filter.exclude.iter().map(|id| Value::Integer(sql_id(*id))));
+            values.extend(filter.exclude.iter().map(|id| Value::Integer(id.as_i64())));
         }
         if let Some(cursor) = after {
             conditions.push("(dated_at, id) < (?, ?)".to_owned());
             values.push(Value::Integer(cursor.dated_at));
-            values.push(Value::Integer(sql_id(cursor.id)));
+            values.push(Value::Integer(cursor.id.as_i64()));
         }
         let clause = if conditions.is_empty() {
             String::new()
@@ -537,11 +498,11 @@ impl Catalog for SqliteCatalog {
             let photo = transaction
                 .query_row(
                     &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
-                    params![sql_id(id)],
+                    params![id.as_i64()],
                     photo_from_row,
                 )
                 .optional()?;
-            transaction.execute("DELETE FROM photos WHERE id = ?1", params![sql_id(id)])?;
+            transaction.execute("DELETE FROM photos WHERE id = ?1", params![id.as_i64()])?;
             transaction.commit()?;
             Ok(photo)
         })
@@ -705,7 +666,7 @@ impl Catalog for SqliteCatalog {
                     statement.execute(params![
                         query_id,
                         result.rank,
-                        sql_id(result.photo_id),
+                        result.photo_id.as_i64(),
                         result.score,
                         result.rerank_probability,
                     ])?;
@@ -751,7 +712,7 @@ impl Catalog for SqliteCatalog {
                     Ok(LoggedResultWithClick {
                         result: LoggedResult {
                             rank: row.get(0)?,
-                            photo_id: photo_id(row.get(1)?),
+                            photo_id: PhotoId::from_i64(row.get(1)?),
                             score: row.get(2)?,
                             rerank_probability: row.get(3)?,
                         },
@@ -796,7 +757,7 @@ impl Catalog for SqliteCatalog {
             .optional()
             .map(|id| {
                 id.map(|id| ClickedResult {
-                    photo_id: photo_id(id),
+                    photo_id: PhotoId::from_i64(id),
                     rank,
                 })
             })
