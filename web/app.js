@@ -335,7 +335,10 @@ function summarise() {
   const more = state.exhausted ? "" : "+";
   if (state.mode === "search") {
     const ms = state.lastTimings ? ` in ${Math.round(state.lastTimings.total_ms)} ms` : "";
-    $("summary").textContent = `${count}${more} results for “${state.query}”${ms}`;
+    const example = /^like:([0-9a-f]{16})$/.exec(state.query);
+    $("summary").textContent = example
+      ? `${count}${more} photos most like photo ${example[1]}${ms}`
+      : `${count}${more} results for “${state.query}”${ms}`;
   } else {
     const what = state.query ? ` matching ${state.query}` : "";
     $("summary").textContent = `${plural(count, "photo", "photos")}${more}${what}, newest first`;

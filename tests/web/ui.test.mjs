@@ -186,6 +186,7 @@ describe("the web page", () => {
     const similar = (await api(`/api/photos/${target}/similar?top_k=40`)).body;
     assert.ok(similar.results.length > 0);
     await waitForTiles(similar.results.length);
+    assert.match(await page.locator("#summary").textContent(), new RegExp(`photos most like photo ${target}`));
     assert.deepEqual(
       response.results.map((r) => r.photo.id),
       similar.results.map((r) => r.photo.id),
