@@ -1,5 +1,5 @@
-//! Glimpse's native side: candle models, encoders, model download, benchmarks; later the adapters,
-//! the worker and the HTTP server.
+//! Glimpse's native side: candle models, encoders, model download, benchmarks, the adapters, the
+//! embedded engine and its HTTP server, and the worker pool's internal API.
 
 #![warn(missing_docs)]
 
@@ -10,3 +10,4 @@ pub mod encoder;
 pub mod hub;
 pub mod models;
 pub mod server;
+pub mod worker;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use glimpse_core::flows;
 use glimpse_core::ports::Catalog;
 use glimpse_core::search::SearchRequest;
-use glimpse_worker::adapters::SqliteCatalog;
+use glimpse_worker::adapters::{LocalEncoder, SqliteCatalog};
 use glimpse_worker::embedded::{self, Engine, OpenOptions};
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::server::{self, ServerConfig, Stats};
@@ -39,11 +39,33 @@ enum Command {
     Search(SearchArgs),
     /// Show what a data directory holds and how far indexing got.
     Status(DataDirArgs),
+    /// Run a member of the worker pool: the internal embedding API for the edge functions.
+    Worker(WorkerArgs),
     /// Print the embedding of texts or images as JSON, one line per input.
     Embed(EmbedArgs),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// A model directory (Hugging Face layout) or a Hub repository id, optionally `@revision`.
+    #[arg(long, env = "GLIMPSE__MODEL", default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// Address of the internal API.
+    #[arg(
+        long,
+        env = "GLIMPSE__WORKER__LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    listen: SocketAddr,
+    /// The pool's internal bearer token (no default; never printed).
+    #[arg(long, env = "GLIMPSE__WORKER__TOKEN", hide_env_values = true)]
+    token: String,
+    /// Largest request accepted, in MB.
+    #[arg(long, env = "GLIMPSE__WORKER__MAX_REQUEST_MB", default_value_t = 256)]
+    max_request_mb: usize,
 }
 
 #[derive(Args)]
@@ -222,6 +244,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await?;
     drop(background);
     engine.index.flush()?;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    if args.token.trim().len() < 16 {
+        bail!(
+            "the internal token must be at least 16 characters (set GLIMPSE__WORKER__TOKEN to a \
+             long random string shared by the pool and the edge functions)"
+        );
+    }
+    let model = args.model.clone();
+    let encoder = tokio::task::spawn_blocking(move || load_encoder(&model)).await??;
+    let app = glimpse_worker::worker::router(
+        LocalEncoder::new(Arc::new(encoder)),
+        args.token.trim().to_owned(),
+        args.max_request_mb.max(1) * 1024 * 1024,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "Glimpse worker is serving http://{} (model: {})",
+        listener.local_addr()?,
+        args.model
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 
@@ -566,6 +616,7 @@ fn main() -> Result<()> {
         Command::Index(args) => runtime()?.block_on(index(args)),
         Command::Search(args) => runtime()?.block_on(search(args)),
         Command::Status(args) => runtime()?.block_on(status(args)),
+        Command::Worker(args) => runtime()?.block_on(worker(args)),
         Command::Embed(args) => embed(&args),
         Command::Bench(BenchCommand::Ann(args)) => runtime()?.block_on(bench_ann(args)),
         Command::Bench(BenchCommand::Search {

@@ -61,7 +61,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -70,7 +70,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -217,22 +217,41 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
 /// Bodies up to this size are read before a refused request is answered.
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Why a request that needs the token is refused, if it is.
-fn token_refusal(request: &Request, token: &str, is_write: bool) -> Option<ApiError> {
+/// What is wrong with a request's bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BearerProblem {
+    /// No `Authorization: Bearer …` header.
+    Missing,
+    /// A token that is not the expected one.
+    Wrong,
+}
+
+/// Checks the request's bearer token against `token`, in time independent of where they differ.
+pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerProblem> {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if same_secret(given.trim(), token) => None,
-        Some(_) => Some(ApiError::new(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(BearerProblem::Missing)?;
+    if same_secret(given.trim(), token) {
+        Ok(())
+    } else {
+        Err(BearerProblem::Wrong)
+    }
+}
+
+/// Why a request that needs the token is refused, if it is.
+fn token_refusal(request: &Request, token: &str, is_write: bool) -> Option<ApiError> {
+    match check_bearer(request, token) {
+        Ok(()) => None,
+        Err(BearerProblem::Wrong) => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad_token",
             "the bearer token is wrong; use the token `glimpse serve` printed on first start \
              (kept in the data directory's `token` file)",
         )),
-        None => Some(ApiError::new(
+        Err(BearerProblem::Missing) => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "token_required",
             if is_write {

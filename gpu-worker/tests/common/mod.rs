@@ -53,6 +53,30 @@ pub struct Server {
     pub data_dir: PathBuf,
 }
 
+/// Starts `command` and waits for its line `<announcement>http://…`; returns the process and
+/// that address.
+pub fn spawn_listening(command: &mut Command, announcement: &str) -> (Child, String) {
+    let mut child = command
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("glimpse exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(announcement) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, base)
+}
+
 impl Server {
     pub fn start(library: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
@@ -60,28 +84,12 @@ impl Server {
         if let Some(library) = library {
             command.arg("--library").arg(library);
         }
-        let mut child = command
+        command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--model", &model(), "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("glimpse serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("Glimpse is serving ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+            .args(extra);
+        let (child, base) = spawn_listening(&mut command, "Glimpse is serving ");
         let configured = extra
             .windows(2)
             .find(|pair| pair[0] == "--token")

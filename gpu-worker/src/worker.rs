@@ -1,0 +1,196 @@
+//! `glimpse worker`: a member of the worker pool. Its internal HTTP API lets the edge functions
+//! use the encoder: `POST /v1/embed/text`, `POST /v1/embed/images`, `GET /metrics`, all behind the
+//! internal bearer token (compared in constant time), and an open `GET /healthz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use glimpse_core::ports::{ImageEmbedder, TextEmbedder};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::adapters::LocalEncoder;
+use crate::server::{ApiError, BearerProblem, check_bearer};
+
+/// The most texts one request may embed.
+pub const MAX_TEXTS: usize = 64;
+/// The longest text, in bytes (CLIP reads 77 tokens; longer texts are cut by the tokenizer).
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// The most images one request may embed.
+pub const MAX_IMAGES: usize = 64;
+
+struct WorkerState {
+    encoder: LocalEncoder,
+    token: String,
+    texts: AtomicU64,
+    images: AtomicU64,
+    image_errors: AtomicU64,
+    refused: AtomicU64,
+}
+
+type Shared = State<Arc<WorkerState>>;
+
+/// The worker's internal API around `encoder`; `token` is the pool's internal token and
+/// `max_body_bytes` the largest request accepted.
+pub fn router(encoder: LocalEncoder, token: String, max_body_bytes: usize) -> Router {
+    let state = Arc::new(WorkerState {
+        encoder,
+        token,
+        texts: AtomicU64::new(0),
+        images: AtomicU64::new(0),
+        image_errors: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/embed/text", post(embed_text))
+        .route("/v1/embed/images", post(embed_images))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorise,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn authorise(State(state): Shared, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let (code, message) = match check_bearer(&request, &state.token) {
+        Ok(()) => return next.run(request).await,
+        Err(BearerProblem::Missing) => (
+            "token_required",
+            "the worker API needs `Authorization: Bearer <internal token>` (the worker's \
+             GLIMPSE__WORKER__TOKEN)",
+        ),
+        Err(BearerProblem::Wrong) => (
+            "bad_token",
+            "the internal token is wrong: use the worker pool's GLIMPSE__WORKER__TOKEN",
+        ),
+    };
+    state.refused.fetch_add(1, Ordering::Relaxed);
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response()
+}
+
+fn encoder_fields(state: &WorkerState) -> (String, usize) {
+    (
+        TextEmbedder::encoder(&state.encoder).to_string(),
+        state.encoder.dimension(),
+    )
+}
+
+#[derive(Deserialize)]
+struct TextRequest {
+    texts: Vec<String>,
+}
+
+async fn embed_text(
+    State(state): Shared,
+    body: Result<Json<TextRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; send {{\"texts\": [\"kids on a red sled\"]}}",
+            e.body_text()
+        ))
+    })?;
+    if request.texts.is_empty() || request.texts.len() > MAX_TEXTS {
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_TEXTS} texts, not {}",
+            request.texts.len()
+        )));
+    }
+    if let Some(long) = request.texts.iter().position(|t| t.len() > MAX_TEXT_BYTES) {
+        return Err(ApiError::bad_request(format!(
+            "text {long} is longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    let vectors = state.encoder.embed_texts(&request.texts).await?;
+    state
+        .texts
+        .fetch_add(vectors.len() as u64, Ordering::Relaxed);
+    let (encoder, dimension) = encoder_fields(&state);
+    Ok(Json(json!({
+        "encoder": encoder,
+        "dimension": dimension,
+        "vectors": vectors.iter().map(|v| v.as_slice()).collect::<Vec<_>>(),
+    })))
+}
+
+async fn embed_images(
+    State(state): Shared,
+    mut multipart: Multipart,
+) -> Result<Json<Value>, ApiError> {
+    let mut images = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the form cannot be read: {e}")))?
+    {
+        if images.len() == MAX_IMAGES {
+            return Err(ApiError::bad_request(format!(
+                "send at most {MAX_IMAGES} images per request"
+            )));
+        }
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("the form cannot be read: {e}")))?;
+        images.push(bytes.to_vec());
+    }
+    if images.is_empty() {
+        return Err(ApiError::bad_request(
+            "the form holds no image: send each image as a multipart field",
+        ));
+    }
+    let results = state.encoder.embed_images(images).await?;
+    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+    state
+        .images
+        .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+    state.image_errors.fetch_add(failed, Ordering::Relaxed);
+    let (encoder, dimension) = encoder_fields(&state);
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(vector) => json!({ "vector": vector.as_slice() }),
+            Err(error) => json!({ "error": error }),
+        })
+        .collect();
+    Ok(Json(json!({
+        "encoder": encoder,
+        "dimension": dimension,
+        "results": results,
+    })))
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let text = format!(
+        "# HELP glimpse_worker_texts_embedded_total Texts embedded.\n\
+         # TYPE glimpse_worker_texts_embedded_total counter\n\
+         glimpse_worker_texts_embedded_total {}\n\
+         # HELP glimpse_worker_images_embedded_total Images embedded.\n\
+         # TYPE glimpse_worker_images_embedded_total counter\n\
+         glimpse_worker_images_embedded_total {}\n\
+         # HELP glimpse_worker_image_errors_total Images that could not be embedded.\n\
+         # TYPE glimpse_worker_image_errors_total counter\n\
+         glimpse_worker_image_errors_total {}\n\
+         # HELP glimpse_worker_refused_requests_total Requests refused for a missing or wrong token.\n\
+         # TYPE glimpse_worker_refused_requests_total counter\n\
+         glimpse_worker_refused_requests_total {}\n",
+        state.texts.load(Ordering::Relaxed),
+        state.images.load(Ordering::Relaxed),
+        state.image_errors.load(Ordering::Relaxed),
+        state.refused.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,182 @@
+//! `glimpse worker`'s internal API over HTTP, as the edge functions use it, with the small test
+//! checkpoint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on broken fixtures
+
+mod common;
+
+use std::process::{Child, Command};
+
+use common::{model, reference, response, spawn_listening};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "internal-token-for-the-pool-0123";
+
+struct Worker {
+    child: Child,
+    base: String,
+}
+
+impl Worker {
+    fn start() -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command
+            .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+            .env("GLIMPSE__WORKER__TOKEN", TOKEN);
+        let (child, base) = spawn_listening(&mut command, "Glimpse worker is serving ");
+        Self { child, base }
+    }
+
+    fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = ureq::post(&format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        response(request.send_json(body))
+    }
+
+    fn post_images(&self, images: &[Vec<u8>]) -> (u16, Value) {
+        let boundary = "glimpse-test-boundary";
+        let mut body = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            body.extend(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                     filename=\"{i}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend(image);
+            body.extend(b"\r\n");
+        }
+        body.extend(format!("--{boundary}--\r\n").as_bytes());
+        response(
+            ureq::post(&format!("{}/v1/embed/images", self.base))
+                .set("Authorization", &format!("Bearer {TOKEN}"))
+                .set(
+                    "Content-Type",
+                    &format!("multipart/form-data; boundary={boundary}"),
+                )
+                .send_bytes(&body),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.base))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `glimpse embed` prints for these arguments, one JSON object per input.
+fn cli_embeddings(args: &[&str]) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["embed", "--model", &model()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn embeds_texts_and_images_for_holders_of_the_internal_token() {
+    let worker = Worker::start();
+
+    // Health is open; everything else needs the token.
+    let (status, _) = response(ureq::get(&format!("{}/healthz", worker.base)).call());
+    assert_eq!(status, 200);
+    let texts = json!({"texts": ["kids on a red sled", "a whiteboard"]});
+    let (status, body) = worker.post("/v1/embed/text", None, texts.clone());
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "token_required");
+    let (status, body) = worker.post("/v1/embed/text", Some("wrong-token"), texts.clone());
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "bad_token");
+    assert!(
+        !body.to_string().contains(TOKEN),
+        "the token is never echoed"
+    );
+    let (status, _) = response(ureq::get(&format!("{}/metrics", worker.base)).call());
+    assert_eq!(status, 401);
+
+    // Texts: the same vectors as the CLI computes in-process.
+    let (status, body) = worker.post("/v1/embed/text", Some(TOKEN), texts);
+    assert_eq!(status, 200, "{body}");
+    let expected = cli_embeddings(&["--text", "kids on a red sled", "--text", "a whiteboard"]);
+    assert_eq!(body["encoder"], expected[0]["encoder"]);
+    assert_eq!(body["dimension"], expected[0]["dimension"]);
+    assert_eq!(body["vectors"][0], expected[0]["vector"]);
+    assert_eq!(body["vectors"][1], expected[1]["vector"]);
+
+    // Images: a vector per readable image, the decoder's words for the others, in order.
+    let noise = reference().join("images/noise.png");
+    let good = std::fs::read(&noise).unwrap();
+    let (status, body) = worker.post_images(&[good, b"not an image".to_vec()]);
+    assert_eq!(status, 200, "{body}");
+    let expected = cli_embeddings(&["--image", noise.to_str().unwrap()]);
+    assert_eq!(body["results"][0]["vector"], expected[0]["vector"]);
+    assert!(body["results"][1]["error"].as_str().unwrap().len() > 5);
+
+    // Bad requests say what to send.
+    let (status, body) = worker.post("/v1/embed/text", Some(TOKEN), json!({"texts": []}));
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 64")
+    );
+    let (status, body) = worker.post("/v1/embed/text", Some(TOKEN), json!({"text": "x"}));
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"texts\"")
+    );
+    let (status, _) = worker.post_images(&[]);
+    assert_eq!(status, 400);
+
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("glimpse_worker_texts_embedded_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("glimpse_worker_images_embedded_total 1"));
+    assert!(metrics.contains("glimpse_worker_image_errors_total 1"));
+    assert!(metrics.contains("glimpse_worker_refused_requests_total 3"));
+}
+
+#[test]
+fn refuses_to_start_without_a_long_enough_internal_token() {
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+        .env_remove("GLIMPSE__WORKER__TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let short = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+        .env("GLIMPSE__WORKER__TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    let message = String::from_utf8_lossy(&short.stderr);
+    assert!(message.contains("at least 16 characters"), "{message}");
+    assert!(!message.contains("short\n"), "the token is not printed");
+}
