@@ -72,11 +72,13 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|j| j.previous_attempts == 0));
     assert!(catalog.claim_jobs(10, lease).await.unwrap().is_empty());
-    let job_of = |id: PhotoId| claimed.iter().find(|j| j.photo.id == id).unwrap().job_id;
-    catalog
-        .finish_job(job_of(first.id), &JobOutcome::Done)
-        .await
-        .unwrap();
+    let job_of = |id: PhotoId| claimed.iter().find(|j| j.photo.id == id).unwrap().claim();
+    assert!(
+        catalog
+            .finish_job(job_of(first.id), &JobOutcome::Done)
+            .await
+            .unwrap()
+    );
     let indexed = catalog.photo(first.id).await.unwrap().unwrap();
     assert_eq!(indexed.status, PhotoStatus::Indexed);
     catalog
@@ -110,9 +112,20 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].photo.id, third.id);
     assert_eq!(reclaimed[0].previous_attempts, 1);
+    // The first claimer's lease ran out: it can no longer end the job.
+    assert!(
+        !catalog
+            .finish_job(short[0].claim(), &JobOutcome::Done)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.photo(third.id).await.unwrap().unwrap().status,
+        PhotoStatus::Pending
+    );
     catalog
         .finish_job(
-            reclaimed[0].job_id,
+            reclaimed[0].claim(),
             &JobOutcome::Failed {
                 error: "the image cannot be decoded: truncated".to_owned(),
             },

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
 use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage};
 use crate::ports::{
-    Added, BlobStore, Catalog, IndexedPhoto, JobOutcome, PortError, RerankCandidate, Reranker,
-    SearchFilter, TextEmbedder, VectorIndex,
+    Added, BlobStore, Catalog, IndexedPhoto, JobClaim, JobOutcome, PortError, RerankCandidate,
+    Reranker, SearchFilter, TextEmbedder, VectorIndex,
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
@@ -145,6 +145,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Back-off after the first failure; doubled after each further one.
     pub first_backoff: Duration,
+    /// The longest back-off.
+    pub max_backoff: Duration,
     /// How long a claim holds a job before another worker may take it.
     pub lease: Duration,
 }
@@ -154,23 +156,36 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: 5,
             first_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(300),
         }
     }
 }
 
 impl RetryPolicy {
-    fn after_error(&self, previous_attempts: u32, error: String) -> JobOutcome {
+    /// A backend that is unavailable (an outage: storage or index down) is waited out however
+    /// long it lasts, so an outage never fails photos for good; other errors fail the job after
+    /// `max_attempts` claims.
+    fn after_error(&self, previous_attempts: u32, error: &PortError) -> JobOutcome {
         let attempts = previous_attempts + 1;
-        if attempts >= self.max_attempts {
-            JobOutcome::Failed {
-                error: format!("{error} (gave up after {attempts} attempts)"),
+        let backoff = self
+            .first_backoff
+            .saturating_mul(2u32.saturating_pow(previous_attempts.min(16)))
+            .min(self.max_backoff);
+        match error {
+            PortError::Unavailable(_) => JobOutcome::Retry {
+                error: error.to_string(),
+                after: backoff,
+            },
+            PortError::Rejected(_) | PortError::Internal(_) if attempts >= self.max_attempts => {
+                JobOutcome::Failed {
+                    error: format!("{error} (gave up after {attempts} attempts)"),
+                }
             }
-        } else {
-            JobOutcome::Retry {
-                error,
-                after: self.first_backoff * 2u32.saturating_pow(previous_attempts.min(16)),
-            }
+            PortError::Rejected(_) | PortError::Internal(_) => JobOutcome::Retry {
+                error: error.to_string(),
+                after: backoff,
+            },
         }
     }
 }
@@ -186,6 +201,8 @@ pub struct IndexRound {
     pub retried: usize,
     /// Photos failed for good.
     pub failed: usize,
+    /// Jobs whose lease ran out before they finished (another claimer has them now).
+    pub lost: usize,
 }
 
 /// One round of feature extraction: claims up to `batch` jobs, reads their originals, embeds them
@@ -212,7 +229,7 @@ pub async fn index_round(
         claimed: jobs.len(),
         ..IndexRound::default()
     };
-    let mut outcomes: Vec<(i64, JobOutcome)> = Vec::with_capacity(jobs.len());
+    let mut outcomes: Vec<(JobClaim, JobOutcome)> = Vec::with_capacity(jobs.len());
     let mut readable = Vec::with_capacity(jobs.len());
     let mut images = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -222,14 +239,14 @@ pub async fn index_round(
                 readable.push(job);
             }
             Ok(None) => outcomes.push((
-                job.job_id,
+                job.claim(),
                 JobOutcome::Failed {
                     error: "the original is missing from storage".to_owned(),
                 },
             )),
             Err(error) => outcomes.push((
-                job.job_id,
-                policy.after_error(job.previous_attempts, error.to_string()),
+                job.claim(),
+                policy.after_error(job.previous_attempts, &error),
             )),
         }
     }
@@ -249,7 +266,7 @@ pub async fn index_round(
                             embedded.push(job);
                         }
                         Err(error) => outcomes.push((
-                            job.job_id,
+                            job.claim(),
                             JobOutcome::Failed {
                                 error: format!("the image cannot be decoded: {error}"),
                             },
@@ -264,28 +281,31 @@ pub async fn index_round(
                 for job in embedded {
                     let outcome = match &stored {
                         Ok(()) => JobOutcome::Done,
-                        Err(error) => policy.after_error(job.previous_attempts, error.to_string()),
+                        Err(error) => policy.after_error(job.previous_attempts, error),
                     };
-                    outcomes.push((job.job_id, outcome));
+                    outcomes.push((job.claim(), outcome));
                 }
             }
             Err(error) => {
                 for job in readable {
                     outcomes.push((
-                        job.job_id,
-                        policy.after_error(job.previous_attempts, error.to_string()),
+                        job.claim(),
+                        policy.after_error(job.previous_attempts, &error),
                     ));
                 }
             }
         }
     }
-    for (job_id, outcome) in &outcomes {
+    for (claim, outcome) in &outcomes {
+        if !catalog.finish_job(*claim, outcome).await? {
+            round.lost += 1;
+            continue;
+        }
         match outcome {
             JobOutcome::Done => round.indexed += 1,
             JobOutcome::Retry { .. } => round.retried += 1,
             JobOutcome::Failed { .. } => round.failed += 1,
         }
-        catalog.finish_job(*job_id, outcome).await?;
     }
     Ok(round)
 }
@@ -762,18 +782,28 @@ mod tests {
     }
 
     #[test]
-    fn retries_back_off_exponentially_then_give_up() {
+    fn retries_back_off_exponentially_then_give_up_unless_it_is_an_outage() {
         let policy = RetryPolicy::default();
+        let broken = PortError::Internal("e".to_owned());
         assert_eq!(
-            policy.after_error(1, "e".to_owned()),
+            policy.after_error(1, &broken),
             JobOutcome::Retry {
-                error: "e".to_owned(),
+                error: broken.to_string(),
                 after: Duration::from_secs(4)
             }
         );
         assert!(matches!(
-            policy.after_error(4, "e".to_owned()),
+            policy.after_error(4, &broken),
             JobOutcome::Failed { .. }
         ));
+        let outage = PortError::Unavailable("storage down".to_owned());
+        assert_eq!(
+            policy.after_error(40, &outage),
+            JobOutcome::Retry {
+                error: outage.to_string(),
+                after: policy.max_backoff
+            },
+            "an outage is waited out, with a bounded back-off"
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::browse::{AlbumSummary, BrowseCursor};
 use crate::photo::{Facets, Photo, PhotoId};
@@ -126,8 +126,8 @@ pub trait VectorIndex: MaybeSendSync {
     async fn count(&self) -> Result<u64, PortError>;
 }
 
-/// One candidate for the reranker.
-#[derive(Clone, Debug, PartialEq)]
+/// One candidate for the reranker (also the wire form of the worker's `POST /v1/rerank`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RerankCandidate {
     /// The photo.
     pub photo: Photo,
@@ -167,6 +167,26 @@ pub struct ClaimedJob {
     pub photo: Photo,
     /// How many times it was claimed before this claim.
     pub previous_attempts: u32,
+}
+
+/// Proof of one claim of a job: finishing needs it, so a claimer whose lease ran out (and whose job
+/// was claimed again) cannot end the job under the new claimer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobClaim {
+    /// The job.
+    pub job_id: i64,
+    /// Which attempt this claim is (1 for the first).
+    pub attempt: u32,
+}
+
+impl ClaimedJob {
+    /// This claim's proof, for [`Catalog::finish_job`].
+    pub fn claim(&self) -> JobClaim {
+        JobClaim {
+            job_id: self.job_id,
+            attempt: self.previous_attempts + 1,
+        }
+    }
 }
 
 /// How a claimed job ended.
@@ -245,8 +265,10 @@ pub trait Catalog: MaybeSendSync {
     /// `lease`; a job is held by one claimer at a time.
     async fn claim_jobs(&self, limit: usize, lease: Duration)
     -> Result<Vec<ClaimedJob>, PortError>;
-    /// Ends a claimed job and updates its photo's status.
-    async fn finish_job(&self, job_id: i64, outcome: &JobOutcome) -> Result<(), PortError>;
+    /// Ends a job under `claim` and updates its photo's status. Returns `false`, changing nothing,
+    /// when the claim is no longer the job's current one (its lease ran out and another claimer
+    /// took the job, or the job was re-queued).
+    async fn finish_job(&self, claim: JobClaim, outcome: &JobOutcome) -> Result<bool, PortError>;
     /// Puts every photo back in the queue (after an encoder change).
     async fn requeue_all(&self) -> Result<u64, PortError>;
     /// Photo counts by state.

@@ -8,12 +8,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use glimpse_core::flows;
-use glimpse_core::ports::Catalog;
+use glimpse_core::flows::RetrievalOrder;
+use glimpse_core::ports::{Catalog, TextEmbedder};
 use glimpse_core::search::SearchRequest;
-use glimpse_worker::adapters::{LocalEncoder, SqliteCatalog};
+use glimpse_worker::adapters::{
+    LocalEncoder, PostgresCatalog, QdrantIndex, S3BlobStore, SqliteCatalog,
+};
 use glimpse_worker::embedded::{self, Engine, OpenOptions};
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::server::{self, ServerConfig, Stats};
+use glimpse_worker::worker::WorkerApi;
+use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, ConsumerStats};
+use glimpse_worker::worker::settings::{Backends, WorkerSettings};
 use glimpse_worker::{bench, hub};
 use serde_json::json;
 
@@ -39,7 +45,8 @@ enum Command {
     Search(SearchArgs),
     /// Show what a data directory holds and how far indexing got.
     Status(DataDirArgs),
-    /// Run a member of the worker pool: the internal embedding API for the edge functions.
+    /// Run a member of the worker pool: the internal API for the edge functions and, with the
+    /// managed backends configured, the feature-job consumer.
     Worker(WorkerArgs),
     /// Print the embedding of texts or images as JSON, one line per input.
     Embed(EmbedArgs),
@@ -50,22 +57,15 @@ enum Command {
 
 #[derive(Args)]
 struct WorkerArgs {
-    /// A model directory (Hugging Face layout) or a Hub repository id, optionally `@revision`.
-    #[arg(long, env = "GLIMPSE__MODEL", default_value = hub::DEFAULT_MODEL)]
-    model: String,
-    /// Address of the internal API.
-    #[arg(
-        long,
-        env = "GLIMPSE__WORKER__LISTEN",
-        default_value = "127.0.0.1:8090"
-    )]
-    listen: SocketAddr,
-    /// The pool's internal bearer token (no default; never printed).
-    #[arg(long, env = "GLIMPSE__WORKER__TOKEN", hide_env_values = true)]
-    token: String,
-    /// Largest request accepted, in MB.
-    #[arg(long, env = "GLIMPSE__WORKER__MAX_REQUEST_MB", default_value_t = 256)]
-    max_request_mb: usize,
+    /// A TOML settings file (see the README); `GLIMPSE__SECTION__KEY` variables override it.
+    #[arg(long, env = "GLIMPSE__CONFIG")]
+    config: Option<PathBuf>,
+    /// The model (overrides the settings): a directory or a Hub repository id.
+    #[arg(long)]
+    model: Option<String>,
+    /// Address of the internal API (overrides the settings).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -248,31 +248,97 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
-    if args.token.trim().len() < 16 {
-        bail!(
-            "the internal token must be at least 16 characters (set GLIMPSE__WORKER__TOKEN to a \
-             long random string shared by the pool and the edge functions)"
-        );
+    let mut settings = WorkerSettings::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(model) = args.model {
+        settings.model = model;
     }
-    let model = args.model.clone();
-    let encoder = tokio::task::spawn_blocking(move || load_encoder(&model)).await??;
-    let app = glimpse_worker::worker::router(
-        LocalEncoder::new(Arc::new(encoder)),
-        args.token.trim().to_owned(),
-        args.max_request_mb.max(1) * 1024 * 1024,
-    );
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listen = args.listen.unwrap_or(settings.worker.listen);
+    let model = settings.model.clone();
+    let clip: Arc<dyn ImageTextEncoder> =
+        Arc::new(tokio::task::spawn_blocking(move || load_encoder(&model)).await??);
+    let encoder = LocalEncoder::new(Arc::clone(&clip));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = match settings.backends() {
+        Some(backends) => Some(start_consumer(&settings, &backends, &encoder, stopped).await?),
+        None => {
+            println!(
+                "No [database], [s3] and [qdrant] settings: serving the internal API only (no \
+                 job consumer)."
+            );
+            None
+        }
+    };
+    let app = glimpse_worker::worker::router(WorkerApi {
+        encoder,
+        reranker: Arc::new(RetrievalOrder),
+        token: settings.token().to_owned(),
+        max_body_bytes: settings.worker.max_request_mb.max(1) * 1024 * 1024,
+        consumer: consumer.as_ref().map(|(stats, _)| Arc::clone(stats)),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     println!(
         "Glimpse worker is serving http://{} (model: {})",
         listener.local_addr()?,
-        args.model
+        clip.id()
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    let _ = stop.send(true);
+    if let Some((_, running)) = consumer {
+        running.await?;
+    }
     Ok(())
+}
+
+/// Connects the managed backends and starts the job consumer; returns its counters and task.
+async fn start_consumer(
+    settings: &WorkerSettings,
+    backends: &Backends<'_>,
+    encoder: &LocalEncoder,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Arc<ConsumerStats>, tokio::task::JoinHandle<()>)> {
+    let id = TextEmbedder::encoder(encoder).clone();
+    let dimension = encoder.dimension();
+    let catalog = PostgresCatalog::connect(
+        backends.database.url.expose(),
+        backends.database.connections,
+    )
+    .await
+    .context("cannot open the catalog database ([database] url)")?;
+    catalog.register_encoder(&id, dimension).await?;
+    let blobs = S3BlobStore::new(&backends.s3);
+    blobs
+        .ensure_bucket()
+        .await
+        .with_context(|| format!("cannot use the bucket `{}` ([s3])", backends.s3.bucket))?;
+    let index = QdrantIndex::open(&backends.qdrant, &id, dimension)
+        .await
+        .context("cannot open the Qdrant collection ([qdrant])")?;
+    println!(
+        "Consuming feature jobs: catalog {}, bucket {}, Qdrant collection {}",
+        catalog.describe(),
+        backends.s3.bucket,
+        index.collection()
+    );
+    let consumer = Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::new(catalog),
+            blobs: Arc::new(blobs),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::new(index),
+        },
+        ConsumerPacing {
+            batch: settings.worker.batch,
+            policy: settings.retry_policy(),
+            idle_poll: Duration::from_millis(settings.worker.idle_poll_ms.max(10)),
+        },
+    );
+    let stats = consumer.stats();
+    let running = tokio::spawn(async move { consumer.run(stop).await });
+    Ok((stats, running))
 }
 
 async fn shutdown_signal() {

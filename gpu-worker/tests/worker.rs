@@ -152,14 +152,56 @@ fn embeds_texts_and_images_for_holders_of_the_internal_token() {
     let (status, _) = worker.post_images(&[]);
     assert_eq!(status, 400);
 
+    // Rerank: one probability per candidate, in order, from the configured reranker.
+    let photo = |id: &str| {
+        json!({"id": id, "sha256": "ab", "origin": {"kind": "upload", "key": format!("originals/{id}")},
+               "format": "png", "bytes": 10, "width": 4, "height": 4, "taken_at": null,
+               "dated_at": 0, "camera": null, "location": null, "album": null,
+               "status": "indexed", "last_error": null, "added_at": 0, "modified_at": null})
+    };
+    let candidates = json!({"query": "a red sled", "candidates": [
+        {"photo": photo("00000000000000a1"), "score": 3.0},
+        {"photo": photo("00000000000000a2"), "score": 1.0},
+    ]});
+    let (status, body) = worker.post("/v1/rerank", None, candidates.clone());
+    assert_eq!(status, 401);
+    let (status, body_ok) = worker.post("/v1/rerank", Some(TOKEN), candidates);
+    assert_eq!(status, 200, "{body_ok} {body}");
+    assert_eq!(body_ok["reranker"], "retrieval-order");
+    let p: Vec<f64> = body_ok["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(p.len(), 2);
+    assert!(p[0] > p[1] && (p[0] + p[1] - 1.0).abs() < 1e-4, "{p:?}");
+    let (status, body) = worker.post(
+        "/v1/rerank",
+        Some(TOKEN),
+        json!({"query": "x", "candidates": []}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 64")
+    );
+
     let metrics = worker.metrics();
     assert!(
         metrics.contains("glimpse_worker_texts_embedded_total 2"),
         "{metrics}"
     );
+    assert!(metrics.contains("glimpse_worker_rerank_requests_total 1"));
     assert!(metrics.contains("glimpse_worker_images_embedded_total 1"));
     assert!(metrics.contains("glimpse_worker_image_errors_total 1"));
-    assert!(metrics.contains("glimpse_worker_refused_requests_total 3"));
+    assert!(metrics.contains("glimpse_worker_refused_requests_total 4"));
+    assert!(
+        !metrics.contains("jobs_done"),
+        "no consumer runs without the managed backends"
+    );
 }
 
 #[test]
@@ -179,4 +221,22 @@ fn refuses_to_start_without_a_long_enough_internal_token() {
     let message = String::from_utf8_lossy(&short.stderr);
     assert!(message.contains("at least 16 characters"), "{message}");
     assert!(!message.contains("short\n"), "the token is not printed");
+}
+
+#[test]
+fn refuses_to_start_with_some_but_not_all_backends_and_keeps_secrets() {
+    let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+        .env("GLIMPSE__WORKER__TOKEN", TOKEN)
+        .env(
+            "GLIMPSE__DATABASE__URL",
+            "postgres://glimpse:pa55-w0rd@127.0.0.1:5432/test",
+        )
+        .env("GLIMPSE__QDRANT__URL", "http://127.0.0.1:6334")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("[s3] is missing"), "{message}");
+    assert!(!message.contains("pa55-w0rd") && !message.contains(TOKEN));
 }

@@ -11,7 +11,8 @@ use glimpse_core::EncoderId;
 use glimpse_core::browse::{AlbumSummary, BrowseCursor};
 use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
 use glimpse_core::ports::{
-    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError, SearchFilter,
+    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, PortError,
+    SearchFilter,
 };
 use glimpse_core::search::{
     LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
@@ -93,6 +94,9 @@ CREATE TABLE search_results (
 );
 "#];
 
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// Any number 64 bits wide, the same for every Glimpse: migrations run under this advisory lock.
 const MIGRATION_LOCK: i64 = 0x6c69_6d70_7365_0001;
 
@@ -103,6 +107,7 @@ const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes,
 /// The Postgres catalog.
 pub struct PostgresCatalog {
     pool: Pool,
+    location: String,
 }
 
 /// Whether an error means "try again later" (the server is away, restarting or overloaded) rather
@@ -171,6 +176,20 @@ fn photos_from_rows(rows: &[Row]) -> Result<Vec<Photo>, PortError> {
     rows.iter().map(photo_from_row).collect()
 }
 
+fn location(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -186,6 +205,7 @@ impl PostgresCatalog {
                     .to_owned(),
             )
         })?;
+        let location = location(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -200,9 +220,14 @@ impl PostgresCatalog {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| PortError::Internal(format!("catalog pool: {e}")))?;
-        let catalog = Self { pool };
+        let catalog = Self { pool, location };
         catalog.migrate().await?;
         Ok(catalog)
+    }
+
+    /// Where the database is, `host:port/database`, without user or password (for logs).
+    pub fn describe(&self) -> &str {
+        &self.location
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, PortError> {
@@ -491,7 +516,7 @@ impl Catalog for PostgresCatalog {
             .collect()
     }
 
-    async fn finish_job(&self, job_id: i64, outcome: &JobOutcome) -> Result<(), PortError> {
+    async fn finish_job(&self, claim: JobClaim, outcome: &JobOutcome) -> Result<bool, PortError> {
         let (state, delay, error, photo_status) = match outcome {
             JobOutcome::Done => ("done", 0.0, None, Some(PhotoStatus::Indexed)),
             JobOutcome::Retry { error, after } => {
@@ -504,24 +529,28 @@ impl Catalog for PostgresCatalog {
                 Some(PhotoStatus::Failed),
             ),
         };
-        self.query(
-            "WITH finished AS ( \
-                 UPDATE feature_jobs SET state = $2, \
-                     run_after = now() + $3 * interval '1 millisecond', lease_until = NULL, \
-                     error = $4, updated_at = now() \
-                 WHERE id = $1 RETURNING photo_id) \
-             UPDATE photos SET status = COALESCE($5, status), last_error = $4 \
-             WHERE id = (SELECT photo_id FROM finished)",
-            &[
-                &job_id,
-                &state,
-                &delay,
-                &error,
-                &photo_status.map(PhotoStatus::as_str),
-            ],
-        )
-        .await
-        .map(drop)
+        let rows = self
+            .query(
+                "WITH finished AS ( \
+                     UPDATE feature_jobs SET state = $2, \
+                         run_after = now() + $3 * interval '1 millisecond', lease_until = NULL, \
+                         error = $4, updated_at = now() \
+                     WHERE id = $1 AND state = 'leased' AND attempts = $6 RETURNING photo_id), \
+                 photo AS ( \
+                     UPDATE photos SET status = COALESCE($5, status), last_error = $4 \
+                     WHERE id = (SELECT photo_id FROM finished) RETURNING id) \
+                 SELECT COUNT(*) FROM finished",
+                &[
+                    &claim.job_id,
+                    &state,
+                    &delay,
+                    &error,
+                    &photo_status.map(PhotoStatus::as_str),
+                    &(claim.attempt as i32),
+                ],
+            )
+            .await?;
+        Ok(rows.first().is_some_and(|row| row.get::<_, i64>(0) == 1))
     }
 
     async fn requeue_all(&self) -> Result<u64, PortError> {
@@ -679,166 +708,5 @@ impl Catalog for PostgresCatalog {
             photo_id: PhotoId::from_i64(row.get(0)),
             rank,
         }))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use glimpse_core::photo::{ImageFacts, NewPhotoDetails};
-
-    /// The server the tests use: `GLIMPSE_TEST_POSTGRES` (key=value form), else the local one.
-    fn server() -> String {
-        std::env::var("GLIMPSE_TEST_POSTGRES")
-            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned())
-    }
-
-    /// A schema of its own for one test, dropped when the test ends (pass or fail).
-    struct Schema {
-        name: String,
-    }
-
-    impl Schema {
-        async fn new() -> Self {
-            let mut random = [0u8; 6];
-            getrandom::fill(&mut random).unwrap();
-            let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-            let name = format!("glimpse_test_{suffix}");
-            run_sql(&format!("CREATE SCHEMA {name}")).await;
-            Self { name }
-        }
-
-        fn url(&self) -> String {
-            format!("{} options='-c search_path={}'", server(), self.name)
-        }
-
-        async fn catalog(&self) -> PostgresCatalog {
-            PostgresCatalog::connect(&self.url(), 4).await.unwrap()
-        }
-    }
-
-    impl Drop for Schema {
-        fn drop(&mut self) {
-            let sql = format!("DROP SCHEMA {} CASCADE", self.name);
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(run_sql(&sql));
-            })
-            .join()
-            .unwrap();
-        }
-    }
-
-    async fn run_sql(sql: &str) {
-        let (client, connection) = tokio_postgres::connect(&server(), NoTls)
-            .await
-            .expect("the tests need Postgres at 127.0.0.1:5432 (or GLIMPSE_TEST_POSTGRES)");
-        let driver = tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap();
-        drop(client);
-        let _ = driver.await;
-    }
-
-    fn pending_photo(seed: u32) -> Photo {
-        let sha = format!("{seed:064x}");
-        let facts = ImageFacts {
-            id: PhotoId::from_u64(u64::from(seed) * 7919 + 1),
-            sha256: sha,
-            format: ImageFormat::Png,
-            width: 10,
-            height: 10,
-            taken_at: None,
-            camera: None,
-            location: None,
-        };
-        let details = NewPhotoDetails {
-            origin: Origin::Upload(format!("originals/{seed}")),
-            bytes: 100,
-            album: None,
-            modified_at: None,
-        };
-        Photo::new(facts, details, 1_750_000_000)
-    }
-
-    #[tokio::test]
-    async fn honours_the_catalog_contract() {
-        let schema = Schema::new().await;
-        glimpse_core::contract::catalog_suite(&schema.catalog().await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn workers_starting_together_apply_each_migration_once() {
-        let schema = Schema::new().await;
-        let starts: Vec<_> = (0..4)
-            .map(|_| {
-                let url = schema.url();
-                tokio::spawn(async move { PostgresCatalog::connect(&url, 1).await })
-            })
-            .collect();
-        for start in starts {
-            let catalog = start.await.unwrap().unwrap();
-            assert_eq!(catalog.schema_version().await.unwrap(), MIGRATIONS.len());
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_claimers_get_each_job_exactly_once() {
-        let schema = Schema::new().await;
-        let catalog = std::sync::Arc::new(schema.catalog().await);
-        for seed in 0..300 {
-            catalog.add_photo(&pending_photo(seed)).await.unwrap();
-        }
-        let claimers = (0..8).map(|_| {
-            let catalog = std::sync::Arc::clone(&catalog);
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                loop {
-                    let jobs = catalog
-                        .claim_jobs(7, Duration::from_secs(60))
-                        .await
-                        .unwrap();
-                    if jobs.is_empty() {
-                        return mine;
-                    }
-                    for job in jobs {
-                        catalog
-                            .finish_job(job.job_id, &JobOutcome::Done)
-                            .await
-                            .unwrap();
-                        mine.push(job.job_id);
-                    }
-                }
-            })
-        });
-        let mut all = Vec::new();
-        for claimer in claimers.collect::<Vec<_>>() {
-            all.extend(claimer.await.unwrap());
-        }
-        let total = all.len();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!((total, all.len()), (300, 300), "each job once, none lost");
-        let counts = catalog.counts().await.unwrap();
-        assert_eq!((counts.indexed, counts.pending), (300, 0));
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_server_is_unavailable_and_the_password_stays_secret() {
-        let error = PostgresCatalog::connect("postgres://glimpse:s3cr3t-pw@127.0.0.1:1/test", 1)
-            .await
-            .err()
-            .unwrap();
-        assert!(matches!(error, PortError::Unavailable(_)), "{error:?}");
-        assert!(!format!("{error} {error:?}").contains("s3cr3t-pw"));
-        let garbage = PostgresCatalog::connect("postgres://a:s3cr3t-pw@[broken", 1)
-            .await
-            .err()
-            .unwrap();
-        assert!(matches!(garbage, PortError::Rejected(_)), "{garbage:?}");
-        assert!(!format!("{garbage} {garbage:?}").contains("s3cr3t-pw"));
     }
 }

@@ -9,7 +9,8 @@ use glimpse_core::EncoderId;
 use glimpse_core::browse::{AlbumSummary, BrowseCursor};
 use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
 use glimpse_core::ports::{
-    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobOutcome, PortError, SearchFilter,
+    Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, PortError,
+    SearchFilter,
 };
 use glimpse_core::search::{
     LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
@@ -552,7 +553,7 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    async fn finish_job(&self, job_id: i64, outcome: &JobOutcome) -> Result<(), PortError> {
+    async fn finish_job(&self, claim: JobClaim, outcome: &JobOutcome) -> Result<bool, PortError> {
         let now = now_ms();
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -571,11 +572,21 @@ impl Catalog for SqliteCatalog {
                     Some(PhotoStatus::Failed),
                 ),
             };
-            transaction.execute(
+            let ended = transaction.execute(
                 "UPDATE feature_jobs SET state = ?2, run_after = ?3, lease_until = NULL, \
-                 error = ?4, updated_at = ?5 WHERE id = ?1",
-                params![job_id, job_state, run_after, error, now],
+                 error = ?4, updated_at = ?5 WHERE id = ?1 AND state = 'leased' AND attempts = ?6",
+                params![
+                    claim.job_id,
+                    job_state,
+                    run_after,
+                    error,
+                    now,
+                    claim.attempt
+                ],
             )?;
+            if ended == 0 {
+                return Ok(false);
+            }
             let status_sql = match photo_status {
                 Some(_) => {
                     "UPDATE photos SET status = ?2, last_error = ?3 \
@@ -588,9 +599,9 @@ impl Catalog for SqliteCatalog {
             };
             transaction.execute(
                 status_sql,
-                params![job_id, photo_status.map(PhotoStatus::as_str), error],
+                params![claim.job_id, photo_status.map(PhotoStatus::as_str), error],
             )?;
-            transaction.commit()
+            transaction.commit().map(|()| true)
         })
     }
 

@@ -1,6 +1,11 @@
 //! `glimpse worker`: a member of the worker pool. Its internal HTTP API lets the edge functions
-//! use the encoder: `POST /v1/embed/text`, `POST /v1/embed/images`, `GET /metrics`, all behind the
-//! internal bearer token (compared in constant time), and an open `GET /healthz`.
+//! use the encoder and the reranker: `POST /v1/embed/text`, `POST /v1/embed/images`,
+//! `POST /v1/rerank`, `GET /metrics`, all behind the internal bearer token (compared in constant
+//! time), and an open `GET /healthz`. With the managed backends configured it also consumes the
+//! feature-job queue ([`consumer`]).
+
+pub mod consumer;
+pub mod settings;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +17,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use glimpse_core::ports::{ImageEmbedder, TextEmbedder};
+use glimpse_core::ports::{ImageEmbedder, RerankCandidate, Reranker, TextEmbedder};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use self::consumer::ConsumerStats;
 use crate::adapters::LocalEncoder;
 use crate::server::{ApiError, BearerProblem, check_bearer};
 
@@ -25,10 +31,29 @@ pub const MAX_TEXTS: usize = 64;
 pub const MAX_TEXT_BYTES: usize = 4096;
 /// The most images one request may embed.
 pub const MAX_IMAGES: usize = 64;
+/// The most candidates one rerank request may carry.
+pub const MAX_RERANK_CANDIDATES: usize = 64;
+
+/// What the internal API serves.
+pub struct WorkerApi {
+    /// The encoder (text and image towers).
+    pub encoder: LocalEncoder,
+    /// The configured reranker.
+    pub reranker: Arc<dyn Reranker>,
+    /// The pool's internal token.
+    pub token: String,
+    /// The largest request accepted.
+    pub max_body_bytes: usize,
+    /// The job consumer's counters, when it runs.
+    pub consumer: Option<Arc<ConsumerStats>>,
+}
 
 struct WorkerState {
     encoder: LocalEncoder,
+    reranker: Arc<dyn Reranker>,
     token: String,
+    consumer: Option<Arc<ConsumerStats>>,
+    reranked: AtomicU64,
     texts: AtomicU64,
     images: AtomicU64,
     image_errors: AtomicU64,
@@ -37,12 +62,15 @@ struct WorkerState {
 
 type Shared = State<Arc<WorkerState>>;
 
-/// The worker's internal API around `encoder`; `token` is the pool's internal token and
-/// `max_body_bytes` the largest request accepted.
-pub fn router(encoder: LocalEncoder, token: String, max_body_bytes: usize) -> Router {
+/// The worker's internal API.
+pub fn router(api: WorkerApi) -> Router {
+    let max_body_bytes = api.max_body_bytes;
     let state = Arc::new(WorkerState {
-        encoder,
-        token,
+        encoder: api.encoder,
+        reranker: api.reranker,
+        token: api.token,
+        consumer: api.consumer,
+        reranked: AtomicU64::new(0),
         texts: AtomicU64::new(0),
         images: AtomicU64::new(0),
         image_errors: AtomicU64::new(0),
@@ -53,6 +81,7 @@ pub fn router(encoder: LocalEncoder, token: String, max_body_bytes: usize) -> Ro
         .route("/metrics", get(metrics))
         .route("/v1/embed/text", post(embed_text))
         .route("/v1/embed/images", post(embed_images))
+        .route("/v1/rerank", post(rerank))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorise,
@@ -173,24 +202,122 @@ async fn embed_images(
     })))
 }
 
-async fn metrics(State(state): Shared) -> Response {
-    let text = format!(
-        "# HELP glimpse_worker_texts_embedded_total Texts embedded.\n\
-         # TYPE glimpse_worker_texts_embedded_total counter\n\
-         glimpse_worker_texts_embedded_total {}\n\
-         # HELP glimpse_worker_images_embedded_total Images embedded.\n\
-         # TYPE glimpse_worker_images_embedded_total counter\n\
-         glimpse_worker_images_embedded_total {}\n\
-         # HELP glimpse_worker_image_errors_total Images that could not be embedded.\n\
-         # TYPE glimpse_worker_image_errors_total counter\n\
-         glimpse_worker_image_errors_total {}\n\
-         # HELP glimpse_worker_refused_requests_total Requests refused for a missing or wrong token.\n\
-         # TYPE glimpse_worker_refused_requests_total counter\n\
-         glimpse_worker_refused_requests_total {}\n",
-        state.texts.load(Ordering::Relaxed),
-        state.images.load(Ordering::Relaxed),
-        state.image_errors.load(Ordering::Relaxed),
-        state.refused.load(Ordering::Relaxed),
+#[derive(Deserialize)]
+struct RerankRequest {
+    query: String,
+    candidates: Vec<RerankCandidate>,
+}
+
+async fn rerank(
+    State(state): Shared,
+    body: Result<Json<RerankRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; send {{\"query\": \"…\", \"candidates\": [{{\"photo\": {{…}}, \"score\": 1.5}}]}}",
+            e.body_text()
+        ))
+    })?;
+    if request.candidates.is_empty() || request.candidates.len() > MAX_RERANK_CANDIDATES {
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_RERANK_CANDIDATES} candidates, not {}",
+            request.candidates.len()
+        )));
+    }
+    if request.query.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "the query is longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    let probabilities = state
+        .reranker
+        .rerank(&request.query, &request.candidates)
+        .await?;
+    state.reranked.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(json!({
+        "reranker": state.reranker.name(),
+        "probabilities": probabilities,
+    })))
+}
+
+/// One Prometheus counter: its help line, type line and value.
+fn counter(text: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = write!(
+        text,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
     );
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let mut text = String::new();
+    let api = [
+        (
+            "glimpse_worker_texts_embedded_total",
+            "Texts embedded.",
+            &state.texts,
+        ),
+        (
+            "glimpse_worker_images_embedded_total",
+            "Images embedded.",
+            &state.images,
+        ),
+        (
+            "glimpse_worker_image_errors_total",
+            "Images that could not be embedded.",
+            &state.image_errors,
+        ),
+        (
+            "glimpse_worker_rerank_requests_total",
+            "Rerank requests answered.",
+            &state.reranked,
+        ),
+        (
+            "glimpse_worker_refused_requests_total",
+            "Requests refused for a missing or wrong token.",
+            &state.refused,
+        ),
+    ];
+    for (name, help, value) in api {
+        counter(&mut text, name, help, load(value));
+    }
+    if let Some(jobs) = &state.consumer {
+        let consumer = [
+            (
+                "glimpse_worker_jobs_claimed_total",
+                "Feature jobs claimed.",
+                &jobs.claimed,
+            ),
+            (
+                "glimpse_worker_jobs_done_total",
+                "Feature jobs done (vector stored).",
+                &jobs.indexed,
+            ),
+            (
+                "glimpse_worker_jobs_retried_total",
+                "Feature jobs put back for later.",
+                &jobs.retried,
+            ),
+            (
+                "glimpse_worker_jobs_failed_total",
+                "Feature jobs failed for good.",
+                &jobs.failed,
+            ),
+            (
+                "glimpse_worker_jobs_lost_total",
+                "Feature jobs whose lease ran out before they finished.",
+                &jobs.lost,
+            ),
+            (
+                "glimpse_worker_round_errors_total",
+                "Indexing rounds that failed as a whole.",
+                &jobs.round_errors,
+            ),
+        ];
+        for (name, help, value) in consumer {
+            counter(&mut text, name, help, load(value));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

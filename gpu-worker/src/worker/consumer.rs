@@ -1,0 +1,143 @@
+//! The feature-job consumer of a pool member: claims jobs from the shared catalog under a lease,
+//! reads the originals from the blob store, embeds them and stores the vectors, through core's
+//! [`flows::index_round`]. Any number of consumers share one queue: claims are exclusive, a
+//! crashed consumer's jobs come back when its lease runs out, and a consumer whose lease ran out
+//! cannot end a job another one holds now.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use glimpse_core::flows::{self, IndexRound, RetryPolicy};
+use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, VectorIndex};
+use tokio::sync::watch;
+
+/// The longest pause after rounds that failed (the catalog unreachable, say).
+const MAX_ERROR_PAUSE: Duration = Duration::from_secs(30);
+
+/// What the consumer has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Jobs claimed.
+    pub claimed: AtomicU64,
+    /// Jobs done: the photo's vector is in the index.
+    pub indexed: AtomicU64,
+    /// Jobs put back for a later attempt.
+    pub retried: AtomicU64,
+    /// Jobs failed for good.
+    pub failed: AtomicU64,
+    /// Jobs whose lease ran out before they finished (another claimer has them).
+    pub lost: AtomicU64,
+    /// Rounds that failed as a whole (the catalog unreachable, say).
+    pub round_errors: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn record(&self, round: &IndexRound) {
+        let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.claimed, round.claimed);
+        add(&self.indexed, round.indexed);
+        add(&self.retried, round.retried);
+        add(&self.failed, round.failed);
+        add(&self.lost, round.lost);
+    }
+}
+
+/// The ports a consumer works with.
+#[derive(Clone)]
+pub struct ConsumerPorts {
+    /// The shared catalog and job queue.
+    pub catalog: Arc<dyn Catalog>,
+    /// Where the originals are.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The image encoder.
+    pub embedder: Arc<dyn ImageEmbedder>,
+    /// Where the vectors go.
+    pub index: Arc<dyn VectorIndex>,
+}
+
+/// How a consumer paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumerPacing {
+    /// Jobs claimed per round.
+    pub batch: usize,
+    /// Retries, back-off and the lease.
+    pub policy: RetryPolicy,
+    /// How long an idle consumer waits before looking for jobs again.
+    pub idle_poll: Duration,
+}
+
+/// One consumer.
+pub struct Consumer {
+    ports: ConsumerPorts,
+    pacing: ConsumerPacing,
+    stats: Arc<ConsumerStats>,
+}
+
+impl Consumer {
+    /// A consumer of `ports`' queue.
+    pub fn new(ports: ConsumerPorts, pacing: ConsumerPacing) -> Self {
+        Self {
+            ports,
+            pacing,
+            stats: Arc::new(ConsumerStats::default()),
+        }
+    }
+
+    /// Its counters (shared with the metrics endpoint).
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// One round (see [`flows::index_round`]).
+    pub async fn round(&self) -> Result<IndexRound, flows::FlowError> {
+        let ports = &self.ports;
+        let round = flows::index_round(
+            ports.catalog.as_ref(),
+            ports.blobs.as_ref(),
+            ports.embedder.as_ref(),
+            ports.index.as_ref(),
+            self.pacing.batch,
+            &self.pacing.policy,
+        )
+        .await?;
+        self.stats.record(&round);
+        Ok(round)
+    }
+
+    /// Runs rounds back to back while there is work, polls when idle, and backs off while rounds
+    /// fail (the catalog restarting, say), until `stop` turns `true`. A round in progress is
+    /// finished first, so its jobs end properly.
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            let pause = match self.round().await {
+                Ok(round) => {
+                    failures = 0;
+                    if round.claimed > 0 {
+                        continue;
+                    }
+                    self.pacing.idle_poll
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.stats.round_errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = self
+                        .pacing
+                        .idle_poll
+                        .saturating_mul(2u32.saturating_pow(failures.min(8)))
+                        .min(MAX_ERROR_PAUSE);
+                    eprintln!(
+                        "glimpse worker: an indexing round failed ({error}); trying again in {} ms",
+                        pause.as_millis()
+                    );
+                    pause
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The settings of `glimpse worker`: typed, with documented defaults, read from a TOML file and
+//! overridden by `GLIMPSE__SECTION__KEY` environment variables (`GLIMPSE__DATABASE__URL`,
+//! `GLIMPSE__S3__BUCKET`, …), validated before anything starts. Secrets (the internal token, the
+//! database URL, the S3 secret key, the Qdrant API key) have no defaults and print as
+//! `<redacted>`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use glimpse_core::flows::RetryPolicy;
+use serde::Deserialize;
+
+use crate::adapters::{QdrantSettings, S3Settings};
+use crate::hub;
+
+/// The top-level keys the worker reads; other `GLIMPSE__…` variables (those of `glimpse serve`)
+/// are left alone.
+const SECTIONS: [&str; 5] = ["model", "worker", "database", "s3", "qdrant"];
+
+/// A value that must never be printed or logged.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+/// Why the settings cannot be used: the message names the setting and how to set it.
+#[derive(Debug, thiserror::Error)]
+#[error("worker settings: {0}")]
+pub struct SettingsError(String);
+
+/// Everything `glimpse worker` is configured with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// The model: a directory (Hugging Face layout) or a Hub repository id, optionally
+    /// `@revision` (default `openai/clip-vit-base-patch32`, pinned).
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The pool member itself.
+    pub worker: PoolSettings,
+    /// The shared catalog and job queue; with `s3` and `qdrant`, turns the job consumer on.
+    #[serde(default)]
+    pub database: Option<DatabaseSettings>,
+    /// The object store holding the originals.
+    #[serde(default)]
+    pub s3: Option<S3Section>,
+    /// The vector index.
+    #[serde(default)]
+    pub qdrant: Option<QdrantSection>,
+}
+
+fn default_model() -> String {
+    hub::DEFAULT_MODEL.to_owned()
+}
+
+/// `[worker]`: the internal API and the job consumer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Address of the internal API (default `127.0.0.1:8090`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The pool's internal bearer token, shared with the edge functions; at least 16 characters.
+    pub token: Secret,
+    /// Largest request accepted, in MB (default 256).
+    #[serde(default = "default_max_request_mb")]
+    pub max_request_mb: usize,
+    /// Jobs claimed per indexing round (default 32).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How long a claim holds a job before another worker may take it, in seconds (default 300).
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// Claims of a job before it fails for good, for errors that are not an outage (default 5).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// How often an idle worker looks for jobs, in milliseconds (default 1000).
+    #[serde(default = "default_idle_poll_ms")]
+    pub idle_poll_ms: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+fn default_max_request_mb() -> usize {
+    256
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_lease_seconds() -> u64 {
+    300
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_idle_poll_ms() -> u64 {
+    1000
+}
+
+/// `[database]`: Postgres.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:5432/glimpse` or key=value form (a secret: it may hold the
+    /// password).
+    pub url: Secret,
+    /// Pooled connections (default 8).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+fn default_connections() -> usize {
+    8
+}
+
+/// `[s3]`: the bucket of originals.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// A custom endpoint for S3-compatible servers (`http://127.0.0.1:9000`); AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: String,
+    /// The region (default `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: Secret,
+    /// Path-style addressing (`endpoint/bucket/key`); default: on with a custom endpoint.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// How long presigned URLs stay valid, in seconds (default 300).
+    #[serde(default = "default_presign_expiry_seconds")]
+    pub presign_expiry_seconds: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+fn default_presign_expiry_seconds() -> u64 {
+    300
+}
+
+/// `[qdrant]`: the vector index.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantSection {
+    /// The gRPC URL (`http://127.0.0.1:6334`).
+    pub url: String,
+    /// The API key, if the server wants one.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Collection names start with this (default `glimpse`).
+    #[serde(default = "default_collection_prefix")]
+    pub collection_prefix: String,
+    /// HNSW graph degree of new collections (default 16).
+    #[serde(default = "default_m")]
+    pub m: u64,
+    /// HNSW build candidate list of new collections (default 200).
+    #[serde(default = "default_ef_construct")]
+    pub ef_construct: u64,
+    /// HNSW search candidate list (default 128).
+    #[serde(default = "default_search_ef")]
+    pub search_ef: u64,
+    /// int8 scalar quantisation in RAM with rescoring (default on).
+    #[serde(default = "default_quantized")]
+    pub quantized: bool,
+    /// Request timeout in seconds (default 10).
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+fn default_collection_prefix() -> String {
+    QdrantSettings::default().collection_prefix
+}
+fn default_m() -> u64 {
+    QdrantSettings::default().m
+}
+fn default_ef_construct() -> u64 {
+    QdrantSettings::default().ef_construct
+}
+fn default_search_ef() -> u64 {
+    QdrantSettings::default().search_ef
+}
+fn default_quantized() -> bool {
+    QdrantSettings::default().quantized
+}
+fn default_timeout_seconds() -> u64 {
+    QdrantSettings::default().timeout.as_secs()
+}
+
+/// The managed backends the job consumer needs, all configured.
+#[derive(Debug)]
+pub struct Backends<'a> {
+    /// Postgres.
+    pub database: &'a DatabaseSettings,
+    /// The object store.
+    pub s3: S3Settings,
+    /// The vector index.
+    pub qdrant: QdrantSettings,
+}
+
+impl WorkerSettings {
+    /// Reads `file` (TOML; optional) and the `GLIMPSE__…` variables among `environment`, and
+    /// validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError(format!(
+                    "the config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let ours: HashMap<String, String> = environment
+            .into_iter()
+            .filter(|(key, _)| {
+                key.strip_prefix("GLIMPSE__")
+                    .and_then(|rest| rest.split("__").next())
+                    .is_some_and(|section| SECTIONS.contains(&section.to_lowercase().as_str()))
+            })
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("GLIMPSE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(ours)),
+        );
+        let settings: Self = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| {
+                SettingsError(format!(
+                    "{e} (settings come from the config file and GLIMPSE__SECTION__KEY \
+                     variables, e.g. GLIMPSE__WORKER__TOKEN)"
+                ))
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.worker.token.expose().trim().len() < 16 {
+            return Err(SettingsError(
+                "worker.token must be at least 16 characters: set GLIMPSE__WORKER__TOKEN to a \
+                 long random string shared by the pool and the edge functions"
+                    .to_owned(),
+            ));
+        }
+        if self.worker.batch == 0 || self.worker.lease_seconds == 0 {
+            return Err(SettingsError(
+                "worker.batch and worker.lease_seconds must be at least 1".to_owned(),
+            ));
+        }
+        let configured = [
+            ("database", self.database.is_some()),
+            ("s3", self.s3.is_some()),
+            ("qdrant", self.qdrant.is_some()),
+        ];
+        let missing: Vec<&str> = configured
+            .iter()
+            .filter(|(_, present)| !present)
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() && missing.len() < configured.len() {
+            return Err(SettingsError(format!(
+                "the job consumer needs [database], [s3] and [qdrant]; [{}] is missing (e.g. \
+                 GLIMPSE__{}__…)",
+                missing.join("], ["),
+                missing[0].to_uppercase()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The internal token.
+    pub fn token(&self) -> &str {
+        self.worker.token.expose().trim()
+    }
+
+    /// How the consumer retries.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.worker.max_attempts.max(1),
+            lease: Duration::from_secs(self.worker.lease_seconds),
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The backends of the job consumer, or `None` when none is configured (the worker then
+    /// serves its internal API only).
+    pub fn backends(&self) -> Option<Backends<'_>> {
+        let (database, s3, qdrant) = match (&self.database, &self.s3, &self.qdrant) {
+            (Some(database), Some(s3), Some(qdrant)) => (database, s3, qdrant),
+            _ => return None,
+        };
+        Some(Backends {
+            database,
+            s3: S3Settings {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.expose().to_owned(),
+                path_style: s3.path_style.unwrap_or(s3.endpoint.is_some()),
+                presign_expiry: Duration::from_secs(s3.presign_expiry_seconds.max(1)),
+            },
+            qdrant: QdrantSettings {
+                url: qdrant.url.clone(),
+                api_key: qdrant.api_key.as_ref().map(|k| k.expose().to_owned()),
+                collection_prefix: qdrant.collection_prefix.clone(),
+                m: qdrant.m,
+                ef_construct: qdrant.ef_construct,
+                search_ef: qdrant.search_ef,
+                quantized: qdrant.quantized,
+                timeout: Duration::from_secs(qdrant.timeout_seconds.max(1)),
+                ..QdrantSettings::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const TOKEN: (&str, &str) = ("GLIMPSE__WORKER__TOKEN", "0123456789abcdef0123");
+
+    #[test]
+    fn the_defaults_parse_and_only_the_api_runs_without_backends() {
+        let settings = WorkerSettings::load(None, env(&[TOKEN])).expect("defaults");
+        assert_eq!(settings.model, hub::DEFAULT_MODEL);
+        assert_eq!(settings.worker.listen, default_listen());
+        assert_eq!(settings.worker.batch, 32);
+        assert_eq!(settings.retry_policy().lease, Duration::from_secs(300));
+        assert!(settings.backends().is_none());
+    }
+
+    #[test]
+    fn the_file_is_overridden_by_the_environment_and_secrets_stay_hidden() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let file = directory.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            r#"
+            model = "/models/clip"
+            [worker]
+            token = "from-the-file-0123456789"
+            batch = 8
+            [database]
+            url = "postgres://glimpse:db-pa55word@db/glimpse"
+            [s3]
+            endpoint = "http://127.0.0.1:9000"
+            bucket = "photos"
+            access_key_id = "AKIA"
+            secret_access_key = "s3-s3cr3t"
+            [qdrant]
+            url = "http://127.0.0.1:6334"
+            api_key = "qdrant-k3y"
+            "#,
+        )
+        .expect("write");
+        let settings = WorkerSettings::load(
+            Some(&file),
+            env(&[
+                TOKEN,
+                ("GLIMPSE__WORKER__BATCH", "4"),
+                ("GLIMPSE__S3__BUCKET", "12345"),
+                ("GLIMPSE__DATA_DIR", "/belongs/to/serve"),
+            ]),
+        )
+        .expect("settings");
+        assert_eq!(settings.model, "/models/clip");
+        assert_eq!(settings.token(), TOKEN.1);
+        assert_eq!(settings.worker.batch, 4);
+        let backends = settings.backends().expect("all three configured");
+        assert_eq!(
+            backends.s3.bucket, "12345",
+            "a numeric-looking name stays text"
+        );
+        assert!(backends.s3.path_style);
+        assert_eq!(backends.qdrant.api_key.as_deref(), Some("qdrant-k3y"));
+        let printed = format!("{settings:?} {backends:?}");
+        for secret in ["db-pa55word", "s3-s3cr3t", "qdrant-k3y", TOKEN.1] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let short = WorkerSettings::load(None, env(&[("GLIMPSE__WORKER__TOKEN", "short")]));
+        assert!(short.unwrap_err().to_string().contains("16 characters"));
+        let missing = WorkerSettings::load(None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("token"), "{missing}");
+        let typo =
+            WorkerSettings::load(None, env(&[TOKEN, ("GLIMPSE__WORKER__BATHC", "4")])).unwrap_err();
+        assert!(typo.to_string().contains("bathc"), "{typo}");
+        let partial = WorkerSettings::load(
+            None,
+            env(&[
+                TOKEN,
+                ("GLIMPSE__QDRANT__URL", "http://127.0.0.1:6334"),
+                (
+                    "GLIMPSE__DATABASE__URL",
+                    "postgres://db-pa55word@db/glimpse",
+                ),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(partial.contains("[s3] is missing"), "{partial}");
+        assert!(!partial.contains("db-pa55word"));
+        let no_file = WorkerSettings::load(Some(Path::new("/nonexistent/worker.toml")), env(&[]));
+        assert!(no_file.unwrap_err().to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,453 @@
+//! The worker pool's job consumers against the real Postgres and S3 servers: many consumers share
+//! one queue and index every upload exactly once; a consumer that dies mid-lease leaves its jobs
+//! to another; an unreachable object store delays jobs and marks nothing done; a Postgres restart
+//! is ridden out. Consumers run in-process over the embedded index (so these run everywhere); the
+//! last test runs real `glimpse worker` processes against Qdrant when `QDRANT_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on broken fixtures
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use common::managed::{PrivatePostgres, S3Server, Schema, qdrant};
+use common::{model, spawn_listening};
+use glimpse_core::flows::{self, RetryPolicy};
+use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
+use glimpse_core::{Embedding, EncoderId};
+use glimpse_worker::adapters::{
+    EdgeIndex, IndexTuning, LocalEncoder, PostgresCatalog, QdrantIndex, S3BlobStore,
+};
+use glimpse_worker::encoder::ClipEncoder;
+use glimpse_worker::hub;
+use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts};
+use tokio::sync::{Notify, watch};
+use tokio_postgres::NoTls;
+
+/// A distinct small PNG per seed.
+fn image(seed: u32) -> Vec<u8> {
+    let pixels = image::RgbImage::from_fn(12, 10, |x, y| {
+        let v = seed.wrapping_mul(2_654_435_761) ^ (x * 31 + y * 17);
+        image::Rgb([
+            (v & 0xff) as u8,
+            (v >> 8 & 0xff) as u8,
+            (v >> 16 & 0xff) as u8,
+        ])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    pixels
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .unwrap();
+    bytes.into_inner()
+}
+
+fn encoder() -> LocalEncoder {
+    let model = hub::resolve(&model()).unwrap();
+    LocalEncoder::new(Arc::new(
+        ClipEncoder::load(&model.directory, model.id).unwrap(),
+    ))
+}
+
+fn embedded_index(directory: &std::path::Path, encoder: &LocalEncoder) -> Arc<EdgeIndex> {
+    Arc::new(
+        EdgeIndex::open(
+            directory,
+            ImageEmbedder::encoder(encoder),
+            encoder.dimension(),
+            IndexTuning::default(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Uploads `count` distinct photos through the upload flow (original to S3, photo row and job
+/// to Postgres in one transaction).
+async fn upload(catalog: &dyn Catalog, blobs: &dyn BlobStore, count: u32) {
+    for seed in 0..count {
+        let added = flows::upload(catalog, blobs, image(seed), None, 1_750_000_000)
+            .await
+            .unwrap();
+        assert!(added.created);
+    }
+}
+
+fn pacing(batch: usize, lease: Duration) -> ConsumerPacing {
+    ConsumerPacing {
+        batch,
+        policy: RetryPolicy {
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+            lease,
+            ..RetryPolicy::default()
+        },
+        idle_poll: Duration::from_millis(50),
+    }
+}
+
+/// Waits (bounded) until nothing is pending.
+async fn wait_settled(catalog: &dyn Catalog, photos: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = catalog.counts().await;
+        if let Ok(counts) = counts
+            && counts.photos == photos
+            && counts.pending == 0
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexing did not finish: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One number from the catalog database.
+async fn count_where(url: &str, sql: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let value: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
+    drop(client);
+    let _ = driver.await;
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_consumers_index_a_thousand_uploads_exactly_once() {
+    let schema = Schema::new().await;
+    let s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = schema.catalog().await;
+    let blobs = s3.store(&s3.settings()).await;
+    upload(&catalog, &blobs, 1000).await;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let consumer = Arc::new(Consumer::new(
+            ConsumerPorts {
+                catalog: Arc::new(PostgresCatalog::connect(&schema.url(), 2).await.unwrap()),
+                blobs: Arc::new(S3BlobStore::new(&s3.settings())),
+                embedder: Arc::new(encoder.clone()),
+                index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+            },
+            pacing(16, Duration::from_secs(300)),
+        ));
+        let running = Arc::clone(&consumer);
+        let stopped = stopped.clone();
+        consumers.push((
+            consumer,
+            tokio::spawn(async move { running.run(stopped).await }),
+        ));
+    }
+    wait_settled(&catalog, 1000).await;
+    stop.send(true).unwrap();
+    let mut done = 0;
+    for (consumer, running) in consumers {
+        running.await.unwrap();
+        let stats = consumer.stats();
+        done += stats.indexed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(stats.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+    assert_eq!(done, 1000, "each job done once across the consumers");
+    assert_eq!(catalog.counts().await.unwrap().indexed, 1000);
+    assert_eq!(index.count().await.unwrap(), 1000);
+    assert_eq!(
+        count_where(
+            &schema.url(),
+            "SELECT count(*) FROM feature_jobs WHERE state = 'done' AND attempts = 1"
+        )
+        .await,
+        1000,
+        "no job was ever claimed twice"
+    );
+}
+
+/// The real encoder, except that the first call announces itself and never returns: a worker
+/// that stops dead in the middle of its lease.
+struct DiesMidLease {
+    inner: LocalEncoder,
+    reached: Arc<Notify>,
+}
+
+#[async_trait]
+impl ImageEmbedder for DiesMidLease {
+    fn encoder(&self) -> &EncoderId {
+        ImageEmbedder::encoder(&self.inner)
+    }
+
+    async fn embed_images(
+        &self,
+        _images: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Embedding, String>>, PortError> {
+        self.reached.notify_one();
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_dies_mid_lease_leaves_its_jobs_to_another() {
+    let schema = Schema::new().await;
+    let s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = Arc::new(schema.catalog().await);
+    let blobs = Arc::new(s3.store(&s3.settings()).await);
+    upload(catalog.as_ref(), blobs.as_ref(), 24).await;
+    let lease = Duration::from_secs(2);
+    let ports = |embedder: Arc<dyn ImageEmbedder>| ConsumerPorts {
+        catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+        blobs: Arc::clone(&blobs) as Arc<dyn BlobStore>,
+        embedder,
+        index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+    };
+
+    let reached = Arc::new(Notify::new());
+    let doomed = Consumer::new(
+        ports(Arc::new(DiesMidLease {
+            inner: encoder.clone(),
+            reached: Arc::clone(&reached),
+        })),
+        pacing(24, lease),
+    );
+    let dying = tokio::spawn(async move { doomed.round().await });
+    reached.notified().await;
+    dying.abort();
+    assert_eq!(
+        count_where(
+            &schema.url(),
+            "SELECT count(*) FROM feature_jobs WHERE state = 'leased'"
+        )
+        .await,
+        24,
+        "the dead consumer holds every job"
+    );
+
+    let survivor = Consumer::new(ports(Arc::new(encoder.clone())), pacing(24, lease));
+    let early = survivor.round().await.unwrap();
+    assert_eq!(early.claimed, 0, "a live lease is respected");
+    let started = Instant::now();
+    let (stop, stopped) = watch::channel(false);
+    let survivor = Arc::new(survivor);
+    let running = Arc::clone(&survivor);
+    let run = tokio::spawn(async move { running.run(stopped).await });
+    wait_settled(catalog.as_ref(), 24).await;
+    assert!(
+        started.elapsed() >= lease / 2,
+        "claimed again only after the lease"
+    );
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    assert_eq!(catalog.counts().await.unwrap().indexed, 24);
+    assert_eq!(index.count().await.unwrap(), 24);
+    assert_eq!(
+        count_where(
+            &schema.url(),
+            "SELECT count(*) FROM feature_jobs WHERE state = 'done' AND attempts = 2"
+        )
+        .await,
+        24
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_delays_jobs_and_marks_nothing_done() {
+    let schema = Schema::new().await;
+    let mut s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = Arc::new(schema.catalog().await);
+    let blobs = s3.store(&s3.settings()).await;
+    upload(catalog.as_ref(), &blobs, 8).await;
+    let consumer = Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            blobs: Arc::new(blobs),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+        },
+        pacing(32, Duration::from_secs(300)),
+    );
+
+    s3.halt();
+    let round = consumer.round().await.unwrap();
+    assert_eq!((round.claimed, round.retried), (8, 8), "{round:?}");
+    assert_eq!(index.count().await.unwrap(), 0);
+    let counts = catalog.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.indexed, counts.failed), (8, 0, 0));
+    let queued_errors = count_where(
+        &schema.url(),
+        "SELECT count(*) FROM feature_jobs WHERE state = 'queued' AND error LIKE '%unavailable%'",
+    )
+    .await;
+    assert_eq!(queued_errors, 8, "each job waits with the reason");
+
+    s3.resume();
+    let (stop, stopped) = watch::channel(false);
+    let consumer = Arc::new(consumer);
+    let running = Arc::clone(&consumer);
+    let run = tokio::spawn(async move { running.run(stopped).await });
+    wait_settled(catalog.as_ref(), 8).await;
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    assert_eq!(catalog.counts().await.unwrap().indexed, 8);
+    assert_eq!(index.count().await.unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_ride_out_a_postgres_restart() {
+    let mut postgres = PrivatePostgres::start();
+    let s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = Arc::new(PostgresCatalog::connect(&postgres.url(), 4).await.unwrap());
+    let blobs = Arc::new(s3.store(&s3.settings()).await);
+    upload(catalog.as_ref(), blobs.as_ref(), 120).await;
+    let consumer = Arc::new(Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            blobs: Arc::clone(&blobs) as Arc<dyn BlobStore>,
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+        },
+        pacing(8, Duration::from_secs(2)),
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let running = Arc::clone(&consumer);
+    let run = tokio::spawn(async move { running.run(stopped).await });
+    let stats = consumer.stats();
+    let indexed = || stats.indexed.load(std::sync::atomic::Ordering::Relaxed);
+    let failed_rounds = || {
+        stats
+            .round_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while indexed() < 16 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    postgres.halt();
+    while failed_rounds() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = indexed();
+    postgres.resume();
+    wait_settled(catalog.as_ref(), 120).await;
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    assert!(
+        indexed() > before,
+        "the consumer carried on after the restart"
+    );
+    assert_eq!(catalog.counts().await.unwrap().indexed, 120);
+    assert_eq!(index.count().await.unwrap(), 120);
+}
+
+/// `glimpse worker` processes over Postgres, S3 and Qdrant: one is killed with SIGKILL while it
+/// holds every job; four others then index all 1,000 uploads, each job done by exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_index_every_upload_exactly_once_when_one_is_killed() {
+    let Some(qdrant) =
+        qdrant("worker_processes_index_every_upload_exactly_once_when_one_is_killed")
+    else {
+        return;
+    };
+    let schema = Schema::new().await;
+    let s3 = S3Server::start();
+    let catalog = schema.catalog().await;
+    let blobs = s3.store(&s3.settings()).await;
+    upload(&catalog, &blobs, 1000).await;
+    let worker = |batch: usize| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command
+            .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+            .env("GLIMPSE__WORKER__TOKEN", "internal-token-for-the-pool-0123")
+            .env("GLIMPSE__WORKER__BATCH", batch.to_string())
+            .env("GLIMPSE__WORKER__LEASE_SECONDS", "3")
+            .env("GLIMPSE__WORKER__IDLE_POLL_MS", "100")
+            .env("GLIMPSE__DATABASE__URL", schema.url())
+            .env("GLIMPSE__S3__ENDPOINT", s3.endpoint())
+            .env("GLIMPSE__S3__BUCKET", s3.settings().bucket)
+            .env("GLIMPSE__S3__ACCESS_KEY_ID", common::managed::S3_ACCESS_KEY)
+            .env(
+                "GLIMPSE__S3__SECRET_ACCESS_KEY",
+                common::managed::S3_SECRET_KEY,
+            )
+            .env("GLIMPSE__QDRANT__URL", &qdrant.url)
+            .env(
+                "GLIMPSE__QDRANT__COLLECTION_PREFIX",
+                &qdrant.collection_prefix,
+            );
+        spawn_listening(&mut command, "Glimpse worker is serving ")
+    };
+
+    let (mut victim, _) = worker(1000);
+    while count_where(
+        &schema.url(),
+        "SELECT count(*) FROM feature_jobs WHERE state = 'leased'",
+    )
+    .await
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let held = count_where(
+        &schema.url(),
+        "SELECT count(*) FROM feature_jobs WHERE state = 'leased'",
+    )
+    .await;
+    assert!(held > 0);
+
+    let pool: Vec<_> = (0..4).map(|_| worker(16)).collect();
+    wait_settled(&catalog, 1000).await;
+    let mut done = 0;
+    for (_, base) in &pool {
+        let metrics = ureq::get(&format!("{base}/metrics"))
+            .set("Authorization", "Bearer internal-token-for-the-pool-0123")
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("glimpse_worker_jobs_done_total "))
+            .unwrap();
+        done += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+    }
+    for (mut child, _) in pool {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(done, 1000, "each job done by exactly one worker");
+    assert_eq!(
+        count_where(
+            &schema.url(),
+            "SELECT count(*) FROM feature_jobs WHERE state = 'done' AND attempts = 2"
+        )
+        .await,
+        held,
+        "the killed worker's jobs were claimed again after its lease"
+    );
+    let encoder = encoder();
+    let index = QdrantIndex::open(
+        &qdrant,
+        ImageEmbedder::encoder(&encoder),
+        encoder.dimension(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(index.count().await.unwrap(), 1000);
+    index.drop_collection().await.unwrap();
+}
