@@ -584,6 +584,26 @@ enum BenchCommand {
         #[arg(long)]
         model: Option<String>,
     },
+    /// One pool worker's indexing throughput end to end, and the job queue's cost per job, on
+    /// the worker's configured Postgres, S3 and Qdrant (in a scratch schema, collection and keys
+    /// of its own, removed afterwards).
+    Pool {
+        /// The worker's settings file (as `glimpse worker --config`); `GLIMPSE__…` variables too.
+        #[arg(long, env = "GLIMPSE__CONFIG")]
+        config: Option<PathBuf>,
+        /// Synthetic 12 MP JPEGs indexed end to end.
+        #[arg(long, default_value_t = 64)]
+        photos: usize,
+        /// Jobs claimed and finished for the queue's own cost.
+        #[arg(long, default_value_t = 2000)]
+        queue_jobs: usize,
+        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
         /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
@@ -599,6 +619,33 @@ enum BenchCommand {
         #[arg(long)]
         jpeg_draft: bool,
     },
+}
+
+async fn bench_pool(
+    config: Option<PathBuf>,
+    options: bench::pool::PoolBenchOptions,
+    model: Option<String>,
+    json_output: bool,
+) -> Result<()> {
+    let settings = WorkerSettings::load(config.as_deref(), std::env::vars())?;
+    let Some(backends) = settings.backends() else {
+        bail!(
+            "bench pool runs on the worker's backends: configure [database], [s3] and [qdrant] \
+             (a --config file or GLIMPSE__DATABASE__URL, GLIMPSE__S3__…, GLIMPSE__QDRANT__URL)"
+        );
+    };
+    let encoder: Arc<dyn ImageTextEncoder> = match model {
+        Some(spec) => Arc::new(load_encoder(&spec)?),
+        None => Arc::new(bench::random_vit_b32(0)?),
+    };
+    let options = bench::pool::PoolBenchOptions {
+        batch: settings.worker.batch,
+        ..options
+    };
+    let report = bench::pool::pool(&backends, encoder, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, json_output)
 }
 
 fn load_encoder(spec: &str) -> Result<ClipEncoder> {
@@ -690,6 +737,22 @@ fn main() -> Result<()> {
             searches,
             model,
         }) => runtime()?.block_on(bench_search(index, searches, model)),
+        Command::Bench(BenchCommand::Pool {
+            config,
+            photos,
+            queue_jobs,
+            model,
+            json,
+        }) => runtime()?.block_on(bench_pool(
+            config,
+            bench::pool::PoolBenchOptions {
+                photos: photos.max(1),
+                queue_jobs: queue_jobs.max(2),
+                batch: 32,
+            },
+            model,
+            json,
+        )),
         Command::Bench(BenchCommand::Encode {
             model,
             json,

@@ -205,6 +205,14 @@ impl PostgresCatalog {
                     .to_owned(),
             )
         })?;
+        Self::connect_config(config, connections).await
+    }
+
+    /// [`connect`](Self::connect) with a parsed configuration.
+    pub async fn connect_config(
+        config: tokio_postgres::Config,
+        connections: usize,
+    ) -> Result<Self, PortError> {
         let location = location(&config);
         let manager = Manager::from_config(
             config,

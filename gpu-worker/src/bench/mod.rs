@@ -5,6 +5,7 @@
 //! runs on a machine that has never downloaded a model.
 
 pub mod ann;
+pub mod pool;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

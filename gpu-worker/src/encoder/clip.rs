@@ -30,6 +30,8 @@ pub struct ClipEncoder {
     dimension: usize,
     image_size: usize,
     device: Device,
+    /// f32 on the CPU, bf16 on a GPU.
+    dtype: DType,
 }
 
 impl std::fmt::Debug for ClipEncoder {
@@ -40,6 +42,19 @@ impl std::fmt::Debug for ClipEncoder {
             .field("dimension", &self.dimension)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the model runs: the first CUDA GPU in bf16 when built with the `cuda` feature and one
+/// is present, else the CPU in f32 (the kernels of [`crate::models::kernels`]).
+fn compute_device() -> Result<(Device, DType), EncoderError> {
+    #[cfg(feature = "cuda")]
+    {
+        let device = Device::cuda_if_available(0)?;
+        if device.is_cuda() {
+            return Ok((device, DType::BF16));
+        }
+    }
+    Ok((Device::Cpu, DType::F32))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EncoderError> {
@@ -71,11 +86,11 @@ impl ClipEncoder {
                 directory.display()
             )));
         }
-        let device = Device::Cpu;
+        let (device, dtype) = compute_device()?;
         // SAFETY: the file is mapped read-only; Glimpse never writes model files while a model is
         // loaded, and a model directory replaced underneath a running process is unsupported.
         #[allow(unsafe_code)]
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &device) }
             .map_err(|e| EncoderError::BadModel(format!("{}: {e}", weights.display())))?;
         Self::new(vb, &config, tokenizer, processor, id)
     }
@@ -90,6 +105,7 @@ impl ClipEncoder {
         id: EncoderId,
     ) -> Result<Self, EncoderError> {
         let device = vb.device().clone();
+        let dtype = vb.dtype();
         let model = ClipModel::new(vb, config).map_err(|e| {
             EncoderError::BadModel(format!("the weights do not match config.json: {e}"))
         })?;
@@ -113,6 +129,7 @@ impl ClipEncoder {
             dimension: config.projection_dim,
             image_size,
             device,
+            dtype,
         })
     }
 
@@ -146,7 +163,7 @@ impl ClipEncoder {
                 flat.resize(flat.len() + longest - sequences[i].len(), self.pad_token);
             }
             let ids = Tensor::from_vec(flat, (batch.len(), longest), &self.device)?;
-            let features = self.model.text.forward(&ids)?;
+            let features = self.model.text.forward(&ids)?.to_dtype(DType::F32)?;
             for (&i, row) in batch.iter().zip(features.to_vec2::<f32>()?) {
                 results[i] = Some(to_embedding(row)?);
             }
@@ -199,8 +216,9 @@ impl ImageTextEncoder for ClipEncoder {
                 }
                 flat.extend_from_slice(&image.pixels);
             }
-            let pixels = Tensor::from_vec(flat, (chunk.len(), 3, side, side), &self.device)?;
-            let features = self.model.vision.forward(&pixels)?;
+            let pixels = Tensor::from_vec(flat, (chunk.len(), 3, side, side), &self.device)?
+                .to_dtype(self.dtype)?;
+            let features = self.model.vision.forward(&pixels)?.to_dtype(DType::F32)?;
             for row in features.to_vec2::<f32>()? {
                 embeddings.push(to_embedding(row)?);
             }

@@ -8,7 +8,7 @@
 //! - hidden states stay a flat `(batch · tokens, width)` matrix so that every linear layer is a
 //!   single GEMM, whatever the batch size.
 
-use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
@@ -452,7 +452,7 @@ impl ClipVisionModel {
                     .pp("patch_embedding")
                     .get(patch, "weight")?
                     .flatten_from(1)?,
-                Tensor::zeros(c.hidden_size, DType::F32, vb.device())?,
+                Tensor::zeros(c.hidden_size, vb.dtype(), vb.device())?,
             )?,
             position_embedding: embeddings
                 .pp("position_embedding")

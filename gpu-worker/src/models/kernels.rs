@@ -1,11 +1,12 @@
-//! CPU kernels for the transformer blocks, as candle custom ops.
+//! CPU kernels for the transformer blocks, as candle custom ops, and the same operations in
+//! candle's own ops for other devices and precisions (a GPU in bf16).
 //!
 //! candle runs every op on its thread pool once it is large enough, and wakes the pool for every
 //! matrix product. For the few-token products of a text query that wake-up costs more than the
 //! product itself. These kernels decide per call: one thread for small work, the rayon pool for
 //! large work. Inference only: they have no backward pass.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Multiply-adds below which a product runs on the calling thread.
@@ -140,9 +141,19 @@ impl CustomOp3 for Affine {
     }
 }
 
+/// Whether the CPU kernels apply: f32 values in main memory. Anything else (a GPU, bf16) takes
+/// candle's own ops.
+fn cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
 /// `x · w + b`; `w` is `(in, out)` and contiguous, `b` is `(out)`.
 pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(w, b, &Affine)
+    if cpu_f32(x) {
+        x.contiguous()?.apply_op3_no_bwd(w, b, &Affine)
+    } else {
+        x.broadcast_matmul(w)?.broadcast_add(b)
+    }
 }
 
 /// `x · sigmoid(1.702 x)` in one pass (candle needs three).
@@ -172,7 +183,11 @@ impl CustomOp1 for QuickGelu {
 
 /// `x · sigmoid(1.702 x)`, the activation of OpenAI's CLIP checkpoints.
 pub fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1_no_bwd(&QuickGelu)
+    if cpu_f32(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&QuickGelu)
+    } else {
+        xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
+    }
 }
 
 /// Multi-head scaled-dot-product attention over a fused q|k|v projection, the scale already
@@ -302,58 +317,59 @@ fn attend_head(qkv: &[f32], shape: &HeadShape) -> Result<Vec<f32>> {
 /// Attention over `qkv`: `(batch · tokens, 3 · width)`, q already scaled; returns
 /// `(batch · tokens, width)` with heads side by side, ready for the output projection.
 pub fn attention(qkv: &Tensor, batch: usize, heads: usize, causal: bool) -> Result<Tensor> {
-    qkv.contiguous()?.apply_op1_no_bwd(&Attention {
-        batch,
-        heads,
-        causal,
-    })
+    if cpu_f32(qkv) {
+        qkv.contiguous()?.apply_op1_no_bwd(&Attention {
+            batch,
+            heads,
+            causal,
+        })
+    } else {
+        attention_in_candle_ops(qkv, batch, heads, causal)
+    }
+}
+
+/// [`attention`] in candle's own ops (any device, any float type).
+fn attention_in_candle_ops(
+    qkv: &Tensor,
+    batch: usize,
+    heads: usize,
+    causal: bool,
+) -> Result<Tensor> {
+    let (rows, three_width) = qkv.dims2()?;
+    let (tokens, width) = (rows / batch.max(1), three_width / 3);
+    if batch == 0 || heads == 0 || rows % batch != 0 || three_width % 3 != 0 || width % heads != 0 {
+        candle_core::bail!("attention: {rows}×{three_width} values for {batch} × {heads} heads");
+    }
+    let split = qkv
+        .reshape((batch, tokens, 3, heads, width / heads))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+    let mut scores = q.matmul(&k.t()?)?;
+    if causal {
+        let mask: Vec<f32> = (0..tokens * tokens)
+            .map(|i| {
+                if i % tokens > i / tokens {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (tokens, tokens), qkv.device())?.to_dtype(qkv.dtype())?;
+        scores = scores.broadcast_add(&mask)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((rows, width))
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{D, Device, IndexOp};
+    use candle_core::Device;
 
     use super::*;
-
-    /// Attention written with candle's own ops, as the reference.
-    fn reference_attention(qkv: &Tensor, batch: usize, heads: usize, causal: bool) -> Tensor {
-        let (rows, three_width) = qkv.dims2().unwrap();
-        let (tokens, width) = (rows / batch, three_width / 3);
-        let split = qkv
-            .reshape((batch, tokens, 3, heads, width / heads))
-            .unwrap()
-            .permute((2, 0, 3, 1, 4))
-            .unwrap()
-            .contiguous()
-            .unwrap();
-        let (q, k, v) = (
-            split.i(0).unwrap(),
-            split.i(1).unwrap(),
-            split.i(2).unwrap(),
-        );
-        let mut scores = q.matmul(&k.t().unwrap()).unwrap();
-        if causal {
-            let mask: Vec<f32> = (0..tokens * tokens)
-                .map(|i| {
-                    if i % tokens > i / tokens {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (tokens, tokens), &Device::Cpu).unwrap();
-            scores = scores.broadcast_add(&mask).unwrap();
-        }
-        candle_nn::ops::softmax(&scores, D::Minus1)
-            .unwrap()
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((rows, width))
-            .unwrap()
-    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -373,7 +389,7 @@ mod tests {
             let qkv = Tensor::randn(0f32, 1.0, (batch * tokens, 3 * width), &Device::Cpu).unwrap();
             for causal in [false, true] {
                 let ours = attention(&qkv, batch, heads, causal).unwrap();
-                let expected = reference_attention(&qkv, batch, heads, causal);
+                let expected = attention_in_candle_ops(&qkv, batch, heads, causal).unwrap();
                 let diff = max_diff(&ours, &expected);
                 assert!(
                     diff < 1e-5,
@@ -405,13 +421,34 @@ mod tests {
         }
     }
 
+    /// What a GPU runs (candle's ops in bf16), checked against the f32 kernels on the CPU.
+    #[test]
+    fn bf16_takes_candle_ops_and_stays_close_to_the_f32_kernels() {
+        let (batch, tokens, width, heads) = (2, 9, 64, 4);
+        let qkv = Tensor::randn(0f32, 1.0, (batch * tokens, 3 * width), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.2, (width, width), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, width, &Device::Cpu).unwrap();
+        let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let back = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        for causal in [false, true] {
+            let low = back(attention(&half(&qkv), batch, heads, causal).unwrap());
+            let full = attention(&qkv, batch, heads, causal).unwrap();
+            assert!(max_diff(&low, &full) < 0.05, "causal {causal}");
+        }
+        let x = qkv.narrow(1, 0, width).unwrap();
+        let low = back(affine(&half(&x), &half(&w), &half(&b)).unwrap());
+        assert!(max_diff(&low, &affine(&x, &w, &b).unwrap()) < 0.1);
+        let low = back(quick_gelu(&half(&x)).unwrap());
+        assert!(max_diff(&low, &quick_gelu(&x).unwrap()) < 0.05);
+    }
+
     #[test]
     fn mismatched_shapes_are_errors_not_out_of_bounds_reads() {
-        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let w = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let b = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap();
         assert!(affine(&x, &w, &b).is_err());
-        let qkv = Tensor::zeros((4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let qkv = Tensor::zeros((4, 10), DType::F32, &Device::Cpu).unwrap();
         assert!(attention(&qkv, 1, 2, false).is_err());
     }
 }

@@ -264,11 +264,18 @@ impl WorkerSettings {
         let settings: Self = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| {
-                SettingsError(format!(
-                    "{e} (settings come from the config file and GLIMPSE__SECTION__KEY \
-                     variables, e.g. GLIMPSE__WORKER__TOKEN)"
-                ))
+            .map_err(|e| match e.to_string().as_str() {
+                r#"missing configuration field "worker""#
+                | r#"missing configuration field "worker.token""# => SettingsError(
+                    "worker.token is not set: set GLIMPSE__WORKER__TOKEN (or `token` under \
+                     [worker] in the config file) to a long random string shared by the pool \
+                     and the edge functions"
+                        .to_owned(),
+                ),
+                other => SettingsError(format!(
+                    "{other} (settings come from the config file and GLIMPSE__SECTION__KEY \
+                     variables, e.g. GLIMPSE__S3__BUCKET)"
+                )),
             })?;
         settings.validate()?;
         Ok(settings)
