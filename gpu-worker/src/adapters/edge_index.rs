@@ -15,6 +15,8 @@ use qdrant_edge::{
     VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde::{Deserialize, Serialize};
+
+use super::check_dimension;
 use serde_json::json;
 
 /// The file that records which encoder built an index.
@@ -267,18 +269,6 @@ impl EdgeIndex {
     pub fn flush(&self) -> Result<(), PortError> {
         self.shard.flush().map_err(port_error)
     }
-
-    fn check_dimension(&self, vector: &Embedding) -> Result<(), PortError> {
-        if vector.dimension() == self.dimension {
-            Ok(())
-        } else {
-            Err(PortError::Rejected(format!(
-                "a vector of {} dimensions for an index of {}",
-                vector.dimension(),
-                self.dimension
-            )))
-        }
-    }
 }
 
 #[async_trait]
@@ -294,7 +284,7 @@ impl VectorIndex for EdgeIndex {
     async fn upsert(&self, photos: Vec<IndexedPhoto>) -> Result<(), PortError> {
         let mut points = Vec::with_capacity(photos.len());
         for photo in photos {
-            self.check_dimension(&photo.vector)?;
+            check_dimension(self.dimension, &photo.vector)?;
             let facets = &photo.facets;
             let payload = json!({
                 "album": facets.album,
@@ -332,7 +322,7 @@ impl VectorIndex for EdgeIndex {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<Neighbour>, PortError> {
-        self.check_dimension(query)?;
+        check_dimension(self.dimension, query)?;
         let mut request = QueryRequest::new(limit);
         request.query = Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
             query: VectorInternal::Dense(query.as_slice().to_vec()),

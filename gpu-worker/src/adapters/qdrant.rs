@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
 use glimpse_core::ports::{IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
+
+use super::check_dimension;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector as VectorOutput;
 use qdrant_client::qdrant::vectors_config::Config as VectorsConfig;
@@ -183,6 +185,13 @@ fn dense(vectors: Option<VectorsOutput>) -> Result<Embedding, PortError> {
             "vector index returned a point without its dense vector".to_owned(),
         )),
     }
+}
+
+fn neighbour(id: Option<PointId>, vectors: Option<VectorsOutput>) -> Result<Neighbour, PortError> {
+    Ok(Neighbour {
+        id: photo_id(id)?,
+        vector: dense(vectors)?,
+    })
 }
 
 /// The filter: album (exact, lowercase), camera (contains: the field has no full-text index, so
@@ -377,18 +386,6 @@ impl QdrantIndex {
         }
     }
 
-    fn check_dimension(&self, vector: &Embedding) -> Result<(), PortError> {
-        if vector.dimension() == self.dimension {
-            Ok(())
-        } else {
-            Err(PortError::Rejected(format!(
-                "a vector of {} dimensions for an index of {}",
-                vector.dimension(),
-                self.dimension
-            )))
-        }
-    }
-
     /// Deletes this encoder's collection (to rebuild it, or after a test).
     pub async fn drop_collection(&self) -> Result<(), PortError> {
         self.client
@@ -415,7 +412,7 @@ impl VectorIndex for QdrantIndex {
         }
         let mut points = Vec::with_capacity(photos.len());
         for photo in photos {
-            self.check_dimension(&photo.vector)?;
+            check_dimension(self.dimension, &photo.vector)?;
             let facets = &photo.facets;
             let payload = Payload::try_from(json!({
                 "album": facets.album,
@@ -460,7 +457,7 @@ impl VectorIndex for QdrantIndex {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<Neighbour>, PortError> {
-        self.check_dimension(query)?;
+        check_dimension(self.dimension, query)?;
         let mut params = SearchParamsBuilder::default().hnsw_ef(self.settings.search_ef);
         if self.settings.quantized {
             params = params.quantization(
@@ -484,12 +481,7 @@ impl VectorIndex for QdrantIndex {
             .map_err(|e| port_error("query", e))?
             .result
             .into_iter()
-            .map(|point| {
-                Ok(Neighbour {
-                    id: photo_id(point.id)?,
-                    vector: dense(point.vectors)?,
-                })
-            })
+            .map(|point| neighbour(point.id, point.vectors))
             .collect()
     }
 
@@ -508,12 +500,7 @@ impl VectorIndex for QdrantIndex {
             .map_err(|e| port_error("retrieve", e))?
             .result
             .into_iter()
-            .map(|point| {
-                Ok(Neighbour {
-                    id: photo_id(point.id)?,
-                    vector: dense(point.vectors)?,
-                })
-            })
+            .map(|point| neighbour(point.id, point.vectors))
             .collect()
     }
 
