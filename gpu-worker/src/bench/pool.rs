@@ -156,6 +156,10 @@ pub async fn pool(
     let (scratch, catalog) = Scratch::create(backends.database.url.expose()).await?;
     let catalog = Arc::new(catalog);
     let blobs = Arc::new(S3BlobStore::new(&backends.s3));
+    if let Err(error) = blobs.ensure_bucket().await {
+        scratch.remove().await;
+        return Err(format!("the bucket `{}`: {error}", backends.s3.bucket));
+    }
     let qdrant = QdrantSettings {
         collection_prefix: format!("glimpse_bench_{}", random_suffix()?),
         ..backends.qdrant.clone()
