@@ -232,8 +232,12 @@ pub async fn index_round(
     let mut outcomes: Vec<(JobClaim, JobOutcome)> = Vec::with_capacity(jobs.len());
     let mut readable = Vec::with_capacity(jobs.len());
     let mut images = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match blobs.get(&job.photo.origin.blob_key()).await {
+    // All originals are requested at once: with object storage, one after another would leave
+    // the encoder idle for a round trip per photo.
+    let keys: Vec<String> = jobs.iter().map(|job| job.photo.origin.blob_key()).collect();
+    let fetched = futures_util::future::join_all(keys.iter().map(|key| blobs.get(key))).await;
+    for (job, original) in jobs.into_iter().zip(fetched) {
+        match original {
             Ok(Some(bytes)) => {
                 images.push(bytes);
                 readable.push(job);
