@@ -51,6 +51,15 @@ struct AppState {
 
 type Shared = State<Arc<AppState>>;
 
+/// The JSON body of a request, or a 400 that says what is wrong and shows `example`.
+pub(crate) fn json_body<T>(
+    body: Result<Json<T>, JsonRejection>,
+    example: &str,
+) -> Result<T, ApiError> {
+    body.map(|Json(value)| value)
+        .map_err(|e| ApiError::bad_request(format!("{}; send {example}", e.body_text())))
+}
+
 /// An error response: a status, a stable code and a message a person can act on.
 #[derive(Debug)]
 pub struct ApiError {
@@ -646,12 +655,10 @@ async fn search_post(
     State(state): Shared,
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; send {{\"query\": \"…\", \"top_k\": 20, \"offset\": 0, \"min_score\": 1.5}}",
-            e.body_text()
-        ))
-    })?;
+    let request = json_body(
+        body,
+        r#"{"query": "…", "top_k": 20, "offset": 0, "min_score": 1.5}"#,
+    )?;
     run_search(&state, request).await
 }
 
@@ -707,8 +714,7 @@ async fn click(
     body: Result<Json<ClickBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let query_id = parse_query_id(&query_id)?;
-    let Json(body) = body
-        .map_err(|e| ApiError::bad_request(format!("{}; send {{\"rank\": 1}}", e.body_text())))?;
+    let body = json_body(body, r#"{"rank": 1}"#)?;
     let clicked = flows::record_click(&state.engine.catalog, &query_id, body.rank).await?;
     state.stats.count_click();
     Ok(Json(

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use self::consumer::ConsumerStats;
 use crate::adapters::LocalEncoder;
-use crate::server::{ApiError, BearerProblem, check_bearer};
+use crate::server::{ApiError, BearerProblem, check_bearer, json_body};
 
 /// The most texts one request may embed.
 pub const MAX_TEXTS: usize = 64;
@@ -126,12 +126,7 @@ async fn embed_text(
     State(state): Shared,
     body: Result<Json<TextRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; send {{\"texts\": [\"kids on a red sled\"]}}",
-            e.body_text()
-        ))
-    })?;
+    let request = json_body(body, r#"{"texts": ["kids on a red sled"]}"#)?;
     if request.texts.is_empty() || request.texts.len() > MAX_TEXTS {
         return Err(ApiError::bad_request(format!(
             "send 1 to {MAX_TEXTS} texts, not {}",
@@ -212,12 +207,10 @@ async fn rerank(
     State(state): Shared,
     body: Result<Json<RerankRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; send {{\"query\": \"…\", \"candidates\": [{{\"photo\": {{…}}, \"score\": 1.5}}]}}",
-            e.body_text()
-        ))
-    })?;
+    let request = json_body(
+        body,
+        r#"{"query": "…", "candidates": [{"photo": {…}, "score": 1.5}]}"#,
+    )?;
     if request.candidates.is_empty() || request.candidates.len() > MAX_RERANK_CANDIDATES {
         return Err(ApiError::bad_request(format!(
             "send 1 to {MAX_RERANK_CANDIDATES} candidates, not {}",
