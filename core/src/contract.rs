@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::browse::BrowseCursor;
 use crate::photo::{Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus};
 use crate::ports::{
-    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, RerankCandidate, Reranker,
-    SearchFilter, TextEmbedder, VectorIndex,
+    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, QueryEmbeddingCache,
+    RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
 };
 use crate::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
 use crate::{Embedding, EncoderId};
@@ -322,6 +322,61 @@ fn facets(album: Option<&str>, camera: Option<&str>, dated_at: i64) -> Facets {
         camera: camera.map(str::to_owned),
         dated_at,
     }
+}
+
+/// The QueryEmbeddingCache contract, on an empty cache that keeps at least three entries.
+pub async fn query_embedding_cache_suite(cache: &dyn QueryEmbeddingCache) {
+    let clip: EncoderId = "clip:test/a@1".parse().unwrap();
+    let other: EncoderId = "clip:test/b@1".parse().unwrap();
+    let texts = |list: &[&str]| list.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    let wanted = texts(&["beach", "dusk", "beach"]);
+    assert_eq!(
+        cache.cached_embeddings(&clip, &wanted).await.unwrap(),
+        vec![None, None, None]
+    );
+    let beach = unit(&[1.0, 0.0, 0.0, 0.0]);
+    cache
+        .store_embeddings(&clip, &[("beach".to_owned(), beach.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.cached_embeddings(&clip, &wanted).await.unwrap(),
+        vec![Some(beach.clone()), None, Some(beach)],
+        "in the order asked, repeats included"
+    );
+    let replaced = unit(&[0.0, 1.0, 0.0, 0.0]);
+    let dusk = unit(&[0.0, 0.0, 1.0, 0.5]);
+    cache
+        .store_embeddings(
+            &clip,
+            &[
+                ("beach".to_owned(), replaced.clone()),
+                ("dusk".to_owned(), dusk.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.cached_embeddings(&clip, &wanted).await.unwrap(),
+        vec![Some(replaced.clone()), Some(dusk), Some(replaced)]
+    );
+    assert_eq!(
+        cache.cached_embeddings(&other, &wanted).await.unwrap(),
+        vec![None, None, None],
+        "entries belong to their encoder"
+    );
+    let other_beach = unit(&[0.0, 0.0, 0.0, 1.0]);
+    cache
+        .store_embeddings(&other, &[("beach".to_owned(), other_beach.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .cached_embeddings(&other, &texts(&["beach"]))
+            .await
+            .unwrap(),
+        vec![Some(other_beach)]
+    );
 }
 
 /// The VectorIndex contract, on an empty index of dimension 4.

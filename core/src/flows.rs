@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
-use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage};
+use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage, UploadId};
 use crate::ports::{
     Added, BlobStore, Catalog, IndexedPhoto, JobClaim, JobOutcome, PortError, RerankCandidate,
     Reranker, SearchFilter, TextEmbedder, VectorIndex,
@@ -53,13 +53,11 @@ impl From<PortError> for FlowError {
     }
 }
 
-/// The adapters a request-serving shape plugs in.
+/// The adapters a search runs on.
 #[derive(Clone, Copy)]
 pub struct Ports<'a> {
     /// Photos, jobs, search log.
     pub catalog: &'a dyn Catalog,
-    /// Originals.
-    pub blobs: &'a dyn BlobStore,
     /// Vectors.
     pub index: &'a dyn VectorIndex,
     /// Query embedding.
@@ -95,6 +93,50 @@ pub async fn upload(
     let photo = Photo::new(facts, details, now);
     blobs.put(&origin.blob_key(), bytes).await?;
     Ok(catalog.add_photo(&photo).await?)
+}
+
+/// Completes an upload the client put straight into storage under `upload`'s staged key: checks
+/// the bytes like [`upload`] and adds the photo, whose original stays where it is. Identical bytes
+/// already in the catalog give the existing photo; then, and when the bytes are refused, the
+/// staged copy is removed.
+pub async fn complete_upload(
+    catalog: &dyn Catalog,
+    blobs: &dyn BlobStore,
+    upload: UploadId,
+    album: Option<String>,
+    now: i64,
+) -> Result<Added, FlowError> {
+    let key = upload.staged_key();
+    let bytes = blobs.get(&key).await?.ok_or_else(|| {
+        FlowError::NotFound(format!(
+            "nothing was uploaded for {upload}: PUT the file to the upload's URL first (it is \
+             valid for a limited time; start again with POST /api/uploads when it has expired)"
+        ))
+    })?;
+    let facts = match photo::inspect(&bytes) {
+        Ok(facts) => facts,
+        Err(rejected) => {
+            blobs.delete(&key).await?;
+            return Err(rejected.into());
+        }
+    };
+    let details = NewPhotoDetails {
+        origin: Origin::Upload(key.clone()),
+        bytes: bytes.len() as u64,
+        album: album.filter(|a| !a.trim().is_empty()),
+        modified_at: None,
+    };
+    let added = match catalog.photo(facts.id).await? {
+        Some(existing) => Added {
+            id: existing.id,
+            created: false,
+        },
+        None => catalog.add_photo(&Photo::new(facts, details, now)).await?,
+    };
+    if !added.created {
+        blobs.delete(&key).await?;
+    }
+    Ok(added)
 }
 
 /// Adds a library file (read in place, not copied) with its feature job.
@@ -343,17 +385,15 @@ fn day_start(date: Date) -> i64 {
     photo::days_from_civil(i64::from(date.year), date.month, date.day).unwrap_or(0) * 86_400
 }
 
-/// Runs a search: parse, embed, retrieve with filters, rerank (falling back to retrieval order if
-/// the reranker fails), then load the photos, log the search and return it.
-///
-/// Scores live in score space: each term's cosine is standardised against the library (mean and
-/// spread of that term's cosine over a fixed sample of stored vectors), so a text term and a
-/// `like:` term — whose raw cosines sit on very different scales — count as their weights say.
-pub async fn search(
-    ports: Ports<'_>,
-    request: &SearchRequest,
-) -> Result<SearchResponse, FlowError> {
-    let started = Instant::now();
+/// Refuses, as [`search`] does before it touches a port, a request that cannot succeed: `top_k`
+/// or `offset` out of range, a `min_score` that is not a number, a query that does not parse or
+/// has nothing to rank by. A shape whose ports are costly to open checks first.
+pub fn check_search(request: &SearchRequest) -> Result<(), FlowError> {
+    checked(request).map(|_| ())
+}
+
+/// The parsed query and its `like:` photos, or why the request is refused.
+fn checked(request: &SearchRequest) -> Result<(ParsedQuery, Vec<PhotoId>), FlowError> {
     if request.top_k == 0 || request.top_k > MAX_TOP_K {
         return Err(FlowError::BadRequest(format!(
             "top_k must be between 1 and {MAX_TOP_K}, not {}",
@@ -388,6 +428,22 @@ pub async fn search(
                 .map_err(|e| FlowError::BadRequest(format!("like: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok((parsed, like_ids))
+}
+
+/// Runs a search: parse, embed, retrieve with filters, rerank (falling back to retrieval order if
+/// the reranker fails), then load the photos, log the search and return it.
+///
+/// Scores live in score space: each term's cosine is standardised against the library (mean and
+/// spread of that term's cosine over a fixed sample of stored vectors), so a text term and a
+/// `like:` term — whose raw cosines sit on very different scales — count as their weights say.
+pub async fn search(
+    ports: Ports<'_>,
+    request: &SearchRequest,
+) -> Result<SearchResponse, FlowError> {
+    let started = Instant::now();
+    let (parsed, like_ids) = checked(request)?;
+    let depth = request.offset + request.top_k;
     let mut timings = StageTimings {
         parse_ms: elapsed_ms(started),
         ..StageTimings::default()

@@ -25,6 +25,7 @@ macro_rules! serde_as_text {
 pub(crate) use serde_as_text;
 
 pub mod browse;
+mod cached_embedder;
 #[cfg(feature = "contract")]
 pub mod contract;
 mod embedding;
@@ -33,7 +34,9 @@ pub mod flows;
 pub mod photo;
 pub mod ports;
 pub mod query;
+mod random_id;
 pub mod search;
 
+pub use cached_embedder::CachedTextEmbedder;
 pub use embedding::{Embedding, EmbeddingError};
 pub use encoder_id::{EncoderId, EncoderIdError};

@@ -110,6 +110,50 @@ impl Origin {
     }
 }
 
+/// The id of an upload that goes straight to storage (too large to pass through a request):
+/// 128 random bits, 32 hex digits. The client puts the original under
+/// [`staged_key`](Self::staged_key), then completes the upload naming the id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UploadId([u8; 16]);
+
+impl UploadId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(crate::random_id::fresh())
+    }
+
+    /// Where the original waits, and stays once the upload is complete.
+    pub fn staged_key(&self) -> String {
+        format!("{STAGED_PREFIX}{self}")
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::random_id::write_hex(&self.0, f)
+    }
+}
+
+/// A string that is not an upload id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an upload id: upload ids are the 32 hexadecimal digits POST /api/uploads returns")]
+pub struct UploadIdError;
+
+impl FromStr for UploadId {
+    type Err = UploadIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        crate::random_id::parse_hex(text)
+            .map(Self)
+            .ok_or(UploadIdError)
+    }
+}
+
+crate::serde_as_text!(UploadId);
+
+/// Blob keys under this prefix hold originals uploaded straight to storage.
+pub const STAGED_PREFIX: &str = "staged/";
+
 /// Blob keys under this prefix name files of the library (read-only, in place).
 pub const LIBRARY_PREFIX: &str = "library/";
 

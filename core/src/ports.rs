@@ -98,6 +98,19 @@ pub struct Neighbour {
     pub vector: Embedding,
 }
 
+/// Refuses a vector whose dimension is not the index's, as every [`VectorIndex`] must before it
+/// stores or searches with one.
+pub fn check_dimension(index_dimension: usize, vector: &Embedding) -> Result<(), PortError> {
+    if vector.dimension() == index_dimension {
+        Ok(())
+    } else {
+        Err(PortError::Rejected(format!(
+            "a vector of {} dimensions for an index of {index_dimension}",
+            vector.dimension()
+        )))
+    }
+}
+
 /// Vectors with payload filters, for one encoder.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
@@ -283,6 +296,26 @@ pub trait Catalog: MaybeSendSync {
         query_id: &QueryId,
         rank: u32,
     ) -> Result<Option<ClickedResult>, PortError>;
+}
+
+/// Query embeddings kept for reuse, so a query seen before is answered while the encoder is away
+/// (the worker pool scaled to zero or down). A cache stays bounded: it may forget the oldest
+/// entries, and forgets an encoder's entries once another encoder's are stored.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait QueryEmbeddingCache: MaybeSendSync {
+    /// The stored embedding of each text by `encoder`, in order (`None` where there is none).
+    async fn cached_embeddings(
+        &self,
+        encoder: &EncoderId,
+        texts: &[String],
+    ) -> Result<Vec<Option<Embedding>>, PortError>;
+    /// Stores embeddings by `encoder` (replacing any stored for the same text).
+    async fn store_embeddings(
+        &self,
+        encoder: &EncoderId,
+        entries: &[(String, Embedding)],
+    ) -> Result<(), PortError>;
 }
 
 /// Originals and derived files, by key.

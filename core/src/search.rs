@@ -57,20 +57,14 @@ pub struct QueryId([u8; 16]);
 
 impl QueryId {
     /// A fresh random id from the operating system's generator.
-    ///
-    /// # Panics
-    /// If the system has no randomness source (not a state Glimpse can run in).
     pub fn random() -> Self {
-        let mut bytes = [0u8; 16];
-        #[allow(clippy::expect_used)]
-        getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
-        Self(bytes)
+        Self(crate::random_id::fresh())
     }
 }
 
 impl fmt::Display for QueryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        crate::random_id::write_hex(&self.0, f)
     }
 }
 
@@ -83,14 +77,9 @@ impl FromStr for QueryId {
     type Err = QueryIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.len() != 32 || !text.is_ascii() {
-            return Err(QueryIdError);
-        }
-        let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| QueryIdError)?;
-        }
-        Ok(Self(bytes))
+        crate::random_id::parse_hex(text)
+            .map(Self)
+            .ok_or(QueryIdError)
     }
 }
 

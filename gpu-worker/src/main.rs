@@ -11,9 +11,7 @@ use glimpse_core::flows;
 use glimpse_core::flows::RetrievalOrder;
 use glimpse_core::ports::{Catalog, TextEmbedder};
 use glimpse_core::search::SearchRequest;
-use glimpse_worker::adapters::{
-    LocalEncoder, PostgresCatalog, QdrantIndex, S3BlobStore, SqliteCatalog,
-};
+use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, SqliteCatalog};
 use glimpse_worker::embedded::{self, Engine, OpenOptions};
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::server::{self, ServerConfig, Stats};
@@ -302,7 +300,7 @@ async fn start_consumer(
 ) -> Result<(Arc<ConsumerStats>, tokio::task::JoinHandle<()>)> {
     let id = TextEmbedder::encoder(encoder).clone();
     let dimension = encoder.dimension();
-    let catalog = PostgresCatalog::connect(
+    let catalog = glimpse_worker::adapters::postgres::connect(
         backends.database.url.expose(),
         backends.database.connections,
     )
@@ -319,7 +317,7 @@ async fn start_consumer(
         .context("cannot open the Qdrant collection ([qdrant])")?;
     println!(
         "Consuming feature jobs: catalog {}, bucket {}, Qdrant collection {}",
-        catalog.describe(),
+        catalog.connection().describe(),
         backends.s3.bucket,
         index.collection()
     );

@@ -11,12 +11,10 @@ use std::time::Duration;
 use common::managed::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, Schema, qdrant};
 use glimpse_core::EncoderId;
 use glimpse_core::photo::{ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId};
-use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, PortError};
+use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, PortError, QueryEmbeddingCache};
 use glimpse_worker::adapters::postgres::SCHEMA_VERSION;
 use glimpse_worker::adapters::s3::{DEFAULT_PRESIGN_EXPIRY, MULTIPART_PART_BYTES};
-use glimpse_worker::adapters::{
-    PostgresCatalog, QdrantIndex, QdrantSettings, S3BlobStore, S3Settings,
-};
+use glimpse_worker::adapters::{QdrantIndex, QdrantSettings, S3BlobStore, S3Settings, postgres};
 
 // Postgres
 
@@ -47,13 +45,41 @@ async fn postgres_honours_the_catalog_contract() {
     glimpse_core::contract::catalog_suite(&schema.catalog().await).await;
 }
 
+#[tokio::test]
+async fn postgres_honours_the_query_embedding_cache_contract() {
+    let schema = Schema::new().await;
+    glimpse_core::contract::query_embedding_cache_suite(&schema.catalog().await).await;
+}
+
+#[tokio::test]
+async fn the_query_embedding_cache_keeps_the_most_recent_entries() {
+    let schema = Schema::new().await;
+    let cache = schema.catalog().await.with_query_cache_capacity(2);
+    let encoder: EncoderId = "clip:test/a@1".parse().unwrap();
+    let vector = glimpse_core::Embedding::normalized(vec![1.0, 0.0]).unwrap();
+    for text in ["first", "second", "third"] {
+        cache
+            .store_embeddings(&encoder, &[(text.to_owned(), vector.clone())])
+            .await
+            .unwrap();
+        // Stored apart, so the order of storing is the order of age.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let texts = ["first", "second", "third"].map(str::to_owned);
+    let kept = cache.cached_embeddings(&encoder, &texts).await.unwrap();
+    assert_eq!(
+        kept.iter().map(Option::is_some).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_starting_together_apply_each_migration_once() {
     let schema = Schema::new().await;
     let starts: Vec<_> = (0..4)
         .map(|_| {
             let url = schema.url();
-            tokio::spawn(async move { PostgresCatalog::connect(&url, 1).await })
+            tokio::spawn(async move { postgres::connect(&url, 1).await })
         })
         .collect();
     for start in starts {
@@ -103,13 +129,13 @@ async fn concurrent_claimers_get_each_job_exactly_once() {
 
 #[tokio::test]
 async fn postgres_unreachable_is_unavailable_and_the_password_stays_secret() {
-    let error = PostgresCatalog::connect("postgres://glimpse:s3cr3t-pw@127.0.0.1:1/test", 1)
+    let error = postgres::connect("postgres://glimpse:s3cr3t-pw@127.0.0.1:1/test", 1)
         .await
         .err()
         .unwrap();
     assert!(matches!(error, PortError::Unavailable(_)), "{error:?}");
     assert!(!format!("{error} {error:?}").contains("s3cr3t-pw"));
-    let garbage = PostgresCatalog::connect("postgres://a:s3cr3t-pw@[broken", 1)
+    let garbage = postgres::connect("postgres://a:s3cr3t-pw@[broken", 1)
         .await
         .err()
         .unwrap();

@@ -19,7 +19,7 @@ use glimpse_core::flows::{self, RetryPolicy};
 use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use glimpse_worker::adapters::{
-    EdgeIndex, IndexTuning, LocalEncoder, PostgresCatalog, QdrantIndex, S3BlobStore,
+    EdgeIndex, IndexTuning, LocalEncoder, QdrantIndex, S3BlobStore, postgres,
 };
 use glimpse_worker::encoder::ClipEncoder;
 use glimpse_worker::hub;
@@ -132,7 +132,7 @@ async fn four_consumers_index_a_thousand_uploads_exactly_once() {
     for _ in 0..4 {
         let consumer = Arc::new(Consumer::new(
             ConsumerPorts {
-                catalog: Arc::new(PostgresCatalog::connect(&schema.url(), 2).await.unwrap()),
+                catalog: Arc::new(postgres::connect(&schema.url(), 2).await.unwrap()),
                 blobs: Arc::new(S3BlobStore::new(&s3.settings())),
                 embedder: Arc::new(encoder.clone()),
                 index: Arc::clone(&index) as Arc<dyn VectorIndex>,
@@ -310,7 +310,7 @@ async fn consumers_ride_out_a_postgres_restart() {
     let folder = tempfile::tempdir().unwrap();
     let encoder = encoder();
     let index = embedded_index(folder.path(), &encoder);
-    let catalog = Arc::new(PostgresCatalog::connect(&postgres.url(), 4).await.unwrap());
+    let catalog = Arc::new(postgres::connect(&postgres.url(), 4).await.unwrap());
     let blobs = Arc::new(s3.store(&s3.settings()).await);
     upload(catalog.as_ref(), blobs.as_ref(), 120).await;
     let consumer = Arc::new(Consumer::new(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
-use glimpse_core::ports::{IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
+use glimpse_core::ports::{self, IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use qdrant_edge::{
     CountRequest, EdgeConfigBuilder, EdgeShard, Filter, NamedQuery, PointId, PointInsertOperations,
@@ -16,7 +16,6 @@ use qdrant_edge::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::check_dimension;
 use serde_json::json;
 
 /// The file that records which encoder built an index.
@@ -284,7 +283,7 @@ impl VectorIndex for EdgeIndex {
     async fn upsert(&self, photos: Vec<IndexedPhoto>) -> Result<(), PortError> {
         let mut points = Vec::with_capacity(photos.len());
         for photo in photos {
-            check_dimension(self.dimension, &photo.vector)?;
+            ports::check_dimension(self.dimension, &photo.vector)?;
             let facets = &photo.facets;
             let payload = json!({
                 "album": facets.album,
@@ -322,7 +321,7 @@ impl VectorIndex for EdgeIndex {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<Neighbour>, PortError> {
-        check_dimension(self.dimension, query)?;
+        ports::check_dimension(self.dimension, query)?;
         let mut request = QueryRequest::new(limit);
         request.query = Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
             query: VectorInternal::Dense(query.as_slice().to_vec()),

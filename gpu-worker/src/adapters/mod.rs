@@ -16,18 +16,3 @@ pub use postgres::PostgresCatalog;
 pub use qdrant::{QdrantIndex, QdrantSettings};
 pub use s3::{S3BlobStore, S3Settings};
 pub use sqlite::SqliteCatalog;
-
-/// Refuses a vector whose dimension is not the index's.
-fn check_dimension(
-    index_dimension: usize,
-    vector: &glimpse_core::Embedding,
-) -> Result<(), glimpse_core::ports::PortError> {
-    if vector.dimension() == index_dimension {
-        Ok(())
-    } else {
-        Err(glimpse_core::ports::PortError::Rejected(format!(
-            "a vector of {} dimensions for an index of {index_dimension}",
-            vector.dimension()
-        )))
-    }
-}

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
-use glimpse_core::ports::{IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
+use glimpse_core::ports::{self, IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 
-use super::check_dimension;
+use glimpse_contracts::qdrant::{
+    ALBUM, CAMERA, DATED_AT, MINIMUM_SERVER, STAMP_KEY, collection_name, payload, version_at_least,
+};
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector as VectorOutput;
 use qdrant_client::qdrant::vectors_config::Config as VectorsConfig;
@@ -26,12 +28,6 @@ use qdrant_client::qdrant::{
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-
-/// The oldest Qdrant server Glimpse works with.
-pub const MINIMUM_SERVER: (u64, u64) = (1, 15);
-/// The metadata key of a collection that records the encoder that built it.
-const STAMP_KEY: &str = "glimpse_encoder";
 
 /// Where the Qdrant server is and how collections are built and searched.
 #[derive(Clone)]
@@ -86,31 +82,6 @@ impl fmt::Debug for QdrantSettings {
             .field("timeout", &self.timeout)
             .finish()
     }
-}
-
-/// The collection that holds `encoder`'s vectors: `{prefix}_{repository name}_{12 hex digits of
-/// the id's SHA-256}`, within the characters Qdrant allows.
-pub fn collection_name(prefix: &str, encoder: &EncoderId) -> String {
-    let id = encoder.to_string();
-    let digest = Sha256::digest(id.as_bytes());
-    let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let name = id
-        .split('@')
-        .next()
-        .and_then(|head| head.rsplit(['/', ':']).next())
-        .unwrap_or("encoder");
-    let readable: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    format!("{prefix}_{readable}_{hash}")
 }
 
 /// The Qdrant index of one encoder.
@@ -199,14 +170,14 @@ fn neighbour(id: Option<PointId>, vectors: Option<VectorsOutput>) -> Result<Neig
 fn qdrant_filter(filter: &SearchFilter) -> Option<Filter> {
     let mut must = Vec::new();
     if let Some(album) = &filter.album {
-        must.push(Condition::matches("album", album.clone()));
+        must.push(Condition::matches(ALBUM, album.clone()));
     }
     if let Some(camera) = &filter.camera {
-        must.push(Condition::matches_text("camera", camera.clone()));
+        must.push(Condition::matches_text(CAMERA, camera.clone()));
     }
     if filter.from.is_some() || filter.until.is_some() {
         must.push(Condition::range(
-            "dated_at",
+            DATED_AT,
             Range {
                 gte: filter.from.map(|s| s as f64),
                 lt: filter.until.map(|s| s as f64),
@@ -229,13 +200,6 @@ fn qdrant_filter(filter: &SearchFilter) -> Option<Filter> {
         must_not,
         ..Filter::default()
     })
-}
-
-fn version_at_least(version: &str, minimum: (u64, u64)) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    (major, minor) >= minimum
 }
 
 impl QdrantIndex {
@@ -328,10 +292,7 @@ impl QdrantIndex {
             )
             .await
             .map_err(|e| port_error("collection creation", e))?;
-        for (field, kind) in [
-            ("album", FieldType::Keyword),
-            ("dated_at", FieldType::Integer),
-        ] {
+        for (field, kind) in [(ALBUM, FieldType::Keyword), (DATED_AT, FieldType::Integer)] {
             self.client
                 .create_field_index(
                     CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind)
@@ -412,14 +373,9 @@ impl VectorIndex for QdrantIndex {
         }
         let mut points = Vec::with_capacity(photos.len());
         for photo in photos {
-            check_dimension(self.dimension, &photo.vector)?;
-            let facets = &photo.facets;
-            let payload = Payload::try_from(json!({
-                "album": facets.album,
-                "camera": facets.camera,
-                "dated_at": facets.dated_at,
-            }))
-            .map_err(|e| PortError::Internal(format!("vector index payload: {e}")))?;
+            ports::check_dimension(self.dimension, &photo.vector)?;
+            let payload = Payload::try_from(payload(&photo.facets))
+                .map_err(|e| PortError::Internal(format!("vector index payload: {e}")))?;
             points.push(PointStruct::new(
                 point_id(photo.id),
                 photo.vector.into_vec(),
@@ -457,7 +413,7 @@ impl VectorIndex for QdrantIndex {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<Neighbour>, PortError> {
-        check_dimension(self.dimension, query)?;
+        ports::check_dimension(self.dimension, query)?;
         let mut params = SearchParamsBuilder::default().hnsw_ef(self.settings.search_ef);
         if self.settings.quantized {
             params = params.quantization(
@@ -526,30 +482,5 @@ impl VectorIndex for QdrantIndex {
             .await
             .map_err(|e| port_error("count", e))
             .map(|response| response.result.map_or(0, |r| r.count))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn collection_names_are_per_encoder_and_legal() {
-        let a: EncoderId = "clip:openai/clip-vit-base-patch32@c237dc4"
-            .parse()
-            .expect("id");
-        let b: EncoderId = "clip:openai/clip-vit-base-patch32@0000000"
-            .parse()
-            .expect("id");
-        let name = collection_name("glimpse", &a);
-        assert!(name.starts_with("glimpse_clip-vit-base-patch32_"), "{name}");
-        assert_ne!(name, collection_name("glimpse", &b));
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        );
-        assert!(version_at_least("1.15.0", (1, 15)));
-        assert!(version_at_least("1.19.0-dev", (1, 15)));
-        assert!(!version_at_least("1.14.9", (1, 15)));
     }
 }

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::adapters::{EdgeIndex, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog};
+use crate::adapters::{EdgeIndex, IndexTuning, LocalEncoder, SqliteCatalog};
 use crate::encoder::ImageTextEncoder;
 use crate::server::percentiles;
 
@@ -418,10 +418,8 @@ pub async fn search(
     catalog.import(&photos).map_err(error)?;
     drop(photos);
     let build_s = started.elapsed().as_secs_f64();
-    let blobs = LocalBlobStore::open(&directory.path().join("blobs"), None).map_err(error)?;
     let ports = Ports {
         catalog: &catalog,
-        blobs: &blobs,
         index: &index,
         text: &local,
         reranker: &RetrievalOrder,

@@ -71,7 +71,7 @@ impl Scratch {
         let mut config = admin.clone();
         config.options(format!("-c search_path={schema}"));
         let scratch = Self { admin, schema };
-        match PostgresCatalog::connect_config(config, 4).await {
+        match crate::adapters::postgres::connect_config(config, 4).await {
             Ok(catalog) => Ok((scratch, catalog)),
             Err(error) => {
                 scratch.remove().await;

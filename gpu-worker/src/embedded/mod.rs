@@ -225,7 +225,6 @@ impl Engine {
     pub fn ports(&self) -> Ports<'_> {
         Ports {
             catalog: &self.catalog,
-            blobs: &self.blobs,
             index: &self.index,
             text: &self.encoder,
             reranker: &self.reranker,

@@ -13,11 +13,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use glimpse_core::browse::{BrowseCursor, BrowsePage, DEFAULT_PAGE};
+use glimpse_contracts::api::{self, BearerProblem, BrowseParams, SearchParams, SimilarParams};
+use glimpse_core::browse::BrowsePage;
 use glimpse_core::flows::{self, FlowError};
-use glimpse_core::photo::{Photo, PhotoId, RejectedImage};
+use glimpse_core::photo::{Photo, PhotoId};
 use glimpse_core::ports::{BlobStore, Catalog};
-use glimpse_core::search::{DEFAULT_TOP_K, QueryId, SearchRequest, SearchResponse};
+use glimpse_core::search::{QueryId, SearchRequest, SearchResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -57,102 +58,63 @@ pub(crate) fn json_body<T>(
     example: &str,
 ) -> Result<T, ApiError> {
     body.map(|Json(value)| value)
-        .map_err(|e| ApiError::bad_request(format!("{}; send {example}", e.body_text())))
+        .map_err(|e| api::ApiError::bad_json(e.body_text(), example).into())
 }
 
-/// An error response: a status, a stable code and a message a person can act on.
+/// An error response of the public API: the contract of [`glimpse_contracts::api`], with a
+/// `Retry-After` header when a backend is unavailable.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    details: Option<Value>,
-}
+pub struct ApiError(api::ApiError);
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-        }
+        Self(api::ApiError::new(status, code, message))
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self(api::ApiError::bad_request(message))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let (Some(Value::Object(extra)), Some(object)) = (self.details, error.as_object_mut()) {
-            object.extend(extra);
+        let error = self.0;
+        if error.status == StatusCode::INTERNAL_SERVER_ERROR {
+            eprintln!("glimpse: internal error: {}", error.message);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (error.status, Json(error.body())).into_response();
+        if let Some(seconds) = error.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<api::ApiError> for ApiError {
+    fn from(error: api::ApiError) -> Self {
+        Self(error)
     }
 }
 
 impl From<FlowError> for ApiError {
     fn from(error: FlowError) -> Self {
-        match error {
-            FlowError::InvalidQuery(query) => Self {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_query",
-                message: query.to_string(),
-                details: Some(json!({"position": query.position, "hint": query.hint})),
-            },
-            FlowError::RejectedImage(rejected) => {
-                let (status, code) = match &rejected {
-                    RejectedImage::UnsupportedType(_) => {
-                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-                    }
-                    RejectedImage::Unreadable(_) => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "unreadable_image")
-                    }
-                    RejectedImage::TooManyPixels { .. } => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels")
-                    }
-                };
-                Self::new(status, code, rejected.to_string())
-            }
-            FlowError::BadRequest(message) => Self::bad_request(message),
-            FlowError::NotFound(message) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            FlowError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            FlowError::Unavailable(message) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
-            FlowError::Internal(message) => {
-                eprintln!("glimpse: internal error: {message}");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
-        }
+        Self(error.into())
     }
 }
 
 impl From<glimpse_core::ports::PortError> for ApiError {
     fn from(error: glimpse_core::ports::PortError) -> Self {
-        FlowError::from(error).into()
+        Self(error.into())
     }
 }
 
 fn body_error(status: StatusCode, detail: String, limit: usize) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "too_large",
-            format!(
-                "the request body is larger than the {} MB limit (serve --max-upload-mb)",
-                limit / (1024 * 1024)
-            ),
-        )
+        api::ApiError::too_large(limit, "serve --max-upload-mb").into()
     } else {
-        ApiError::new(
-            status,
-            "bad_body",
-            format!("the request body cannot be read: {detail}"),
-        )
+        api::ApiError::bad_body(status, &detail).into()
     }
 }
 
@@ -195,12 +157,6 @@ pub fn router(
         .with_state(state)
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_secret(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Writes need the bearer token; reads too when configured. Clicks are not writes of photos,
 /// settings or models: they are accepted for real search results only, checked by the flow.
 async fn authorise(State(state): Shared, request: Request, next: Next) -> Response {
@@ -226,28 +182,15 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
 /// Bodies up to this size are read before a refused request is answered.
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
-/// What is wrong with a request's bearer token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BearerProblem {
-    /// No `Authorization: Bearer …` header.
-    Missing,
-    /// A token that is not the expected one.
-    Wrong,
-}
-
 /// Checks the request's bearer token against `token`, in time independent of where they differ.
 pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerProblem> {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(BearerProblem::Missing)?;
-    if same_secret(given.trim(), token) {
-        Ok(())
-    } else {
-        Err(BearerProblem::Wrong)
-    }
+    api::check_bearer(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        token,
+    )
 }
 
 /// Why a request that needs the token is refused, if it is.
@@ -363,28 +306,17 @@ async fn albums(State(state): Shared) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "albums": albums })))
 }
 
-#[derive(Deserialize)]
-struct BrowseParams {
-    q: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn browse(
     State(state): Shared,
     params: Result<Query<BrowseParams>, QueryRejection>,
 ) -> Result<Json<BrowsePage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let cursor = params
-        .cursor
-        .map(|c| c.parse::<BrowseCursor>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let request = params.into_request()?;
     let page = flows::browse(
         &state.engine.catalog,
-        params.q.as_deref().unwrap_or_default(),
-        cursor,
-        params.limit.unwrap_or(DEFAULT_PAGE),
+        &request.filters,
+        request.cursor,
+        request.limit,
     )
     .await?;
     Ok(Json(page))
@@ -394,6 +326,9 @@ async fn browse(
 struct UploadParams {
     album: Option<String>,
 }
+
+/// How far past the upload limit a refused body is still read, so the client sees the 413.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 async fn upload(
     State(state): Shared,
@@ -406,8 +341,13 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit as u64) {
-        // Refuse from the announced length, without receiving the body.
+    if let Some(length) = announced.filter(|length| *length > limit as u64) {
+        // Refuse from the announced length. A body only somewhat too large is read and dropped
+        // first, so that every client gets to read the 413 (one still sending when the server
+        // closes sees a reset connection instead); a far larger one is not received at all.
+        if length <= (limit + LINGER_BYTES) as u64 {
+            let _ = axum::body::to_bytes(request.into_body(), limit + LINGER_BYTES).await;
+        }
         return Err(body_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             String::new(),
@@ -488,8 +428,7 @@ async fn upload(
 }
 
 fn parse_photo_id(text: &str) -> Result<PhotoId, ApiError> {
-    text.parse()
-        .map_err(|e: glimpse_core::photo::PhotoIdError| ApiError::bad_request(e.to_string()))
+    Ok(api::parse_photo_id(text)?)
 }
 
 async fn find_photo(state: &AppState, id: &str) -> Result<Photo, ApiError> {
@@ -499,7 +438,7 @@ async fn find_photo(state: &AppState, id: &str) -> Result<Photo, ApiError> {
         .catalog
         .photo(id)
         .await?
-        .ok_or_else(|| FlowError::NotFound(format!("there is no photo {id}")).into())
+        .ok_or_else(|| api::no_such_photo(id).into())
 }
 
 async fn photo(State(state): Shared, Path(id): Path<String>) -> Result<Json<Photo>, ApiError> {
@@ -527,17 +466,7 @@ async fn read_original(state: &AppState, photo: &Photo) -> Result<Vec<u8>, ApiEr
         .blobs
         .get(&photo.origin.blob_key())
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::GONE,
-                "original_missing",
-                format!(
-                    "the original of photo {} is no longer in storage (moved or deleted); a \
-                     library rescan will drop it",
-                    photo.id
-                ),
-            )
-        })
+        .ok_or_else(|| api::ApiError::original_missing(photo.id).into())
 }
 
 async fn original(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -609,15 +538,6 @@ fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
     Ok(jpeg)
 }
 
-#[derive(Deserialize)]
-struct SearchParams {
-    q: Option<String>,
-    query: Option<String>,
-    top_k: Option<usize>,
-    min_score: Option<f32>,
-    offset: Option<usize>,
-}
-
 async fn run_search(
     state: &AppState,
     request: SearchRequest,
@@ -639,16 +559,7 @@ async fn search_get(
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let query = params.q.or(params.query).ok_or_else(|| {
-        ApiError::bad_request("say what to search for: /api/search?q=beach+at+dusk")
-    })?;
-    let request = SearchRequest {
-        query,
-        top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
-        min_score: params.min_score,
-        offset: params.offset.unwrap_or_default(),
-    };
-    run_search(&state, request).await
+    run_search(&state, params.into_request()?).await
 }
 
 async fn search_post(
@@ -662,12 +573,6 @@ async fn search_post(
     run_search(&state, request).await
 }
 
-#[derive(Deserialize)]
-struct SimilarParams {
-    top_k: Option<usize>,
-    offset: Option<usize>,
-}
-
 async fn similar(
     State(state): Shared,
     Path(id): Path<String>,
@@ -675,18 +580,11 @@ async fn similar(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_photo_id(&id)?;
-    let request = SearchRequest {
-        query: format!("like:{id}"),
-        top_k: params.top_k.unwrap_or(DEFAULT_TOP_K),
-        min_score: None,
-        offset: params.offset.unwrap_or_default(),
-    };
-    run_search(&state, request).await
+    run_search(&state, params.into_request(id)).await
 }
 
 fn parse_query_id(text: &str) -> Result<QueryId, ApiError> {
-    text.parse()
-        .map_err(|e: glimpse_core::search::QueryIdError| ApiError::bad_request(e.to_string()))
+    Ok(api::parse_query_id(text)?)
 }
 
 async fn search_log(

@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 
 use self::consumer::ConsumerStats;
 use crate::adapters::LocalEncoder;
-use crate::server::{ApiError, BearerProblem, check_bearer, json_body};
+use glimpse_contracts::api::BearerProblem;
+
+use crate::server::{ApiError, check_bearer, json_body};
 
 /// The most texts one request may embed.
 pub const MAX_TEXTS: usize = 64;

@@ -57,23 +57,30 @@ impl Schema {
     }
 
     pub async fn catalog(&self) -> PostgresCatalog {
-        PostgresCatalog::connect(&self.url(), 4).await.unwrap()
+        glimpse_worker::adapters::postgres::connect(&self.url(), 4)
+            .await
+            .unwrap()
     }
 }
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA {} CASCADE", self.name);
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(run_sql(&postgres_server(), &sql));
-        })
-        .join()
-        .unwrap();
+        run_sql_from_drop(format!("DROP SCHEMA {} CASCADE", self.name));
     }
+}
+
+/// [`run_sql`] on the test server from a `Drop` (on a thread of its own, as a drop may run inside
+/// an async runtime).
+pub fn run_sql_from_drop(sql: String) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_sql(&postgres_server(), &sql));
+    })
+    .join()
+    .unwrap();
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,10 @@
+//! The photos component: `/api/photos` (browse; upload of bodies up to `max_upload_mb`),
+//! `/api/photos/{id}` (read, delete), `/api/photos/{id}/original` (302 to storage), `/healthz`.
+
+use spin_sdk::http::Request;
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(request: Request) -> glimpse_edge::Response {
+    glimpse_edge::serve(glimpse_edge::Component::Photos, request).await
+}

@@ -1,0 +1,827 @@
+//! The edge functions end to end: the built Spin components (functions/, wasm32-wasip2) in the
+//! test host (tests/spin_host), configured by the real functions/spin.toml, against the machine's
+//! Postgres, the s3s-fs S3 server, a `glimpse worker` process and — when `QDRANT_URL` is set —
+//! Qdrant.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../gpu-worker/tests/common/managed.rs"]
+#[allow(dead_code)]
+mod managed;
+mod spin_host;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use glimpse_core::ports::Catalog;
+use glimpse_worker::encoder::ImageTextEncoder;
+use serde_json::Value;
+
+use self::managed::{
+    S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, postgres_server, run_sql, run_sql_from_drop, unique,
+};
+use self::spin_host::SpinHost;
+
+const API_TOKEN: &str = "edge-api-token-for-the-tests-0123";
+const WORKER_TOKEN: &str = "edge-worker-token-for-the-tests-01";
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn manifest() -> PathBuf {
+    repository().join("functions/spin.toml")
+}
+
+fn model() -> String {
+    repository()
+        .join("tests/reference/checkpoints/clip-odd")
+        .display()
+        .to_string()
+}
+
+fn image(name: &str) -> Vec<u8> {
+    std::fs::read(repository().join("tests/reference/images").join(name)).unwrap()
+}
+
+/// The `glimpse` binary `cargo test --workspace` builds beside this test.
+fn glimpse_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("glimpse");
+    assert!(
+        path.exists(),
+        "{} is missing: run cargo test --workspace",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A database of the test's own on the machine's Postgres, at this build's schema, dropped at the
+/// end.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    async fn new() -> Self {
+        let name = unique("glimpse_edge");
+        run_sql(&postgres_server(), &format!("CREATE DATABASE {name}")).await;
+        let database = Self { name };
+        glimpse_worker::adapters::postgres::connect(&database.url(), 1)
+            .await
+            .unwrap();
+        database
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            self.name
+        )
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let rows = client.query(sql, &[]).await.unwrap();
+        drop(client);
+        let _ = driver.await;
+        rows
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        run_sql_from_drop(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// The backends of one test and the variables the edge gets for them.
+struct Backends {
+    database: Database,
+    s3: S3Server,
+    bucket: String,
+}
+
+impl Backends {
+    async fn start() -> Self {
+        let database = Database::new().await;
+        let s3 = S3Server::start();
+        let mut settings = s3.settings();
+        settings.bucket = unique("edge").replace('_', "-");
+        s3.store(&settings).await;
+        Self {
+            database,
+            s3,
+            bucket: settings.bucket,
+        }
+    }
+
+    /// The Spin variables (by name, as `SPIN_VARIABLE_*` would give them); the worker and
+    /// reranker on closed ports unless changed.
+    fn variables(&self) -> HashMap<String, String> {
+        let closed = format!("http://127.0.0.1:{}", closed_port());
+        [
+            ("api_token", API_TOKEN.to_owned()),
+            ("max_upload_mb", "1".to_owned()),
+            ("database_host", "127.0.0.1:5432".to_owned()),
+            ("database_name", self.database.name.clone()),
+            ("database_user", "postgres".to_owned()),
+            // Trust authentication ignores it; it still goes through the address.
+            ("database_password", "not-needed: trust".to_owned()),
+            ("s3_endpoint", self.s3.endpoint()),
+            ("s3_bucket", self.bucket.clone()),
+            ("s3_access_key_id", S3_ACCESS_KEY.to_owned()),
+            ("s3_secret_access_key", S3_SECRET_KEY.to_owned()),
+            ("qdrant_url", format!("http://127.0.0.1:{}", closed_port())),
+            ("qdrant_api_key", String::new()),
+            ("worker_url", closed.clone()),
+            ("rerank_url", closed),
+            ("worker_token", WORKER_TOKEN.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Registers the test model's encoder, as a worker of it does on start.
+    async fn register_encoder(&self) {
+        let catalog = glimpse_worker::adapters::postgres::connect(&self.database.url(), 1)
+            .await
+            .unwrap();
+        let model = glimpse_worker::hub::resolve(&model()).unwrap();
+        let encoder =
+            glimpse_worker::encoder::ClipEncoder::load(&model.directory, model.id).unwrap();
+        catalog
+            .register_encoder(encoder.id(), encoder.dimension())
+            .await
+            .unwrap();
+    }
+}
+
+/// An HTTP answer: status, headers, body as JSON (or a string).
+struct Answer {
+    status: u16,
+    header: HashMap<String, String>,
+    body: Value,
+}
+
+fn call(request: ureq::Request, body: Option<&[u8]>) -> Answer {
+    let result = match body {
+        Some(bytes) => request.send_bytes(bytes),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{error}"),
+    };
+    let status = response.status();
+    let header = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), response.header(&name)?.to_owned())))
+        .collect();
+    let text = response.into_string().unwrap_or_default();
+    Answer {
+        status,
+        header,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().redirects(0).build()
+}
+
+fn get(base: &str, path: &str) -> Answer {
+    call(agent().get(&format!("{base}{path}")), None)
+}
+
+fn upload(base: &str, bytes: &[u8], token: Option<&str>) -> Answer {
+    let mut request = agent().post(&format!("{base}/api/photos"));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    call(request, Some(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_through_the_edge_lands_in_storage_and_the_queue() {
+    let backends = Backends::start().await;
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let base = host.url();
+    let bytes = image("gradient.jpg");
+    let base_for = base.clone();
+    let (refused, added, again) = tokio::task::spawn_blocking(move || {
+        (
+            upload(&base_for, &bytes, None),
+            upload(&base_for, &bytes, Some(API_TOKEN)),
+            upload(&base_for, &bytes, Some(API_TOKEN)),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "token_required");
+    assert_eq!(added.status, 202, "{}", added.body);
+    assert_eq!(added.body["created"], true);
+    let id = added.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(again.status, 200, "identical bytes: {}", again.body);
+    assert_eq!(again.body["id"], id.as_str());
+
+    // The photo row and its feature job, once.
+    let rows = backends
+        .database
+        .rows("SELECT p.status, j.state FROM photos p JOIN feature_jobs j ON j.photo_id = p.id")
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "pending");
+    assert_eq!(rows[0].get::<_, String>(1), "queued");
+
+    // The photo, and its original through a presigned URL the edge signed.
+    let (photo, original, fetched) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        let id = id.clone();
+        move || {
+            let photo = get(&base, &format!("/api/photos/{id}"));
+            let original = get(&base, &format!("/api/photos/{id}/original"));
+            let location = original.header.get("location").cloned().unwrap_or_default();
+            let fetched = agent().get(&location).call().unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut fetched.into_reader(), &mut bytes).unwrap();
+            (photo, original, bytes)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(photo.status, 200);
+    assert_eq!(photo.body["status"], "pending");
+    assert_eq!(original.status, 302);
+    assert!(original.header["location"].contains("X-Amz-Signature="));
+    assert_eq!(fetched, image("gradient.jpg"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_original_goes_straight_to_storage_then_completes() {
+    let backends = Backends::start().await;
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let base = host.url();
+    let (started, put, completed, unknown) = tokio::task::spawn_blocking(move || {
+        let started = call(
+            agent()
+                .post(&format!("{base}/api/uploads"))
+                .set("Authorization", &format!("Bearer {API_TOKEN}")),
+            Some(b""),
+        );
+        let put_url = started.body["put_url"].as_str().unwrap().to_owned();
+        let put = agent()
+            .put(&put_url)
+            .send_bytes(&image("noise.png"))
+            .unwrap()
+            .status();
+        let complete = started.body["complete_url"].as_str().unwrap().to_owned();
+        let completed = call(
+            agent()
+                .post(&format!("{base}{complete}?album=Trips"))
+                .set("Authorization", &format!("Bearer {API_TOKEN}")),
+            Some(b""),
+        );
+        let unknown = call(
+            agent()
+                .post(&format!("{base}/api/uploads/{}", "ab".repeat(16)))
+                .set("Authorization", &format!("Bearer {API_TOKEN}")),
+            Some(b""),
+        );
+        (started, put, completed, unknown)
+    })
+    .await
+    .unwrap();
+    assert_eq!(started.status, 201, "{}", started.body);
+    assert_eq!(put, 200);
+    assert_eq!(completed.status, 202, "{}", completed.body);
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let rows = backends
+        .database
+        .rows("SELECT origin_key, album FROM photos")
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].get::<_, String>(0).starts_with("staged/"));
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(1).as_deref(),
+        Some("Trips")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_worker_pool_away_a_new_query_gets_503_and_retry_after() {
+    let backends = Backends::start().await;
+    backends.register_encoder().await;
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let base = host.url();
+    let answer =
+        tokio::task::spawn_blocking(move || get(&base, "/api/search?q=kids+on+a+red+sled"))
+            .await
+            .unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "unavailable");
+    assert_eq!(
+        answer.header.get("retry-after").map(String::as_str),
+        Some("30")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_that_cannot_succeed_is_a_400_even_before_a_worker_registered_an_encoder() {
+    let backends = Backends::start().await;
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let base = host.url();
+    let (bad, good) = tokio::task::spawn_blocking(move || {
+        (
+            get(&base, "/api/search?q=album:"),
+            get(&base, "/api/search?q=kids+on+a+red+sled"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.body["error"]["code"], "invalid_query");
+    assert_eq!(good.status, 503, "{}", good.body);
+    assert!(
+        good.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no worker has registered an encoder"),
+        "{}",
+        good.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_refuses_a_manifest_whose_secrets_are_not_given() {
+    let backends = Backends::start().await;
+    let mut missing = backends.variables();
+    missing.remove("worker_token");
+    let refused = SpinHost::start(&manifest(), &missing).await;
+    assert!(
+        refused.err().unwrap().to_string().contains("worker_token"),
+        "a required secret without a value must stop the host, as it stops `spin up`"
+    );
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let base = host.url();
+    let healthy = tokio::task::spawn_blocking(move || get(&base, "/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(healthy.status, 200);
+}
+
+/// The address a started `glimpse` process says it serves on (its line starting with `banner`);
+/// the rest of its output is read and dropped.
+fn serving_address(child: &mut Child, banner: &str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the process exited before serving")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(banner) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    base
+}
+
+/// The embedded server, for comparing its answers with the edge's.
+struct Embedded {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Embedded {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(glimpse_binary())
+            .args(["serve", "--model", &model(), "--listen", "127.0.0.1:0"])
+            .args(["--token", API_TOKEN, "--max-upload-mb", "1", "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = serving_address(&mut child, "Glimpse is serving ");
+        Self {
+            child,
+            base,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One bad request and the answer both shapes owe it.
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    token: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    let case = |what, method, path: &str, status, code| Case {
+        what,
+        method,
+        path: path.to_owned(),
+        token: None,
+        content_type: None,
+        body: Vec::new(),
+        status,
+        code,
+    };
+    let unknown_search = "0123456789abcdef".repeat(2);
+    vec![
+        case(
+            "search without words",
+            "GET",
+            "/api/search",
+            400,
+            "bad_request",
+        ),
+        case(
+            "a query that does not parse",
+            "GET",
+            "/api/search?q=album:",
+            400,
+            "invalid_query",
+        ),
+        case(
+            "top_k of 0",
+            "GET",
+            "/api/search?q=sled&top_k=0",
+            400,
+            "bad_request",
+        ),
+        case(
+            "a photo id that is not one",
+            "GET",
+            "/api/photos/zzz",
+            400,
+            "bad_request",
+        ),
+        case(
+            "an unknown photo",
+            "GET",
+            "/api/photos/00000000000000ff",
+            404,
+            "not_found",
+        ),
+        case(
+            "similar to a bad id",
+            "GET",
+            "/api/photos/zzz/similar",
+            400,
+            "bad_request",
+        ),
+        case(
+            "a log of a bad search id",
+            "GET",
+            "/api/search/xyz",
+            400,
+            "bad_request",
+        ),
+        case(
+            "an unknown search's log",
+            "GET",
+            &format!("/api/search/{unknown_search}"),
+            404,
+            "not_found",
+        ),
+        Case {
+            content_type: Some("application/json"),
+            body: br#"{"rank": 1}"#.to_vec(),
+            ..case(
+                "a click on an unknown search",
+                "POST",
+                &format!("/api/search/{unknown_search}/clicks"),
+                404,
+                "not_found",
+            )
+        },
+        Case {
+            content_type: Some("application/json"),
+            body: b"{rank".to_vec(),
+            ..case(
+                "a click that is not JSON",
+                "POST",
+                &format!("/api/search/{unknown_search}/clicks"),
+                400,
+                "bad_request",
+            )
+        },
+        case(
+            "an upload without the token",
+            "POST",
+            "/api/photos",
+            401,
+            "token_required",
+        ),
+        Case {
+            token: Some("not-the-token"),
+            ..case(
+                "an upload with a wrong token",
+                "POST",
+                "/api/photos",
+                401,
+                "bad_token",
+            )
+        },
+        Case {
+            token: Some(API_TOKEN),
+            content_type: Some("application/octet-stream"),
+            body: b"just some text, not an image".to_vec(),
+            ..case(
+                "an upload that is not an image",
+                "POST",
+                "/api/photos",
+                415,
+                "unsupported_media_type",
+            )
+        },
+        Case {
+            token: Some(API_TOKEN),
+            content_type: Some("application/octet-stream"),
+            body: vec![0xff; 1024 * 1024 + 1],
+            ..case(
+                "an upload over the limit",
+                "POST",
+                "/api/photos",
+                413,
+                "too_large",
+            )
+        },
+        Case {
+            token: Some(API_TOKEN),
+            ..case(
+                "deleting an unknown photo",
+                "DELETE",
+                "/api/photos/00000000000000ff",
+                404,
+                "not_found",
+            )
+        },
+    ]
+}
+
+fn run_case(base: &str, case: &Case) -> Answer {
+    let mut request = agent().request(case.method, &format!("{base}{}", case.path));
+    if let Some(token) = case.token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    if let Some(content_type) = case.content_type {
+        request = request.set("Content-Type", content_type);
+    }
+    call(
+        request,
+        (case.method != "GET").then_some(case.body.as_slice()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_same_4xx_from_the_edge_as_from_the_embedded_server() {
+    let backends = Backends::start().await;
+    backends.register_encoder().await;
+    let host = SpinHost::start(&manifest(), &backends.variables())
+        .await
+        .unwrap();
+    let edge = host.url();
+    tokio::task::spawn_blocking(move || {
+        let embedded = Embedded::start();
+        for case in cases() {
+            for (shape, base) in [
+                ("edge", edge.as_str()),
+                ("embedded", embedded.base.as_str()),
+            ] {
+                let answer = run_case(base, &case);
+                assert_eq!(
+                    (answer.status, answer.body["error"]["code"].as_str()),
+                    (case.status, Some(case.code)),
+                    "{shape}: {}: {}",
+                    case.what,
+                    answer.body
+                );
+                assert!(
+                    answer.body["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.len() > 10),
+                    "{shape}: {}: a message a person can act on",
+                    case.what
+                );
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A `glimpse worker` with the managed backends (so it indexes) and its internal API.
+struct Worker {
+    child: Child,
+    base: String,
+}
+
+impl Worker {
+    fn start(backends: &Backends, qdrant: &glimpse_worker::adapters::QdrantSettings) -> Self {
+        let mut child = Command::new(glimpse_binary())
+            .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+            .env("GLIMPSE__WORKER__TOKEN", WORKER_TOKEN)
+            .env("GLIMPSE__WORKER__IDLE_POLL_MS", "100")
+            .env("GLIMPSE__DATABASE__URL", backends.database.url())
+            .env("GLIMPSE__S3__ENDPOINT", backends.s3.endpoint())
+            .env("GLIMPSE__S3__BUCKET", &backends.bucket)
+            .env("GLIMPSE__S3__ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("GLIMPSE__S3__SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .env("GLIMPSE__QDRANT__URL", &qdrant.url)
+            .env(
+                "GLIMPSE__QDRANT__COLLECTION_PREFIX",
+                &qdrant.collection_prefix,
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = serving_address(&mut child, "Glimpse worker is serving ");
+        Self { child, base }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Qdrant's REST URL beside the gRPC one of `QDRANT_URL` (6334 → 6333, or `QDRANT_REST_URL`).
+fn qdrant_rest(grpc: &str) -> String {
+    std::env::var("QDRANT_REST_URL").unwrap_or_else(|_| grpc.replace(":6334", ":6333"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool() {
+    let Some(qdrant) = managed::qdrant("upload_index_search_click_through_the_edge") else {
+        return;
+    };
+    let backends = Backends::start().await;
+    let worker = Worker::start(&backends, &qdrant);
+    let mut variables = backends.variables();
+    variables.insert("worker_url".to_owned(), worker.base.clone());
+    variables.insert("rerank_url".to_owned(), worker.base.clone());
+    variables.insert("qdrant_url".to_owned(), qdrant_rest(&qdrant.url));
+    variables.insert(
+        "qdrant_collection_prefix".to_owned(),
+        qdrant.collection_prefix.clone(),
+    );
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
+    let base = host.url();
+
+    let (ids, search, click) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let ids: Vec<String> = ["gradient.jpg", "noise.png", "checkerboard.png"]
+                .iter()
+                .map(|name| {
+                    upload(&base, &image(name), Some(API_TOKEN)).body["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while ids
+                .iter()
+                .any(|id| get(&base, &format!("/api/photos/{id}")).body["status"] != "indexed")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the worker did not index the uploads"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let search = get(&base, "/api/search?q=a+photo&top_k=3");
+            let query_id = search.body["query_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let click = call(
+                agent()
+                    .post(&format!("{base}/api/search/{query_id}/clicks"))
+                    .set("Content-Type", "application/json"),
+                Some(br#"{"rank": 1}"#),
+            );
+            (ids, search, click)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(search.status, 200, "{}", search.body);
+    let results = search.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| ids.contains(&r["photo"]["id"].as_str().unwrap().to_owned()))
+    );
+    assert_eq!(
+        search.body["rerank_fallback"],
+        Value::Null,
+        "{}",
+        search.body
+    );
+    assert_eq!(click.status, 200, "{}", click.body);
+    let clicked = backends
+        .database
+        .rows("SELECT rank FROM search_results WHERE clicked")
+        .await;
+    assert_eq!(clicked.len(), 1);
+
+    // The reranker silent: retrieval order within the budget, the fallback logged.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    variables.insert(
+        "rerank_url".to_owned(),
+        format!("http://{}", silent.local_addr().unwrap()),
+    );
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
+    let base = host.url();
+    let started = Instant::now();
+    let fallback = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || get(&base, "/api/search?q=a+photo&top_k=3")
+    })
+    .await
+    .unwrap();
+    assert_eq!(fallback.status, 200, "{}", fallback.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let reason = fallback.body["rerank_fallback"].as_str().unwrap();
+    assert!(reason.contains("rerank_budget_ms"), "{reason}");
+    let logged = backends
+        .database
+        .rows("SELECT rerank_fallback FROM searches WHERE rerank_fallback IS NOT NULL")
+        .await;
+    assert_eq!(logged.len(), 1);
+    drop(silent);
+
+    // The pool away: a query seen before is answered from the cache, a new one gets 503.
+    drop(worker);
+    variables.insert(
+        "worker_url".to_owned(),
+        format!("http://127.0.0.1:{}", closed_port()),
+    );
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
+    let base = host.url();
+    let (repeated, new) = tokio::task::spawn_blocking(move || {
+        (
+            get(&base, "/api/search?q=a+photo&top_k=3"),
+            get(&base, "/api/search?q=something+never+asked"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(repeated.status, 200, "{}", repeated.body);
+    assert_eq!(repeated.body["results"].as_array().unwrap().len(), 3);
+    assert_eq!(new.status, 503, "{}", new.body);
+}
