@@ -97,11 +97,11 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE TABLE query_embeddings (
             encoder    TEXT NOT NULL,
             text       TEXT NOT NULL,
-            vector       BYTEA NOT NULL,
-            stored_at_ms BIGINT NOT NULL,
+            vector     BYTEA NOT NULL,
+            used_at_ms BIGINT NOT NULL,
             PRIMARY KEY (encoder, text)
         )",
-        "CREATE INDEX query_embeddings_by_age ON query_embeddings (encoder, stored_at_ms)",
+        "CREATE INDEX query_embeddings_by_use ON query_embeddings (encoder, used_at_ms)",
         "CREATE INDEX searches_by_fallback ON searches (created_at) \
          WHERE rerank_fallback IS NOT NULL",
     ],
@@ -351,7 +351,7 @@ impl<C: SqlConnection> SqlCatalog<C> {
         }
     }
 
-    /// Keeps at most `capacity` query embeddings, the most recently stored.
+    /// Keeps at most `capacity` query embeddings, the most recently used (stored or read).
     pub fn with_query_cache_capacity(mut self, capacity: usize) -> Self {
         self.query_cache_capacity = capacity;
         self
@@ -900,14 +900,17 @@ impl<C: SqlConnection> QueryEmbeddingCache for SqlCatalog<C> {
         encoder: &EncoderId,
         texts: &[String],
     ) -> Result<Vec<Option<Embedding>>, PortError> {
+        // Reading an entry is a use: it moves to the back of the eviction order.
         let rows = self
             .connection
             .query(&Statement::new(
-                "SELECT text, vector FROM query_embeddings \
-                 WHERE encoder = $1::TEXT AND text = ANY($2::TEXT[])",
+                "UPDATE query_embeddings SET used_at_ms = $3::BIGINT \
+                 WHERE encoder = $1::TEXT AND text = ANY($2::TEXT[]) \
+                 RETURNING text, vector",
                 vec![
                     text(encoder.to_string()),
                     Param::Texts(texts.iter().cloned().map(Some).collect()),
+                    Param::I64(Some(milliseconds_now())),
                 ],
             ))
             .await?;
@@ -933,10 +936,10 @@ impl<C: SqlConnection> QueryEmbeddingCache for SqlCatalog<C> {
         for (query, vector) in entries {
             self.connection
                 .query(&Statement::new(
-                    "INSERT INTO query_embeddings (encoder, text, vector, stored_at_ms) \
+                    "INSERT INTO query_embeddings (encoder, text, vector, used_at_ms) \
                      VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (encoder, text) DO UPDATE SET vector = excluded.vector, \
-                         stored_at_ms = excluded.stored_at_ms",
+                         used_at_ms = excluded.used_at_ms",
                     vec![
                         text(encoder.to_string()),
                         text(query),
@@ -947,12 +950,12 @@ impl<C: SqlConnection> QueryEmbeddingCache for SqlCatalog<C> {
                 .await?;
         }
         // Bounded: another encoder's entries can never be used again, and of this encoder's the
-        // most recently stored are kept.
+        // most recently used are kept.
         self.connection
             .query(&Statement::new(
                 "DELETE FROM query_embeddings WHERE encoder <> $1::TEXT OR text IN ( \
                      SELECT text FROM query_embeddings WHERE encoder = $1::TEXT \
-                     ORDER BY stored_at_ms DESC, text OFFSET $2::BIGINT)",
+                     ORDER BY used_at_ms DESC, text OFFSET $2::BIGINT)",
                 vec![
                     text(encoder.to_string()),
                     Param::I64(Some(

@@ -299,8 +299,9 @@ pub trait Catalog: MaybeSendSync {
 }
 
 /// Query embeddings kept for reuse, so a query seen before is answered while the encoder is away
-/// (the worker pool scaled to zero or down). A cache stays bounded: it may forget the oldest
-/// entries, and forgets an encoder's entries once another encoder's are stored.
+/// (the worker pool scaled to zero or down). A cache stays bounded: it may forget the least
+/// recently used entries (stored or read), and forgets an encoder's entries once another encoder's
+/// are stored.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait QueryEmbeddingCache: MaybeSendSync {

@@ -52,24 +52,39 @@ async fn postgres_honours_the_query_embedding_cache_contract() {
 }
 
 #[tokio::test]
-async fn the_query_embedding_cache_keeps_the_most_recent_entries() {
+async fn the_query_embedding_cache_keeps_the_most_recently_used_entries() {
     let schema = Schema::new().await;
     let cache = schema.catalog().await.with_query_cache_capacity(2);
     let encoder: EncoderId = "clip:test/a@1".parse().unwrap();
     let vector = glimpse_core::Embedding::normalized(vec![1.0, 0.0]).unwrap();
-    for text in ["first", "second", "third"] {
+    let texts = |list: &[&str]| list.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    // Each step a few milliseconds apart, so the order of the steps is the order of use.
+    let pause = || tokio::time::sleep(Duration::from_millis(10));
+    for text in ["asked daily", "asked once"] {
         cache
             .store_embeddings(&encoder, &[(text.to_owned(), vector.clone())])
             .await
             .unwrap();
-        // Stored apart, so the order of storing is the order of age.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        pause().await;
     }
-    let texts = ["first", "second", "third"].map(str::to_owned);
-    let kept = cache.cached_embeddings(&encoder, &texts).await.unwrap();
+    let daily = cache
+        .cached_embeddings(&encoder, &texts(&["asked daily"]))
+        .await
+        .unwrap();
+    assert!(daily[0].is_some());
+    pause().await;
+    cache
+        .store_embeddings(&encoder, &[("new".to_owned(), vector.clone())])
+        .await
+        .unwrap();
+    let kept = cache
+        .cached_embeddings(&encoder, &texts(&["asked daily", "asked once", "new"]))
+        .await
+        .unwrap();
     assert_eq!(
         kept.iter().map(Option::is_some).collect::<Vec<_>>(),
-        [false, true, true]
+        [true, false, true],
+        "the entry stored first but read since outlives the one never read"
     );
 }
 
