@@ -258,22 +258,42 @@ pub fn check_bearer(authorization: Option<&str>, token: &str) -> Result<(), Bear
     }
 }
 
-/// The 401 for a request that needs the token; `where_it_is` tells the person where to find it.
-pub fn token_refusal(problem: BearerProblem, where_it_is: &str) -> ApiError {
-    match problem {
-        BearerProblem::Wrong => ApiError::new(
-            StatusCode::UNAUTHORIZED,
+/// What a refusal tells a person about the token, in the words of the shape that serves the API.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenHelp<'a> {
+    /// Where the token is, as a noun phrase ("the deployment's `api_token` Spin variable").
+    pub token: &'a str,
+    /// The setting that makes reads need the token too ("serve --protect-reads").
+    pub private_reads: &'a str,
+}
+
+/// The 401 for a request that needs the token: a write (`is_write`), or a read where reads are
+/// kept private.
+pub fn token_refusal(problem: BearerProblem, is_write: bool, help: TokenHelp<'_>) -> ApiError {
+    let TokenHelp {
+        token,
+        private_reads,
+    } = help;
+    let (code, message) = match problem {
+        BearerProblem::Wrong => (
             "bad_token",
-            format!("the bearer token is wrong; use {where_it_is}"),
+            format!("the bearer token is wrong; use {token}"),
         ),
-        BearerProblem::Missing => ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        BearerProblem::Missing if is_write => (
             "token_required",
             format!(
-                "this request needs `Authorization: Bearer <token>`; the token is {where_it_is}"
+                "this request changes data and needs `Authorization: Bearer <token>` with {token}"
             ),
         ),
-    }
+        BearerProblem::Missing => (
+            "token_required",
+            format!(
+                "this Glimpse keeps its photos private ({private_reads}): reading needs \
+                 `Authorization: Bearer <token>` with {token}"
+            ),
+        ),
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }
 
 #[cfg(test)]

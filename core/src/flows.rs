@@ -126,13 +126,7 @@ pub async fn complete_upload(
         album: album.filter(|a| !a.trim().is_empty()),
         modified_at: None,
     };
-    let added = match catalog.photo(facts.id).await? {
-        Some(existing) => Added {
-            id: existing.id,
-            created: false,
-        },
-        None => catalog.add_photo(&Photo::new(facts, details, now)).await?,
-    };
+    let added = catalog.add_photo(&Photo::new(facts, details, now)).await?;
     if !added.created {
         blobs.delete(&key).await?;
     }

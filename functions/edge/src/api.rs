@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use glimpse_contracts::api::{
-    self, ApiError, BrowseParams, SearchParams, SimilarParams, check_bearer, token_refusal,
+    self, ApiError, BrowseParams, SearchParams, SimilarParams, TokenHelp, check_bearer,
+    token_refusal,
 };
 use glimpse_core::flows::{self, FlowError, Ports};
 use glimpse_core::photo::{PhotoId, UploadId};
@@ -34,7 +35,10 @@ const CLIENT_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// The largest JSON body of a search, click or upload start.
 const MAX_JSON_BYTES: usize = 64 * 1024;
 /// Where a person finds the token the edge wants.
-const TOKEN_HINT: &str = "the deployment's `api_token` Spin variable";
+const TOKEN_HELP: TokenHelp<'static> = TokenHelp {
+    token: "the deployment's `api_token` Spin variable",
+    private_reads: "the `protect_reads` Spin variable",
+};
 
 /// The components, each serving its share of the paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +161,7 @@ async fn authorise(request: &Request, route: &Route<'_>) -> Result<(), ApiError>
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     check_bearer(given, &settings::api_token().await?)
-        .map_err(|problem| token_refusal(problem, TOKEN_HINT))
+        .map_err(|problem| token_refusal(problem, is_write, TOKEN_HELP))
 }
 
 async fn handle(component: Component, request: Request) -> Result<Response, ApiError> {
@@ -320,14 +324,7 @@ async fn upload(query: &str, request: Request) -> Result<Response, ApiError> {
     .await?;
     let catalog = open_catalog().await?;
     let blobs = blobs().await?;
-    let added = flows::upload(
-        &catalog,
-        &blobs,
-        bytes.to_vec(),
-        params.album,
-        now_seconds(),
-    )
-    .await?;
+    let added = flows::upload(&catalog, &blobs, bytes.into(), params.album, now_seconds()).await?;
     Ok(added_response(added))
 }
 

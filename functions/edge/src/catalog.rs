@@ -36,7 +36,9 @@ fn port_error(error: &pg::Error) -> PortError {
     };
     let message = match error {
         pg::Error::PgError(PgError::ConnectionFailed(_)) => {
-            "the connection failed (is the database up, and database_url right?)".to_owned()
+            "the connection failed (is the database up, and are database_host, database_name and \
+             database_user right?)"
+                .to_owned()
         }
         other => other.to_string(),
     };

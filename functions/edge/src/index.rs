@@ -61,13 +61,8 @@ impl QdrantRest {
         }
     }
 
-    async fn call<T: for<'de> Deserialize<'de>>(
-        &self,
-        what: &str,
-        method: Method,
-        path: &str,
-        body: Value,
-    ) -> Result<T, PortError> {
+    /// Sends `body` to the collection's `path` and returns the answer as it is.
+    async fn exchange(&self, method: Method, path: &str, body: Value) -> Result<Reply, PortError> {
         let url = format!("{}/collections/{}{path}", self.base, self.collection);
         let mut request = Request::builder()
             .method(method)
@@ -79,7 +74,18 @@ impl QdrantRest {
         let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| PortError::Internal(format!("the qdrant_url does not work: {e}")))?;
-        let reply = send("the vector index (Qdrant)", request).await?;
+        send("the vector index (Qdrant)", request).await
+    }
+
+    /// Sends `body` to the collection's `path` and reads the `result` of a successful answer.
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<T, PortError> {
+        let reply = self.exchange(method, path, body).await?;
         self.check(what, &reply)?;
         serde_json::from_slice::<Answer<T>>(&reply.body)
             .map(|answer| answer.result)
@@ -194,19 +200,18 @@ impl VectorIndex for QdrantRest {
             return Ok(());
         }
         let ids: Vec<u64> = ids.iter().map(|id| id.as_u64()).collect();
-        let deleted = self
-            .call::<Value>(
-                "delete",
+        let reply = self
+            .exchange(
                 Method::POST,
                 "/points/delete?wait=true",
                 json!({ "points": ids }),
             )
-            .await;
-        match deleted {
-            // No collection: nothing of this encoder was ever indexed, so nothing to delete.
-            Err(PortError::Unavailable(message)) if message.contains("has no collection") => Ok(()),
-            other => other.map(drop),
+            .await?;
+        // No collection: nothing of this encoder was ever indexed, so nothing to delete.
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(());
         }
+        self.check("delete", &reply)
     }
 
     async fn nearest(

@@ -75,17 +75,15 @@ pub async fn within<T>(budget: Duration, work: impl Future<Output = T>) -> Optio
     }
 }
 
-/// A POST of a JSON body.
+/// A POST of a JSON body with a bearer token.
 pub fn post_json(
     url: &str,
-    token: Option<&str>,
+    token: &str,
     body: &serde_json::Value,
 ) -> Result<Request<Full<Bytes>>, PortError> {
-    let mut builder = Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    builder
+    Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| PortError::Internal(format!("the URL {url} does not work: {e}")))
 }

@@ -55,7 +55,7 @@ impl TextEmbedder for PoolEncoder<'_> {
     async fn embed_texts(&self, texts: &[String]) -> Result<Vec<Embedding>, PortError> {
         const SERVICE: &str = "the worker pool's encoder";
         let url = format!("{}/v1/embed/text", self.settings.url.trim_end_matches('/'));
-        let request = post_json(&url, Some(&self.settings.token), &json!({ "texts": texts }))?;
+        let request = post_json(&url, &self.settings.token, &json!({ "texts": texts }))?;
         let reply = send(SERVICE, request).await?;
         if reply.status != StatusCode::OK {
             return Err(pool_error(SERVICE, &reply));
@@ -113,7 +113,7 @@ impl Reranker for PoolReranker<'_> {
         );
         let request = post_json(
             &url,
-            Some(&self.settings.token),
+            &self.settings.token,
             &json!({ "query": query, "candidates": candidates }),
         )?;
         let budget: Duration = self.settings.rerank_budget;

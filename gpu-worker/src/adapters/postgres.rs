@@ -112,17 +112,17 @@ fn location(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{database}")
 }
 
-/// A parameter as tokio-postgres binds it.
-fn bind(param: &Param) -> Box<dyn ToSql + Sync + Send> {
-    match param.clone() {
-        Param::I32(v) => Box::new(v),
-        Param::I64(v) => Box::new(v),
-        Param::F64(v) => Box::new(v),
-        Param::Text(v) => Box::new(v),
-        Param::Bytes(v) => Box::new(v),
-        Param::I32s(v) => Box::new(v),
-        Param::I64s(v) => Box::new(v),
-        Param::Texts(v) => Box::new(v),
+/// A parameter as tokio-postgres binds it (borrowed: nothing is copied).
+fn bind(param: &Param) -> &(dyn ToSql + Sync) {
+    match param {
+        Param::I32(v) => v,
+        Param::I64(v) => v,
+        Param::F64(v) => v,
+        Param::Text(v) => v,
+        Param::Bytes(v) => v,
+        Param::I32s(v) => v,
+        Param::I64s(v) => v,
+        Param::Texts(v) => v,
     }
 }
 
@@ -161,13 +161,9 @@ async fn run(
     prepared: &tokio_postgres::Statement,
     params: &[Param],
 ) -> Result<Vec<Vec<Cell>>, PortError> {
-    let params: Vec<Box<dyn ToSql + Sync + Send>> = params.iter().map(bind).collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(bind).collect();
     client
-        .query(prepared, &refs)
+        .query(prepared, &params)
         .await
         .map_err(|e| port_error(&e))?
         .iter()

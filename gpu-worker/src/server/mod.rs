@@ -167,14 +167,12 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
     // The page and its assets hold no data: a visitor needs them to paste the token.
     let open = path == "/healthz" || path == "/" || path.starts_with("/assets/");
     let needs_token = !open && (is_write || state.config.protect_reads);
-    if needs_token {
-        let refusal = token_refusal(&request, &state.config.token, is_write);
-        if let Some(refusal) = refusal {
-            // Read a small body before answering, so the client sees the answer instead of a
-            // connection reset under its unfinished upload.
-            let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
-            return refusal.into_response();
-        }
+    if needs_token && let Err(problem) = check_bearer(&request, &state.config.token) {
+        let refusal = ApiError::from(api::token_refusal(problem, is_write, TOKEN_HELP));
+        // Read a small body before answering, so the client sees the answer instead of a
+        // connection reset under its unfinished upload.
+        let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
+        return refusal.into_response();
     }
     next.run(request).await
 }
@@ -193,30 +191,12 @@ pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerP
     )
 }
 
-/// Why a request that needs the token is refused, if it is.
-fn token_refusal(request: &Request, token: &str, is_write: bool) -> Option<ApiError> {
-    match check_bearer(request, token) {
-        Ok(()) => None,
-        Err(BearerProblem::Wrong) => Some(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "the bearer token is wrong; use the token `glimpse serve` printed on first start \
-             (kept in the data directory's `token` file)",
-        )),
-        Err(BearerProblem::Missing) => Some(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_required",
-            if is_write {
-                "this request changes data and needs `Authorization: Bearer <token>`; the token \
-                 was printed on first start and is in the data directory's `token` file"
-            } else {
-                "this Glimpse keeps its photos private (serve --protect-reads): reading needs \
-                 `Authorization: Bearer <token>`; the token was printed on first start and is in \
-                 the data directory's `token` file"
-            },
-        )),
-    }
-}
+/// Where a person finds the token `glimpse serve` wants.
+const TOKEN_HELP: api::TokenHelp<'static> = api::TokenHelp {
+    token: "the token `glimpse serve` printed on first start (kept in the data directory's \
+            `token` file)",
+    private_reads: "serve --protect-reads",
+};
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
