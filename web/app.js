@@ -451,6 +451,7 @@ function openViewer(index) {
   $("viewer-similar").disabled = photo.status !== "indexed";
   $("viewer-similar").title = photo.status === "indexed" ? "" : "Only indexed photos can be compared";
   $("viewer-delete").hidden = photo.origin.kind !== "upload";
+  $("viewer-retry").hidden = photo.status !== "failed";
   $("viewer-prev").disabled = index === 0;
   $("viewer-next").disabled = index === state.items.length - 1 && state.exhausted;
   $("viewer-error").hidden = true;
@@ -479,6 +480,21 @@ $("viewer-similar").addEventListener("click", () => {
   $("viewer").close();
   $("query").value = `like:${photo.id}`;
   run(true);
+});
+$("viewer-retry").addEventListener("click", async () => {
+  const index = state.viewerIndex;
+  let photo;
+  try {
+    photo = await api(`/api/photos/${state.items[index].photo.id}/retry`, { method: "POST" });
+  } catch (error) {
+    $("viewer-error").textContent = error.message;
+    $("viewer-error").hidden = false;
+    if (error.status === 401) askForToken(error.message);
+    return;
+  }
+  state.items[index].photo = photo;
+  openViewer(index);
+  refreshStatus();
 });
 $("viewer-delete").addEventListener("click", async () => {
   const index = state.viewerIndex;
@@ -695,6 +711,11 @@ async function refreshStatus() {
   }
   const before = state.status;
   state.status = status;
+  // The library folder cannot be read (a disk not mounted?): its photos are kept meanwhile.
+  $("library-problem").hidden = status.library_available !== false;
+  $("library-problem").textContent = status.library_available === false
+    ? `Your library folder is unavailable: ${status.library_problem}`
+    : "";
   const { photos, pending, indexed, failed } = status.photos;
   const box = $("indexing");
   $("indexing-progress").hidden = false;

@@ -15,6 +15,11 @@ use serde_json::{Value, json};
 /// worker pool scaled to zero takes to start.
 pub const RETRY_AFTER_SECONDS: u32 = 30;
 
+/// The largest JSON request body either shape accepts (a search, a click, a scan request).
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// What the 413 for a JSON body over [`MAX_JSON_BYTES`] says about the limit.
+pub const JSON_LIMIT_NOTE: &str = "for JSON bodies; searches, clicks and the like need far less";
+
 /// An error response.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
@@ -46,14 +51,22 @@ impl ApiError {
 
     /// A 413 `too_large`; `setting` names what raises the limit.
     pub fn too_large(limit_bytes: usize, setting: &str) -> Self {
+        const MB: usize = 1024 * 1024;
+        let limit = if limit_bytes >= MB {
+            format!("{} MB", limit_bytes / MB)
+        } else {
+            format!("{} KB", limit_bytes / 1024)
+        };
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!(
-                "the request body is larger than the {} MB limit ({setting})",
-                limit_bytes / (1024 * 1024)
-            ),
+            format!("the request body is larger than the {limit} limit ({setting})"),
         )
+    }
+
+    /// The 413 for a JSON body over [`MAX_JSON_BYTES`].
+    pub fn json_too_large() -> Self {
+        Self::too_large(MAX_JSON_BYTES, JSON_LIMIT_NOTE)
     }
 
     /// A body that cannot be read (broken connection, bad framing).
@@ -245,13 +258,17 @@ pub enum BearerProblem {
 }
 
 /// Checks an `Authorization` header's value against `token`, in time independent of where they
-/// differ.
+/// differ and of the given token's length: the SHA-256 digests of both are compared with
+/// `subtle`'s constant-time equality. The one bearer check of the server, the worker and the edge.
 pub fn check_bearer(authorization: Option<&str>, token: &str) -> Result<(), BearerProblem> {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
     let given = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(BearerProblem::Missing)?;
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+    let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    let wanted: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if bool::from(given.ct_eq(&wanted)) {
         Ok(())
     } else {
         Err(BearerProblem::Wrong)

@@ -12,7 +12,7 @@ use glimpse_core::browse::{AlbumSummary, BrowseCursor};
 use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
 use glimpse_core::ports::{
     Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, MaybeSendSync,
-    PortError, QueryEmbeddingCache, SearchFilter,
+    PortError, QueryEmbeddingCache, Requeue, SearchFilter,
 };
 use glimpse_core::search::{
     LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
@@ -104,6 +104,16 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX query_embeddings_by_use ON query_embeddings (encoder, used_at_ms)",
         "CREATE INDEX searches_by_fallback ON searches (created_at) \
          WHERE rerank_fallback IS NOT NULL",
+    ],
+    // Claims that never ended are counted (a photo that kills its workers is failed), the
+    // search log is pruned by age and size, and the pool's encoder is chosen.
+    &[
+        "ALTER TABLE feature_jobs ADD COLUMN unfinished_claims INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX searches_by_time ON searches (created_at)",
+        // The pool's active encoder is a setting an operator changes, not the last one started.
+        "CREATE TABLE pool_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO pool_state (key, value) \
+         SELECT 'active_encoder', id FROM encoders ORDER BY last_used_at DESC LIMIT 1",
     ],
 ];
 
@@ -457,22 +467,43 @@ impl<C: SqlConnection> SqlCatalog<C> {
         Ok(version)
     }
 
-    /// The encoder the index is built with: the one registered most recently, if any.
+    /// The pool's active encoder with its dimension: the first one registered, or the one an
+    /// operator activated since (see [`Catalog::activate_encoder`]).
     pub async fn current_encoder(&self) -> Result<Option<(EncoderId, usize)>, PortError> {
-        let rows = self
-            .connection
-            .query(&Statement::new(
-                "SELECT id, dimension FROM encoders ORDER BY last_used_at DESC LIMIT 1",
-                Vec::new(),
-            ))
-            .await?;
-        rows.first()
+        self.encoder_rows(
+            "SELECT e.id, e.dimension, true FROM pool_state s JOIN encoders e ON e.id = s.value \
+             WHERE s.key = 'active_encoder'",
+            Vec::new(),
+        )
+        .await
+        .map(|mut rows| rows.pop().map(|(id, dimension, _)| (id, dimension)))
+    }
+
+    /// Every encoder that ever registered, with its dimension and whether it is the active one,
+    /// most recently used first.
+    pub async fn encoders(&self) -> Result<Vec<(EncoderId, usize, bool)>, PortError> {
+        self.encoder_rows(
+            "SELECT e.id, e.dimension, s.value IS NOT NULL FROM encoders e \
+             LEFT JOIN pool_state s ON s.key = 'active_encoder' AND s.value = e.id \
+             ORDER BY e.last_used_at DESC",
+            Vec::new(),
+        )
+        .await
+    }
+
+    async fn encoder_rows(
+        &self,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<Vec<(EncoderId, usize, bool)>, PortError> {
+        let rows = self.connection.query(&Statement::new(sql, params)).await?;
+        rows.iter()
             .map(|row| {
                 let cells = Cells(row);
                 let id = cells.text(0)?.parse().map_err(|_| corrupt("encoder id"))?;
-                Ok((id, cells.i32(1)? as usize))
+                Ok((id, cells.i32(1)? as usize, cells.bool(2)?))
             })
-            .transpose()
+            .collect()
     }
 
     async fn photo_rows(&self, statement: Statement) -> Result<Vec<Photo>, PortError> {
@@ -493,10 +524,14 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
         encoder: &EncoderId,
         dimension: usize,
     ) -> Result<(), PortError> {
+        // The first encoder ever registered becomes the active one; later ones wait to be
+        // activated by an operator (concurrent first registrations: one wins).
         self.connection
             .query(&Statement::new(
-                "INSERT INTO encoders (id, dimension) VALUES ($1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET last_used_at = now()",
+                "WITH registered AS (INSERT INTO encoders (id, dimension) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET last_used_at = now() RETURNING id) \
+                 INSERT INTO pool_state (key, value) SELECT 'active_encoder', id FROM registered \
+                 ON CONFLICT (key) DO NOTHING",
                 vec![
                     text(encoder.to_string()),
                     Param::I32(Some(dimension as i32)),
@@ -504,6 +539,23 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             ))
             .await
             .map(drop)
+    }
+
+    async fn active_encoder(&self) -> Result<Option<EncoderId>, PortError> {
+        Ok(self.current_encoder().await?.map(|(id, _)| id))
+    }
+
+    async fn activate_encoder(&self, encoder: &EncoderId) -> Result<bool, PortError> {
+        let activated = self
+            .count(Statement::new(
+                "WITH active AS (INSERT INTO pool_state (key, value) \
+                     SELECT 'active_encoder', id FROM encoders WHERE id = $1::TEXT \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1) \
+                 SELECT COUNT(*) FROM active",
+                vec![text(encoder.to_string())],
+            ))
+            .await?;
+        Ok(activated == 1)
     }
 
     async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError> {
@@ -656,22 +708,35 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             .split(", ")
             .map(|c| format!("p.{c}"))
             .collect();
+        // Jobs whose every claim ended come first; a suspect (a claim that never ended: its
+        // lease ran out, or it was counted so before) is claimed alone when none is left.
         let rows = self
             .connection
             .query(&Statement::new(
                 format!(
-                    "WITH claimable AS ( \
+                    "WITH clean AS ( \
                          SELECT id FROM feature_jobs \
-                         WHERE (state = 'queued' AND run_after <= now()) \
-                            OR (state = 'leased' AND lease_until <= now()) \
+                         WHERE state = 'queued' AND run_after <= now() \
+                           AND unfinished_claims = 0 \
                          ORDER BY id LIMIT $1::BIGINT FOR UPDATE SKIP LOCKED), \
+                     suspect AS ( \
+                         SELECT id FROM feature_jobs \
+                         WHERE ((state = 'queued' AND run_after <= now() \
+                                 AND unfinished_claims > 0) \
+                                OR (state = 'leased' AND lease_until <= now())) \
+                           AND $1::BIGINT > 0 AND NOT EXISTS (SELECT 1 FROM clean) \
+                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+                     claimable AS (SELECT id FROM clean UNION ALL SELECT id FROM suspect), \
                      claimed AS ( \
                          UPDATE feature_jobs AS j SET state = 'leased', \
                              lease_until = now() + $2::DOUBLE PRECISION * interval '1 millisecond', \
-                             attempts = j.attempts + 1, updated_at = now() \
+                             attempts = j.attempts + 1, updated_at = now(), \
+                             unfinished_claims = j.unfinished_claims \
+                                 + CASE WHEN j.state = 'leased' THEN 1 ELSE 0 END \
                          FROM claimable WHERE j.id = claimable.id \
-                         RETURNING j.id AS job_id, j.photo_id, j.attempts - 1 AS previous) \
-                     SELECT {}, claimed.job_id, claimed.previous \
+                         RETURNING j.id AS job_id, j.photo_id, j.attempts - 1 AS previous, \
+                             j.unfinished_claims AS unfinished) \
+                     SELECT {}, claimed.job_id, claimed.previous, claimed.unfinished \
                      FROM claimed JOIN photos p ON p.id = claimed.photo_id \
                      ORDER BY claimed.job_id",
                     photo_columns.join(", ")
@@ -684,12 +749,13 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             .await?;
         rows.iter()
             .map(|row| {
-                // The job's two columns follow the photo's.
+                // The job's three columns follow the photo's.
                 let cells = Cells(row);
                 Ok(ClaimedJob {
                     job_id: cells.i64(PHOTO_WIDTH)?,
                     photo: cells.photo()?,
                     previous_attempts: cells.i32(PHOTO_WIDTH + 1)? as u32,
+                    unfinished_claims: cells.i32(PHOTO_WIDTH + 2)? as u32,
                 })
             })
             .collect()
@@ -726,19 +792,59 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
         Ok(finished == 1)
     }
 
-    async fn requeue_all(&self) -> Result<u64, PortError> {
-        // One statement: the old jobs go and every photo gets a new one, atomically.
+    async fn requeue(&self, which: &Requeue) -> Result<u64, PortError> {
+        let (selection, params) = match which {
+            Requeue::Everything => ("SELECT id FROM photos", Vec::new()),
+            Requeue::Failed => ("SELECT id FROM photos WHERE status = 'failed'", Vec::new()),
+            Requeue::Photos(ids) => (
+                "SELECT id FROM photos WHERE id = ANY($1::BIGINT[])",
+                vec![Param::I64s(ids.iter().map(|id| id.as_i64()).collect())],
+            ),
+        };
+        // One statement: the photos' old jobs go and each gets a new one, atomically.
         let photos = self
             .count(Statement::new(
-                "WITH old AS (DELETE FROM feature_jobs), \
-                 reset AS (UPDATE photos SET status = 'pending', last_error = NULL RETURNING id), \
-                 queued AS (INSERT INTO feature_jobs (photo_id, state) \
-                            SELECT id, 'queued' FROM reset) \
-                 SELECT COUNT(*) FROM reset",
-                Vec::new(),
+                format!(
+                    "WITH chosen AS ({selection} FOR UPDATE), \
+                     old AS (DELETE FROM feature_jobs WHERE photo_id IN (SELECT id FROM chosen)), \
+                     reset AS (UPDATE photos SET status = 'pending', last_error = NULL \
+                               WHERE id IN (SELECT id FROM chosen) RETURNING id), \
+                     queued AS (INSERT INTO feature_jobs (photo_id, state) \
+                                SELECT id, 'queued' FROM reset) \
+                     SELECT COUNT(*) FROM reset"
+                ),
+                params,
             ))
             .await?;
         Ok(photos as u64)
+    }
+
+    async fn photo_states(
+        &self,
+        after: Option<PhotoId>,
+        limit: usize,
+    ) -> Result<Vec<(PhotoId, PhotoStatus)>, PortError> {
+        let rows = self
+            .connection
+            .query(&Statement::new(
+                "SELECT id, status FROM photos WHERE $1::BIGINT IS NULL OR id > $1::BIGINT \
+                 ORDER BY id LIMIT $2::BIGINT",
+                vec![
+                    Param::I64(after.map(PhotoId::as_i64)),
+                    Param::I64(Some(limit as i64)),
+                ],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let cells = Cells(row);
+                let status = cells.text(1)?;
+                Ok((
+                    PhotoId::from_i64(cells.i64(0)?),
+                    PhotoStatus::parse(&status).ok_or_else(|| corrupt("photo status"))?,
+                ))
+            })
+            .collect()
     }
 
     async fn counts(&self) -> Result<CatalogCounts, PortError> {
@@ -861,6 +967,27 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             created_at: search.i64(4)?,
             results,
         }))
+    }
+
+    async fn prune_search_log(&self, before: i64, keep: u64) -> Result<u64, PortError> {
+        // Two statements: a search deleted by the first is simply not there for the second.
+        let old = self
+            .count(Statement::new(
+                "WITH gone AS (DELETE FROM searches s WHERE created_at < $1::BIGINT AND NOT EXISTS \
+                 (SELECT 1 FROM search_results r WHERE r.query_id = s.id AND r.clicked) \
+                 RETURNING 1) SELECT COUNT(*) FROM gone",
+                vec![Param::I64(Some(before))],
+            ))
+            .await?;
+        let over = self
+            .count(Statement::new(
+                "WITH gone AS (DELETE FROM searches WHERE id IN (SELECT id FROM searches \
+                 ORDER BY created_at DESC, id OFFSET $1::BIGINT) RETURNING 1) \
+                 SELECT COUNT(*) FROM gone",
+                vec![Param::I64(Some(i64::try_from(keep).unwrap_or(i64::MAX)))],
+            ))
+            .await?;
+        Ok((old + over) as u64)
     }
 
     async fn record_click(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::browse::BrowseCursor;
 use crate::photo::{Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus};
 use crate::ports::{
-    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, QueryEmbeddingCache,
+    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, QueryEmbeddingCache, Requeue,
     RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
 };
 use crate::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
@@ -39,8 +39,25 @@ fn photo(seed: u8, album: Option<&str>) -> Photo {
 /// The Catalog contract, on an empty catalog.
 pub async fn catalog_suite(catalog: &dyn Catalog) {
     let encoder: EncoderId = "clip:test/contract@1".parse().unwrap();
+    assert_eq!(catalog.active_encoder().await.unwrap(), None);
     catalog.register_encoder(&encoder, 4).await.unwrap();
     catalog.register_encoder(&encoder, 4).await.unwrap();
+    // The first encoder is active; another one starting does not take over until activated.
+    let other: EncoderId = "clip:test/other@1".parse().unwrap();
+    catalog.register_encoder(&other, 8).await.unwrap();
+    assert_eq!(
+        catalog.active_encoder().await.unwrap(),
+        Some(encoder.clone())
+    );
+    let unknown: EncoderId = "clip:test/never-registered@1".parse().unwrap();
+    assert!(!catalog.activate_encoder(&unknown).await.unwrap());
+    assert!(catalog.activate_encoder(&other).await.unwrap());
+    assert_eq!(catalog.active_encoder().await.unwrap(), Some(other));
+    assert!(catalog.activate_encoder(&encoder).await.unwrap());
+    assert_eq!(
+        catalog.active_encoder().await.unwrap(),
+        Some(encoder.clone())
+    );
 
     // Adding is idempotent by content.
     let first = photo(1, Some("Trips"));
@@ -70,7 +87,11 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     let lease = Duration::from_secs(60);
     let claimed = catalog.claim_jobs(10, lease).await.unwrap();
     assert_eq!(claimed.len(), 2);
-    assert!(claimed.iter().all(|j| j.previous_attempts == 0));
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.previous_attempts == 0 && j.unfinished_claims == 0)
+    );
     assert!(catalog.claim_jobs(10, lease).await.unwrap().is_empty());
     let job_of = |id: PhotoId| claimed.iter().find(|j| j.photo.id == id).unwrap().claim();
     assert!(
@@ -112,6 +133,10 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].photo.id, third.id);
     assert_eq!(reclaimed[0].previous_attempts, 1);
+    assert_eq!(
+        reclaimed[0].unfinished_claims, 1,
+        "a lease that ran out is a claim that never ended"
+    );
     // The first claimer's lease ran out: it can no longer end the job.
     assert!(
         !catalog
@@ -190,12 +215,157 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     );
     assert_eq!(catalog.remove_photo(second.id).await.unwrap(), None);
     assert_eq!(catalog.photo(second.id).await.unwrap(), None);
-    assert_eq!(catalog.requeue_all().await.unwrap(), 2);
+    assert_eq!(catalog.requeue(&Requeue::Failed).await.unwrap(), 1);
+    let retried = catalog.photo(third.id).await.unwrap().unwrap();
+    assert_eq!(
+        (retried.status, retried.last_error),
+        (PhotoStatus::Pending, None)
+    );
+    assert_eq!(
+        catalog
+            .requeue(&Requeue::Photos(vec![first.id, PhotoId::from_u64(7)]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(catalog.requeue(&Requeue::Everything).await.unwrap(), 2);
     let counts = catalog.counts().await.unwrap();
     assert_eq!((counts.photos, counts.pending), (2, 2));
-    assert_eq!(catalog.claim_jobs(10, lease).await.unwrap().len(), 2);
+    let fresh = catalog.claim_jobs(10, lease).await.unwrap();
+    assert_eq!(fresh.len(), 2, "one job per photo after re-queueing");
+    assert!(
+        fresh
+            .iter()
+            .all(|j| j.previous_attempts == 0 && j.unfinished_claims == 0)
+    );
+    for job in &fresh {
+        catalog
+            .finish_job(job.claim(), &JobOutcome::Done)
+            .await
+            .unwrap();
+    }
 
+    search_log_retention_contract(catalog, &encoder, first.id).await;
+    suspects_are_claimed_alone(catalog).await;
+    photo_states_contract(catalog).await;
     browse_contract(catalog, &[first, third]).await;
+}
+
+/// Old searches without clicks go, clicked ones stay until the row cap.
+async fn search_log_retention_contract(catalog: &dyn Catalog, encoder: &EncoderId, shown: PhotoId) {
+    let log = |query_id| SearchLog {
+        search: LoggedSearch {
+            query_id,
+            text: "sled".to_owned(),
+            parsed: "{}".to_owned(),
+            encoder: encoder.clone(),
+            timings: StageTimings::from_values([0.1; 6]),
+            rerank_fallback: None,
+        },
+        results: vec![LoggedResult {
+            rank: 1,
+            photo_id: shown,
+            score: 1.0,
+            rerank_probability: None,
+        }],
+    };
+    let (clicked, ignored) = (QueryId::random(), QueryId::random());
+    catalog.log_search(&log(clicked)).await.unwrap();
+    catalog.log_search(&log(ignored)).await.unwrap();
+    catalog.record_click(&clicked, 1).await.unwrap().unwrap();
+    assert_eq!(
+        catalog.prune_search_log(i64::MIN, u64::MAX).await.unwrap(),
+        0,
+        "nothing is older than the beginning of time"
+    );
+    assert!(catalog.prune_search_log(i64::MAX, u64::MAX).await.unwrap() >= 1);
+    assert!(catalog.search_log(&ignored).await.unwrap().is_none());
+    assert!(
+        catalog.search_log(&clicked).await.unwrap().is_some(),
+        "a search with a click is kept past the age limit"
+    );
+    catalog.prune_search_log(i64::MIN, 0).await.unwrap();
+    assert!(
+        catalog.search_log(&clicked).await.unwrap().is_none(),
+        "the row cap applies to every search"
+    );
+}
+
+/// Jobs whose claims died are claimed one at a time, after the others; on a catalog whose jobs
+/// are all done. Leaves them all done.
+async fn suspects_are_claimed_alone(catalog: &dyn Catalog) {
+    let batch: Vec<Photo> = (30..34u8).map(|seed| photo(seed, None)).collect();
+    for photo in &batch {
+        catalog.add_photo(photo).await.unwrap();
+    }
+    // A claimer takes two jobs and dies: their leases run out.
+    let died = catalog
+        .claim_jobs(2, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(died.len(), 2);
+    std::thread::sleep(Duration::from_millis(20));
+    let lease = Duration::from_secs(60);
+    let clean = catalog.claim_jobs(10, lease).await.unwrap();
+    assert_eq!(clean.len(), 2, "the jobs never claimed come first");
+    assert!(clean.iter().all(|j| j.unfinished_claims == 0));
+    let mut suspects = Vec::new();
+    for _ in 0..2 {
+        let alone = catalog.claim_jobs(10, lease).await.unwrap();
+        assert_eq!(alone.len(), 1, "a suspect is claimed alone");
+        assert_eq!(alone[0].unfinished_claims, 1);
+        suspects.push(alone[0].photo.id);
+    }
+    suspects.sort();
+    let mut expected: Vec<PhotoId> = died.iter().map(|j| j.photo.id).collect();
+    expected.sort();
+    assert_eq!(suspects, expected);
+    assert!(catalog.claim_jobs(10, lease).await.unwrap().is_empty());
+    catalog
+        .requeue(&Requeue::Photos(suspects.clone()))
+        .await
+        .unwrap();
+    let renewed = catalog.claim_jobs(10, lease).await.unwrap();
+    assert_eq!(
+        renewed.len(),
+        2,
+        "re-queueing forgets the unfinished claims"
+    );
+    for job in clean.iter().chain(&renewed) {
+        catalog
+            .finish_job(job.claim(), &JobOutcome::Done)
+            .await
+            .unwrap();
+    }
+    for photo in &batch {
+        catalog.remove_photo(photo.id).await.unwrap();
+    }
+}
+
+/// Paging through the photos' states lists each photo once.
+async fn photo_states_contract(catalog: &dyn Catalog) {
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = catalog.photo_states(after, 1).await.unwrap();
+        assert!(page.len() <= 1);
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        seen.extend(page);
+    }
+    let counts = catalog.counts().await.unwrap();
+    assert_eq!(seen.len() as u64, counts.photos);
+    let mut ids: Vec<PhotoId> = seen.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len(), "each photo once");
+    for (id, status) in seen {
+        assert_eq!(catalog.photo(id).await.unwrap().unwrap().status, status);
+    }
+    assert_eq!(
+        catalog.photo_states(None, 1000).await.unwrap().len() as u64,
+        counts.photos
+    );
 }
 
 /// Browsing, on a catalog holding `existing` photos.
@@ -468,6 +638,17 @@ pub async fn vector_index_suite(index: &dyn VectorIndex) {
     let mut found = ids(index.vectors(&[id(3), id(9), id(u64::MAX)]).await.unwrap());
     found.sort();
     assert_eq!(found, [id(3), id(u64::MAX)]);
+    // Listing pages through every id once, ascending, the largest id included.
+    assert_eq!(
+        index.ids(None, 10).await.unwrap(),
+        [id(1), id(2), id(3), id(u64::MAX)]
+    );
+    assert_eq!(index.ids(None, 2).await.unwrap(), [id(1), id(2)]);
+    assert_eq!(
+        index.ids(Some(id(2)), 2).await.unwrap(),
+        [id(3), id(u64::MAX)]
+    );
+    assert!(index.ids(Some(id(u64::MAX)), 2).await.unwrap().is_empty());
     let sample = index.sample(3).await.unwrap();
     assert_eq!(sample.len(), 3);
     assert_eq!(

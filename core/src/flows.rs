@@ -4,11 +4,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
-use crate::photo::{self, NewPhotoDetails, Origin, Photo, PhotoId, RejectedImage, UploadId};
+use crate::photo::{
+    self, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, RejectedImage, UploadId,
+};
 use crate::ports::{
-    Added, BlobStore, Catalog, IndexedPhoto, JobClaim, JobOutcome, PortError, RerankCandidate,
-    Reranker, SearchFilter, TextEmbedder, VectorIndex,
+    Added, BlobStore, Catalog, ClaimedJob, IndexedPhoto, JobClaim, JobOutcome, PortError, Requeue,
+    RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
@@ -133,14 +137,15 @@ pub async fn complete_upload(
     Ok(added)
 }
 
-/// Adds a library file (read in place, not copied) with its feature job.
+/// Adds a library file (read in place, not copied) with its feature job, from what
+/// [`photo::inspect`] found in its bytes. Bytes already in the catalog give the existing photo
+/// (`created == false`).
 pub async fn add_library_file(
     catalog: &dyn Catalog,
-    bytes: &[u8],
+    facts: photo::ImageFacts,
     details: NewPhotoDetails,
     now: i64,
 ) -> Result<Added, FlowError> {
-    let facts = photo::inspect(bytes)?;
     Ok(catalog.add_photo(&Photo::new(facts, details, now)).await?)
 }
 
@@ -185,6 +190,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// How long a claim holds a job before another worker may take it.
     pub lease: Duration,
+    /// Claims that never ended (the indexer died or hung holding the job) before the photo is
+    /// failed as one that crashes the indexer.
+    pub max_unfinished_claims: u32,
 }
 
 impl Default for RetryPolicy {
@@ -194,6 +202,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(300),
+            max_unfinished_claims: 3,
         }
     }
 }
@@ -239,12 +248,28 @@ pub struct IndexRound {
     pub failed: usize,
     /// Jobs whose lease ran out before they finished (another claimer has them now).
     pub lost: usize,
+    /// Nothing was claimed because the embedder's encoder is not the catalog's active one (the
+    /// pool was switched to another encoder, or not yet to this one).
+    pub inactive_encoder: bool,
 }
 
-/// One round of feature extraction: claims up to `batch` jobs, reads their originals, embeds them
-/// (the adapter overlaps decoding with encoding), stores the vectors, then ends every job. An image
-/// the decoder rejects fails at once with the decoder's message (retrying cannot help); other
-/// errors are retried with back-off.
+/// The start of the error of a photo failed because claims of its job never ended.
+pub const CRASHED_THE_INDEXER: &str = "crashed the indexer";
+
+/// A claimed job's end: its claim, its photo and how it ended.
+type Ended = (JobClaim, PhotoId, JobOutcome);
+
+fn ended(job: &ClaimedJob, outcome: JobOutcome) -> Ended {
+    (job.claim(), job.photo.id, outcome)
+}
+
+/// One round of feature extraction, for a worker of the catalog's active encoder (another claims
+/// nothing: its vectors would go to a collection nobody searches): claims up to `batch` jobs,
+/// reads their originals, embeds them (the adapter overlaps decoding with encoding), stores the
+/// vectors, then ends every job. An image the decoder rejects fails at once with the decoder's
+/// message (retrying cannot help); a photo whose claims keep dying with the indexer fails as
+/// [`CRASHED_THE_INDEXER`]; outages and a library file that is not where the catalog says are
+/// waited out; other errors are retried with back-off up to the policy's attempts.
 pub async fn index_round(
     catalog: &dyn Catalog,
     blobs: &dyn BlobStore,
@@ -260,12 +285,29 @@ pub async fn index_round(
             index.encoder()
         )));
     }
-    let jobs = catalog.claim_jobs(batch, policy.lease).await?;
+    if catalog.active_encoder().await?.as_ref() != Some(embedder.encoder()) {
+        return Ok(IndexRound {
+            inactive_encoder: true,
+            ..IndexRound::default()
+        });
+    }
+    let claimed = catalog.claim_jobs(batch, policy.lease).await?;
     let mut round = IndexRound {
-        claimed: jobs.len(),
+        claimed: claimed.len(),
         ..IndexRound::default()
     };
-    let mut outcomes: Vec<(JobClaim, JobOutcome)> = Vec::with_capacity(jobs.len());
+    let mut outcomes: Vec<Ended> = Vec::with_capacity(claimed.len());
+    let (crashed, jobs): (Vec<_>, Vec<_>) = claimed
+        .into_iter()
+        .partition(|job| job.unfinished_claims >= policy.max_unfinished_claims);
+    for job in crashed {
+        let error = format!(
+            "{CRASHED_THE_INDEXER} {} times (an image that exhausts memory or trips a decoder \
+             bug?); replace or remove the file, or retry it once the cause is fixed",
+            job.unfinished_claims
+        );
+        outcomes.push(ended(&job, JobOutcome::Failed { error }));
+    }
     let mut readable = Vec::with_capacity(jobs.len());
     let mut images = Vec::with_capacity(jobs.len());
     // All originals are requested at once: with object storage, one after another would leave
@@ -273,22 +315,28 @@ pub async fn index_round(
     let keys: Vec<String> = jobs.iter().map(|job| job.photo.origin.blob_key()).collect();
     let fetched = futures_util::future::join_all(keys.iter().map(|key| blobs.get(key))).await;
     for (job, original) in jobs.into_iter().zip(fetched) {
-        match original {
+        let outcome = match original {
             Ok(Some(bytes)) => {
                 images.push(bytes);
                 readable.push(job);
+                continue;
             }
-            Ok(None) => outcomes.push((
-                job.claim(),
-                JobOutcome::Failed {
-                    error: "the original is missing from storage".to_owned(),
-                },
-            )),
-            Err(error) => outcomes.push((
-                job.claim(),
-                policy.after_error(job.previous_attempts, &error),
-            )),
-        }
+            // A library file that is not where the catalog says was moved or deleted, or its disk
+            // is not mounted: the next scan finds it again or removes the photo, so wait.
+            Ok(None) if matches!(job.photo.origin, Origin::Library(_)) => {
+                let missing = PortError::Unavailable(
+                    "the file is not in the library folder (moved, deleted, or its disk is not \
+                     mounted); waiting for the next library scan"
+                        .to_owned(),
+                );
+                policy.after_error(job.previous_attempts, &missing)
+            }
+            Ok(None) => JobOutcome::Failed {
+                error: "the original is missing from storage".to_owned(),
+            },
+            Err(error) => policy.after_error(job.previous_attempts, &error),
+        };
+        outcomes.push(ended(&job, outcome));
     }
     if !readable.is_empty() {
         match embedder.embed_images(images).await {
@@ -305,8 +353,8 @@ pub async fn index_round(
                             });
                             embedded.push(job);
                         }
-                        Err(error) => outcomes.push((
-                            job.claim(),
+                        Err(error) => outcomes.push(ended(
+                            &job,
                             JobOutcome::Failed {
                                 error: format!("the image cannot be decoded: {error}"),
                             },
@@ -323,21 +371,24 @@ pub async fn index_round(
                         Ok(()) => JobOutcome::Done,
                         Err(error) => policy.after_error(job.previous_attempts, error),
                     };
-                    outcomes.push((job.claim(), outcome));
+                    outcomes.push(ended(&job, outcome));
                 }
             }
             Err(error) => {
                 for job in readable {
-                    outcomes.push((
-                        job.claim(),
-                        policy.after_error(job.previous_attempts, &error),
-                    ));
+                    let outcome = policy.after_error(job.previous_attempts, &error);
+                    outcomes.push(ended(&job, outcome));
                 }
             }
         }
     }
-    for (claim, outcome) in &outcomes {
+    for (claim, photo, outcome) in &outcomes {
         if !catalog.finish_job(*claim, outcome).await? {
+            // A photo removed while its vector was being written must not leave the vector
+            // behind (a result without a photo); one whose claim was taken over keeps it.
+            if *outcome == JobOutcome::Done && catalog.photo(*photo).await?.is_none() {
+                index.delete(&[*photo]).await?;
+            }
             round.lost += 1;
             continue;
         }
@@ -348,6 +399,107 @@ pub async fn index_round(
         }
     }
     Ok(round)
+}
+
+/// Puts a failed photo back in the indexing queue (after its cause was fixed).
+pub async fn retry_photo(catalog: &dyn Catalog, id: PhotoId) -> Result<Photo, FlowError> {
+    let photo = catalog
+        .photo(id)
+        .await?
+        .ok_or_else(|| FlowError::NotFound(format!("there is no photo {id}")))?;
+    if photo.status != PhotoStatus::Failed {
+        return Err(FlowError::Conflict(format!(
+            "photo {id} is {}, not failed: only failed photos are retried",
+            photo.status.as_str()
+        )));
+    }
+    catalog.requeue(&Requeue::Photos(vec![id])).await?;
+    Ok(catalog.photo(id).await?.unwrap_or(photo))
+}
+
+/// How far catalog and index disagreed, and what was done about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    /// Photos in the catalog.
+    pub photos: u64,
+    /// Of those, marked indexed.
+    pub indexed: u64,
+    /// Vectors in the index.
+    pub vectors: u64,
+    /// Photos marked indexed whose vector is missing (re-queued when repairing).
+    pub missing_vectors: u64,
+    /// Vectors of photos the catalog does not hold (removed when repairing).
+    pub orphan_vectors: u64,
+    /// Whether the differences were repaired.
+    pub repaired: bool,
+}
+
+impl Reconciliation {
+    /// Whether catalog and index agree (every indexed photo has its vector, and no vector is
+    /// without its photo).
+    pub fn consistent(&self) -> bool {
+        self.missing_vectors == 0 && self.orphan_vectors == 0
+    }
+}
+
+/// Ids fetched per page while reconciling.
+const RECONCILE_PAGE: usize = 10_000;
+
+/// Compares the catalog with the index by photo id and, with `repair`, brings them in line:
+/// photos marked indexed without a vector are re-queued (their originals are embedded again),
+/// vectors without a photo are removed. Pending and failed photos may have a vector or not.
+pub async fn reconcile(
+    catalog: &dyn Catalog,
+    index: &dyn VectorIndex,
+    repair: bool,
+) -> Result<Reconciliation, FlowError> {
+    let mut report = Reconciliation::default();
+    let mut vectors = std::collections::HashSet::new();
+    let mut after = None;
+    loop {
+        let page = index.ids(after, RECONCILE_PAGE).await?;
+        after = page.last().copied();
+        let full = page.len() == RECONCILE_PAGE;
+        vectors.extend(page);
+        if !full {
+            break;
+        }
+    }
+    report.vectors = vectors.len() as u64;
+    let mut missing = Vec::new();
+    let mut after = None;
+    loop {
+        let page = catalog.photo_states(after, RECONCILE_PAGE).await?;
+        after = page.last().map(|(id, _)| *id);
+        let full = page.len() == RECONCILE_PAGE;
+        for (id, status) in page {
+            report.photos += 1;
+            let has_vector = vectors.remove(&id);
+            if status == PhotoStatus::Indexed {
+                report.indexed += 1;
+                if !has_vector {
+                    missing.push(id);
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    // What is left in `vectors` has no photo.
+    report.missing_vectors = missing.len() as u64;
+    report.orphan_vectors = vectors.len() as u64;
+    if repair {
+        for chunk in missing.chunks(RECONCILE_PAGE) {
+            catalog.requeue(&Requeue::Photos(chunk.to_vec())).await?;
+        }
+        let orphans: Vec<PhotoId> = vectors.into_iter().collect();
+        for chunk in orphans.chunks(RECONCILE_PAGE) {
+            index.delete(chunk).await?;
+        }
+        report.repaired = true;
+    }
+    Ok(report)
 }
 
 /// How many stored vectors calibrate the score scale of each query term.

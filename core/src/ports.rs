@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::browse::{AlbumSummary, BrowseCursor};
-use crate::photo::{Facets, Photo, PhotoId};
+use crate::photo::{Facets, Photo, PhotoId, PhotoStatus};
 use crate::search::{QueryId, SearchLog, SearchLogEntry};
 use crate::{Embedding, EncoderId};
 
@@ -111,6 +111,15 @@ pub fn check_dimension(index_dimension: usize, vector: &Embedding) -> Result<(),
     }
 }
 
+/// The smallest id a listing of ids after `after` starts at (every id when `None`); `None` when
+/// nothing can follow it. For adapters whose listings start at an id, inclusive.
+pub fn first_id_after(after: Option<PhotoId>) -> Option<PhotoId> {
+    match after {
+        None => Some(PhotoId::from_u64(0)),
+        Some(id) => id.as_u64().checked_add(1).map(PhotoId::from_u64),
+    }
+}
+
 /// Vectors with payload filters, for one encoder.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
@@ -137,6 +146,9 @@ pub trait VectorIndex: MaybeSendSync {
     async fn sample(&self, limit: usize) -> Result<Vec<Embedding>, PortError>;
     /// How many vectors are stored.
     async fn count(&self) -> Result<u64, PortError>;
+    /// Up to `limit` stored photo ids greater than `after` (by [`PhotoId::as_u64`]), ascending:
+    /// paging with the last id of each page lists every stored vector once.
+    async fn ids(&self, after: Option<PhotoId>, limit: usize) -> Result<Vec<PhotoId>, PortError>;
 }
 
 /// One candidate for the reranker (also the wire form of the worker's `POST /v1/rerank`).
@@ -180,6 +192,9 @@ pub struct ClaimedJob {
     pub photo: Photo,
     /// How many times it was claimed before this claim.
     pub previous_attempts: u32,
+    /// How many of those claims never ended: the claimer died or hung past its lease, perhaps
+    /// because of this very photo (an image that exhausts memory or trips a decoder bug).
+    pub unfinished_claims: u32,
 }
 
 /// Proof of one claim of a job: finishing needs it, so a claimer whose lease ran out (and whose job
@@ -221,6 +236,17 @@ pub enum JobOutcome {
     },
 }
 
+/// Which photos [`Catalog::requeue`] puts back in the indexing queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Every photo (after an encoder change).
+    Everything,
+    /// Every photo that failed (after the cause was fixed).
+    Failed,
+    /// These photos, whatever their state (absent ids are ignored).
+    Photos(Vec<PhotoId>),
+}
+
 /// Photo counts by indexing state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CatalogCounts {
@@ -247,12 +273,19 @@ pub struct ClickedResult {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Catalog: MaybeSendSync {
-    /// Records the encoder the index is built with (idempotent).
+    /// Records an encoder that indexes (idempotent). The first encoder ever registered becomes
+    /// the active one; registering another does not change it.
     async fn register_encoder(
         &self,
         encoder: &EncoderId,
         dimension: usize,
     ) -> Result<(), PortError>;
+    /// The active encoder: the one searches use and indexing works for. `None` before any
+    /// encoder registered.
+    async fn active_encoder(&self) -> Result<Option<EncoderId>, PortError>;
+    /// Makes a registered encoder the active one. Returns `false`, changing nothing, for an
+    /// encoder that never registered.
+    async fn activate_encoder(&self, encoder: &EncoderId) -> Result<bool, PortError>;
     /// Inserts the photo and its feature job in one transaction; if a photo with the same
     /// SHA-256 exists, changes nothing and returns its id with `created == false`.
     async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError>;
@@ -275,21 +308,37 @@ pub trait Catalog: MaybeSendSync {
     /// Removes the photo and its jobs, returning what was removed.
     async fn remove_photo(&self, id: PhotoId) -> Result<Option<Photo>, PortError>;
     /// Claims up to `limit` runnable jobs (queued and due, or leased with an expired lease) for
-    /// `lease`; a job is held by one claimer at a time.
+    /// `lease`; a job is held by one claimer at a time. Claiming a job whose lease expired counts
+    /// an unfinished claim. Jobs with unfinished claims (suspected of killing their claimer) are
+    /// claimed alone — one per call, and only when no other job is runnable — so a photo that
+    /// crashes the indexer cannot take a batch of innocent photos down with it.
     async fn claim_jobs(&self, limit: usize, lease: Duration)
     -> Result<Vec<ClaimedJob>, PortError>;
     /// Ends a job under `claim` and updates its photo's status. Returns `false`, changing nothing,
     /// when the claim is no longer the job's current one (its lease ran out and another claimer
     /// took the job, or the job was re-queued).
     async fn finish_job(&self, claim: JobClaim, outcome: &JobOutcome) -> Result<bool, PortError>;
-    /// Puts every photo back in the queue (after an encoder change).
-    async fn requeue_all(&self) -> Result<u64, PortError>;
+    /// Puts photos back in the indexing queue as pending, with a fresh job (attempts and
+    /// unfinished claims start again at zero). Returns how many photos were re-queued.
+    async fn requeue(&self, which: &Requeue) -> Result<u64, PortError>;
+    /// Up to `limit` photos with their indexing state, starting just after the photo `after` in
+    /// an order of the adapter's choosing that stays the same between calls: paging with the
+    /// last id of each page lists every photo once.
+    async fn photo_states(
+        &self,
+        after: Option<PhotoId>,
+        limit: usize,
+    ) -> Result<Vec<(PhotoId, PhotoStatus)>, PortError>;
     /// Photo counts by state.
     async fn counts(&self) -> Result<CatalogCounts, PortError>;
     /// Stores a search and its ranked results (none clicked).
     async fn log_search(&self, log: &SearchLog) -> Result<(), PortError>;
     /// A logged search with its results and clicks.
     async fn search_log(&self, query_id: &QueryId) -> Result<Option<SearchLogEntry>, PortError>;
+    /// Forgets logged searches (with their results): those logged before `before` (seconds
+    /// since 1970) that have no click — clicked ones are what ranking learns from — and, clicked
+    /// or not, all but the newest `keep`. Returns how many searches were forgotten.
+    async fn prune_search_log(&self, before: i64, keep: u64) -> Result<u64, PortError>;
     /// Marks the result at `rank` of that search clicked; `None` if there is no such result.
     async fn record_click(
         &self,

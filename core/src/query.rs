@@ -100,6 +100,10 @@ pub struct QueryError {
 /// The longest query accepted, in characters.
 pub const MAX_QUERY_CHARS: usize = 1000;
 
+/// The most terms (words, phrases, filters, `-negations`, `like:` examples) a query may have:
+/// each text and example is embedded and searched, so the work a query asks for stays bounded.
+pub const MAX_TERMS: usize = 32;
+
 /// Parses a query in the language described in the module documentation.
 pub fn parse(query: &str) -> Result<ParsedQuery, QueryError> {
     if query.chars().count() > MAX_QUERY_CHARS {
@@ -119,10 +123,19 @@ pub fn parse(query: &str) -> Result<ParsedQuery, QueryError> {
     if parser.rest_starts_with("sem:") {
         parser.at += 4;
     }
+    let mut terms = 0;
     loop {
         parser.skip_space();
         let Some(first) = parser.peek() else { break };
         let start = parser.at;
+        terms += 1;
+        if terms > MAX_TERMS {
+            return Err(error(
+                start,
+                format!("the query has more than {MAX_TERMS} terms"),
+                "a few words describe a photo best: drop some words, filters or -terms",
+            ));
+        }
         if first == '-' && parser.peek_at(1).is_some_and(|c| !c.is_whitespace()) {
             parser.at += 1;
             let text = parser.word_or_phrase()?;
@@ -496,6 +509,13 @@ mod tests {
         assert!(error_at("sem:").1.contains("empty"));
         let long = "a ".repeat(MAX_QUERY_CHARS);
         assert!(error_at(&long).1.contains("longer than"));
+        // 300 short terms: refused at the first one over the limit, whatever their kind.
+        let many = vec!["-x"; 300].join(" ");
+        let (position, message) = error_at(&many);
+        assert!(message.contains("more than 32 terms"), "{message}");
+        assert_eq!(position, 32 * "-x ".len(), "the 33rd term");
+        assert!(error_at(&"cat ".repeat(33)).1.contains("terms"));
+        assert!(parse(&"cat ".repeat(32)).is_ok());
     }
 
     #[test]

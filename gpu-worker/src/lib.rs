@@ -5,6 +5,8 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod blocking;
+pub mod crash_points;
 pub mod embedded;
 pub mod encoder;
 pub mod hub;

@@ -11,7 +11,10 @@ use glimpse_core::flows;
 use glimpse_core::flows::RetrievalOrder;
 use glimpse_core::ports::{Catalog, TextEmbedder};
 use glimpse_core::search::SearchRequest;
-use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, SqliteCatalog};
+use glimpse_worker::adapters::postgres::PostgresCatalog;
+use glimpse_worker::adapters::{
+    LocalEncoder, QdrantIndex, QdrantSettings, S3BlobStore, SqliteCatalog,
+};
 use glimpse_worker::embedded::{self, Engine, OpenOptions};
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, JpegDecode};
 use glimpse_worker::server::{self, ServerConfig, Stats};
@@ -43,6 +46,13 @@ enum Command {
     Search(SearchArgs),
     /// Show what a data directory holds and how far indexing got.
     Status(DataDirArgs),
+    /// Compare the catalog with the vector index (of a data directory, or of the worker pool's
+    /// Postgres and Qdrant with --config) and, with --repair, bring them in line.
+    Check(CheckArgs),
+    /// Put failed photos back in the indexing queue (after fixing what made them fail).
+    Retry(RetryArgs),
+    /// List the worker pool's encoders, or choose the one it searches and indexes with.
+    Encoders(EncodersArgs),
     /// Run a member of the worker pool: the internal API for the edge functions and, with the
     /// managed backends configured, the feature-job consumer.
     Worker(WorkerArgs),
@@ -114,12 +124,37 @@ struct ServeArgs {
     /// Require the token for reads (search, photos, status) too.
     #[arg(long, env = "GLIMPSE__PROTECT_READS")]
     protect_reads: bool,
+    /// Host names this server is reached under besides localhost and its IP addresses (a LAN
+    /// name, a reverse proxy's name), comma-separated; requests naming any other host are
+    /// refused, so no web page can reach it through a DNS name of its own.
+    #[arg(long, env = "GLIMPSE__ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Searches at work at once; more wait their turn for a few seconds, then get a 503.
+    #[arg(long, env = "GLIMPSE__MAX_CONCURRENT_SEARCHES", default_value_t = 8)]
+    max_concurrent_searches: usize,
+    /// Thumbnails decoded at once (each holds a whole photo in memory); more wait their turn
+    /// for a few seconds, then get a 503.
+    #[arg(long, env = "GLIMPSE__MAX_CONCURRENT_THUMBNAILS", default_value_t = 2)]
+    max_concurrent_thumbnails: usize,
+    /// Days the search log keeps searches nobody clicked in (clicked ones teach the ranking,
+    /// and stay until the row limit).
+    #[arg(long, env = "GLIMPSE__SEARCH_LOG_DAYS", default_value_t = 90)]
+    search_log_days: u64,
+    /// The most searches the search log keeps (the newest).
+    #[arg(
+        long,
+        env = "GLIMPSE__SEARCH_LOG_SEARCHES",
+        default_value_t = 1_000_000
+    )]
+    search_log_searches: u64,
     /// Largest upload accepted, in MB.
     #[arg(long, env = "GLIMPSE__MAX_UPLOAD_MB", default_value_t = 100)]
     max_upload_mb: usize,
     /// Minutes between full rescans of the library (the file watcher catches changes sooner).
     #[arg(long, env = "GLIMPSE__RESCAN_MINUTES", default_value_t = 10)]
     rescan_minutes: u64,
+    #[command(flatten)]
+    decoding: DecodingArgs,
 }
 
 #[derive(Args)]
@@ -130,6 +165,70 @@ struct IndexArgs {
     data: DataDirArgs,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    decoding: DecodingArgs,
+    /// Also remove the photos of a library (or folder) that reads empty. Without it, an empty
+    /// library is taken for a disk that is not mounted and nothing is removed; use this when you
+    /// emptied it on purpose.
+    #[arg(long)]
+    forget_missing: bool,
+}
+
+#[derive(Args)]
+struct DecodingArgs {
+    /// Memory that image decoding may use at once, in MB: decodes wait their turn within it, and
+    /// an image that needs more is refused (failed with the reason) instead of exhausting memory.
+    #[arg(long, env = "GLIMPSE__DECODE_MEMORY_MB", default_value_t = 1024)]
+    decode_memory_mb: u64,
+}
+
+impl DecodingArgs {
+    fn apply(&self) {
+        glimpse_worker::encoder::decode_budget::set_decode_memory(
+            self.decode_memory_mb.saturating_mul(1024 * 1024),
+        );
+    }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    data: DataDirArgs,
+    /// Check the worker pool's Postgres catalog against its Qdrant collection instead, with the
+    /// worker's settings file (`GLIMPSE__SECTION__KEY` variables apply).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Re-queue indexed photos whose vector is missing and remove vectors without a photo.
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EncodersArgs {
+    /// The worker's settings file (its [database] and [qdrant] settings are used);
+    /// `GLIMPSE__SECTION__KEY` variables apply.
+    #[arg(long, env = "GLIMPSE__CONFIG")]
+    config: PathBuf,
+    /// Make this encoder (an id the list shows) the pool's active one: the edge searches its
+    /// collection from then on, only its workers claim feature jobs, and the photos its
+    /// collection lacks are queued for them.
+    #[arg(long)]
+    activate: Option<String>,
+}
+
+#[derive(Args)]
+#[group(id = "which", required = true, args = ["failed", "photos"])]
+struct RetryArgs {
+    #[command(flatten)]
+    data: DataDirArgs,
+    /// Every failed photo.
+    #[arg(long)]
+    failed: bool,
+    /// These failed photos, by id.
+    photos: Vec<String>,
 }
 
 #[derive(Args)]
@@ -174,15 +273,35 @@ async fn open_engine(
     .map_err(anyhow::Error::from)
 }
 
+/// The shortest token accepted: shorter ones can be guessed.
+const MIN_TOKEN_CHARS: usize = 16;
+
 /// The write token: configured, else the one kept in the data directory, else a new one (saved
-/// with owner-only permissions and printed once).
+/// with owner-only permissions, and printed once when a person is watching the terminal). A
+/// token shorter than 16 characters is refused.
 fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String> {
-    if let Some(token) = configured.filter(|t| !t.trim().is_empty()) {
-        return Ok(token.trim().to_owned());
+    use std::io::IsTerminal;
+    if let Some(token) = configured {
+        let token = token.trim().to_owned();
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            bail!(
+                "--token (GLIMPSE__TOKEN) is shorter than {MIN_TOKEN_CHARS} characters; use a \
+                 longer one, or leave it out to have Glimpse make one"
+            );
+        }
+        return Ok(token);
     }
     let path = data_dir.join("token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let token = saved.trim().to_owned();
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            bail!(
+                "{} holds an empty or short token (under {MIN_TOKEN_CHARS} characters); delete \
+                 the file and Glimpse makes a new one, or pass --token",
+                path.display()
+            );
+        }
+        return Ok(token);
     }
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
@@ -198,33 +317,29 @@ fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String> {
             .with_context(|| format!("cannot save the token in {}", path.display()))?;
         file.write_all(token.as_bytes())?;
     }
-    println!(
-        "Your write token (shown once; it is kept in {}):",
-        path.display()
-    );
-    println!("  {token}");
+    if std::io::stdout().is_terminal() {
+        println!(
+            "Your write token (shown once; it is kept in {}):",
+            path.display()
+        );
+        println!("  {token}");
+    } else {
+        // This output may end up in a log: the token stays in its file.
+        println!(
+            "A write token was made and saved in {} (not printed here, as this output may be \
+             kept in a log).",
+            path.display()
+        );
+    }
     println!("Send it as `Authorization: Bearer <token>` to upload or delete photos.");
     Ok(token)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    args.decoding.apply();
     let engine = Arc::new(open_engine(&args.data, args.library, args.model.model).await?);
     let token = write_token(engine.data_dir(), args.token)?;
-    let background = embedded::background::start(
-        Arc::clone(&engine),
-        Duration::from_secs(args.rescan_minutes.max(1) * 60),
-    );
-    let config = ServerConfig {
-        token,
-        protect_reads: args.protect_reads,
-        max_upload_bytes: args.max_upload_mb.max(1) * 1024 * 1024,
-    };
-    let app = server::router(
-        Arc::clone(&engine),
-        Arc::clone(&background.wake_indexer),
-        config,
-        Stats::default(),
-    );
+    // Listening first: the page and the API answer while the library is scanned and indexed.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -237,6 +352,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
         engine.data_dir().display()
     );
     println!("Search: curl 'http://{address}/api/search?q=beach+at+dusk'");
+    let background = embedded::background::start(
+        Arc::clone(&engine),
+        Duration::from_secs(args.rescan_minutes.max(1) * 60),
+        embedded::background::Retention {
+            days: args.search_log_days,
+            searches: args.search_log_searches,
+        },
+    );
+    let config = ServerConfig {
+        token,
+        protect_reads: args.protect_reads,
+        max_upload_bytes: args.max_upload_mb.max(1) * 1024 * 1024,
+        allowed_hosts: args
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
+        max_concurrent_searches: args.max_concurrent_searches,
+        max_concurrent_thumbnails: args.max_concurrent_thumbnails,
+    };
+    let app = server::router(
+        Arc::clone(&engine),
+        Arc::clone(&background.wake_indexer),
+        config,
+        Stats::default(),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -306,7 +448,6 @@ async fn start_consumer(
     )
     .await
     .context("cannot open the catalog database ([database] url)")?;
-    catalog.register_encoder(&id, dimension).await?;
     let blobs = S3BlobStore::new(&backends.s3);
     blobs
         .ensure_bucket()
@@ -356,14 +497,30 @@ async fn shutdown_signal() {
 }
 
 async fn index(args: IndexArgs) -> Result<()> {
+    args.decoding.apply();
     let engine = open_engine(&args.data, Some(args.library), args.model.model).await?;
-    let scan = engine.scan_library().await?.unwrap_or_default();
+    let check = engine.check(true).await?;
+    if !check.consistent() {
+        println!(
+            "Catalog and index disagreed: {} indexed photos had no vector (queued again), {} \
+             vectors had no photo (removed).",
+            check.missing_vectors, check.orphan_vectors
+        );
+    }
+    let scan = engine
+        .scan_library(args.forget_missing)
+        .await?
+        .unwrap_or_default();
+    if let Some(problem) = &scan.problem {
+        bail!("{problem}");
+    }
     println!(
-        "Scanned {} image files: {} new, {} changed, {} removed, {} duplicates, {} not images \
-         (skipped), {} refused",
+        "Scanned {} image files: {} new, {} changed, {} moved, {} removed, {} duplicates, {} not \
+         images (skipped), {} refused",
         scan.images,
         scan.added,
         scan.changed,
+        scan.moved,
         scan.removed,
         scan.duplicates,
         scan.skipped,
@@ -371,6 +528,14 @@ async fn index(args: IndexArgs) -> Result<()> {
     );
     for rejection in &scan.rejections {
         println!("  refused {rejection}");
+    }
+    if scan.kept_unverified > 0 {
+        println!(
+            "Kept {} photos whose folder could not be read or reads empty ({}); pass \
+             --forget-missing if you emptied it on purpose.",
+            scan.kept_unverified,
+            scan.unverified_folders.join(", ")
+        );
     }
     let pending = engine.counts().await?.pending;
     let bar = indicatif::ProgressBar::new(pending);
@@ -484,6 +649,119 @@ async fn status(args: DataDirArgs) -> Result<()> {
             photo.last_error.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+async fn check(args: CheckArgs) -> Result<()> {
+    let report = match &args.config {
+        Some(config) => check_pool(config, args.repair).await?,
+        None => {
+            let engine = open_engine(&args.data, None, None).await?;
+            engine.check(args.repair).await?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} photos ({} indexed), {} vectors: {} indexed photos without a vector, {} vectors \
+             without a photo{}",
+            report.photos,
+            report.indexed,
+            report.vectors,
+            report.missing_vectors,
+            report.orphan_vectors,
+            match (report.consistent(), report.repaired) {
+                (true, _) => "; consistent.",
+                (false, true) => "; repaired (photos queued again, stray vectors removed).",
+                (false, false) => "; run again with --repair to fix.",
+            }
+        );
+    }
+    if !report.consistent() && !args.repair {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The worker pool's catalog and Qdrant settings, from a worker's settings file.
+async fn connect_pool(config: &Path) -> Result<(PostgresCatalog, QdrantSettings)> {
+    let settings = WorkerSettings::load(Some(config), std::env::vars())?;
+    let Some(backends) = settings.backends() else {
+        bail!(
+            "{} has no [database], [s3] and [qdrant] settings",
+            config.display()
+        );
+    };
+    let catalog = glimpse_worker::adapters::postgres::connect(
+        backends.database.url.expose(),
+        backends.database.connections,
+    )
+    .await
+    .context("cannot open the catalog database ([database] url)")?;
+    Ok((catalog, backends.qdrant))
+}
+
+/// Reconciles the worker pool's catalog with the Qdrant collection of its active encoder.
+async fn check_pool(config: &Path, repair: bool) -> Result<flows::Reconciliation> {
+    let (catalog, qdrant) = connect_pool(config).await?;
+    let Some((encoder, dimension)) = catalog.current_encoder().await? else {
+        bail!("no encoder has indexed anything in this catalog yet: nothing to check");
+    };
+    let index = QdrantIndex::open(&qdrant, &encoder, dimension)
+        .await
+        .context("cannot open the Qdrant collection ([qdrant])")?;
+    Ok(flows::reconcile(&catalog, &index, repair).await?)
+}
+
+async fn encoders(args: EncodersArgs) -> Result<()> {
+    let (catalog, qdrant) = connect_pool(&args.config).await?;
+    if let Some(wanted) = &args.activate {
+        let encoder: glimpse_core::EncoderId = wanted.parse()?;
+        let Some((_, dimension, _)) = catalog
+            .encoders()
+            .await?
+            .into_iter()
+            .find(|(id, _, _)| *id == encoder)
+        else {
+            bail!(
+                "no worker of {encoder} has registered with this pool: start one with that model                  first (`glimpse encoders` lists those that have)"
+            );
+        };
+        catalog.activate_encoder(&encoder).await?;
+        let index = QdrantIndex::open(&qdrant, &encoder, dimension)
+            .await
+            .context("cannot open the encoder's Qdrant collection ([qdrant])")?;
+        let check = flows::reconcile(&catalog, &index, true).await?;
+        println!(
+            "{encoder} is the pool's active encoder; {} photos its collection lacks are queued \
+             for its workers.",
+            check.missing_vectors
+        );
+    }
+    for (id, dimension, active) in catalog.encoders().await? {
+        println!(
+            "{} {id} ({dimension} dimensions)",
+            if active { "*" } else { " " }
+        );
+    }
+    Ok(())
+}
+
+async fn retry(args: RetryArgs) -> Result<()> {
+    let engine = open_engine(&args.data, None, None).await?;
+    let requeued = if args.failed {
+        engine.retry_failed().await?
+    } else {
+        for id in &args.photos {
+            let id = id.parse().map_err(anyhow::Error::from)?;
+            flows::retry_photo(&engine.catalog, id).await?;
+        }
+        args.photos.len() as u64
+    };
+    println!(
+        "{requeued} failed photos queued again; `glimpse serve` or `glimpse index` indexes them."
+    );
     Ok(())
 }
 
@@ -727,6 +1005,9 @@ fn main() -> Result<()> {
         Command::Index(args) => runtime()?.block_on(index(args)),
         Command::Search(args) => runtime()?.block_on(search(args)),
         Command::Status(args) => runtime()?.block_on(status(args)),
+        Command::Check(args) => runtime()?.block_on(check(args)),
+        Command::Retry(args) => runtime()?.block_on(retry(args)),
+        Command::Encoders(args) => runtime()?.block_on(encoders(args)),
         Command::Worker(args) => runtime()?.block_on(worker(args)),
         Command::Embed(args) => embed(&args),
         Command::Bench(BenchCommand::Ann(args)) => runtime()?.block_on(bench_ann(args)),

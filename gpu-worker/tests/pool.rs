@@ -193,6 +193,54 @@ impl ImageEmbedder for DiesMidLease {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_workers_of_the_active_encoder_claim_jobs_and_starting_switches_nothing() {
+    let schema = Schema::new().await;
+    let s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = Arc::new(schema.catalog().await);
+    let blobs = s3.store(&s3.settings()).await;
+    // Workers of another model reached the pool first: theirs is the active encoder.
+    let other: EncoderId = "clip:test/another-model@1".parse().unwrap();
+    catalog.register_encoder(&other, 8).await.unwrap();
+    upload(catalog.as_ref(), &blobs, 6).await;
+    let consumer = Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            blobs: Arc::new(blobs),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+        },
+        pacing(16, Duration::from_secs(300)),
+    );
+    let round = consumer.round().await.unwrap();
+    assert!(round.inactive_encoder, "{round:?}");
+    assert_eq!(round.claimed, 0);
+    assert_eq!(catalog.counts().await.unwrap().pending, 6);
+    assert_eq!(
+        catalog.current_encoder().await.unwrap(),
+        Some((other, 8)),
+        "a worker starting with another model does not switch the pool (nor the edge)"
+    );
+
+    // The operator switches the pool to this worker's model.
+    assert!(
+        catalog
+            .activate_encoder(ImageEmbedder::encoder(&encoder))
+            .await
+            .unwrap()
+    );
+    let round = consumer.round().await.unwrap();
+    assert_eq!(
+        (round.inactive_encoder, round.indexed),
+        (false, 6),
+        "{round:?}"
+    );
+    assert_eq!(index.count().await.unwrap(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_dies_mid_lease_leaves_its_jobs_to_another() {
     let schema = Schema::new().await;
     let s3 = S3Server::start();

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Server, fixture_count, fixture_library, ids, reference, response};
+use common::{Server, fixture_count, fixture_library, ids, reference, response, serve_fixtures};
 use serde_json::{Value, json};
 
 #[test]
@@ -325,14 +325,7 @@ fn bomb_png() -> Vec<u8> {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_loses_nothing() {
-    let scratch = tempfile::tempdir().unwrap();
-    let library = scratch.path().join("Pictures");
-    fixture_library(&library);
-    let server = Server::start(
-        Some(&library),
-        &scratch.path().join("data"),
-        &["--max-upload-mb", "1"],
-    );
+    let (_scratch, server) = serve_fixtures(&["--max-upload-mb", "1"]);
     let total = fixture_count() as u64;
     server.wait_indexed(total);
     let token = server.token.clone();
@@ -573,7 +566,7 @@ fn protected_reads_need_the_token_and_a_configured_token_replaces_the_generated_
     let server = Server::start(
         Some(&library),
         &data,
-        &["--protect-reads", "--token", "my-own-secret"],
+        &["--protect-reads", "--token", "my-own-secret-token"],
     );
     assert!(
         !data.join("token").exists(),
@@ -597,8 +590,172 @@ fn protected_reads_need_the_token_and_a_configured_token_replaces_the_generated_
     assert_eq!(status, 200);
     let (status, _) = response(
         ureq::get(&server.url("/api/status"))
-            .set("Authorization", "Bearer my-own-secret")
+            .set("Authorization", "Bearer my-own-secret-token")
             .call(),
     );
     assert_eq!(status, 200);
+}
+
+/// A raw request with the given headers; the status and body of the answer.
+fn raw_request(server: &Server, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[test]
+fn other_sites_cannot_reach_the_library_or_change_it_and_short_tokens_are_refused() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    std::fs::create_dir_all(&library).unwrap();
+    std::fs::copy(
+        reference().join("images/noise.png"),
+        library.join("noise.png"),
+    )
+    .unwrap();
+    let data = scratch.path().join("data");
+    let server = Server::start(
+        Some(&library),
+        &data,
+        &["--allowed-hosts", "photos.home.arpa"],
+    );
+    server.wait_indexed(1);
+    let get = |host: &str| {
+        raw_request(
+            &server,
+            &format!("GET /api/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    // A page on evil.example whose name resolves to this machine (DNS rebinding) is refused.
+    let (status, body) = get("evil.example");
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("--allowed-hosts"), "{body}");
+    let (status, _) = get("evil.example:8080");
+    assert_eq!(status, 421);
+    for host in [
+        "localhost",
+        "localhost:8080",
+        "127.0.0.1:9",
+        "[::1]:8080",
+        "192.168.1.20",
+        "photos.home.arpa",
+        "PHOTOS.home.arpa:443",
+    ] {
+        let (status, body) = get(host);
+        assert_eq!(status, 200, "{host}: {body}");
+        assert!(
+            body.to_ascii_lowercase()
+                .contains("x-content-type-options: nosniff")
+        );
+        assert!(
+            body.to_ascii_lowercase()
+                .contains("cross-origin-resource-policy: same-origin")
+        );
+    }
+
+    // A write from another site's page is refused, even with the token; the page's own go through.
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let post = |origin: &str| {
+        raw_request(
+            &server,
+            &format!(
+                "POST /api/search HTTP/1.1\r\nHost: {address}\r\nOrigin: {origin}\r\n\
+                 Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 17\r\nConnection: close\r\n\r\n{{\"query\": \"sled\"}}",
+                server.token
+            ),
+        )
+    };
+    let (status, body) = post("https://evil.example");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("another site"), "{body}");
+    let (status, body) = post("null");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(&format!("http://{address}"));
+    assert_eq!(status, 200, "{body}");
+    drop(server);
+
+    // A short token, configured or in the token file, stops the start with the reason.
+    for (args, file) in [(&["--token", "short"][..], None), (&[][..], Some(""))] {
+        let data = scratch.path().join(format!("data-{}", args.len()));
+        std::fs::create_dir_all(&data).unwrap();
+        if let Some(content) = file {
+            std::fs::write(data.join("token"), content).unwrap();
+        }
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--model", &common::model(), "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("16 characters"), "{stderr}");
+    }
+}
+
+#[test]
+fn work_per_request_is_bounded_with_clear_answers() {
+    let (_scratch, server) = serve_fixtures(&["--max-concurrent-thumbnails", "2"]);
+    let total = fixture_count();
+    server.wait_indexed(total as u64);
+
+    // A JSON body over 64 KB is refused with a 413 that names the limit.
+    let padding = "x".repeat(65 * 1024);
+    let (status, body) = server.post_json("/api/search", json!({"query": "sled", "pad": padding}));
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("64 KB"),
+        "{body}"
+    );
+    // A query of 300 short terms: a 400 that says where the limit was passed.
+    let many = vec!["-x"; 300].join(" ");
+    let (status, body) = server.post_json("/api/search", json!({ "query": many }));
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("more than 32 terms"), "{message}");
+    assert!(message.contains("at character 96"), "{message}");
+
+    // 200 thumbnail requests at once: every one answered, never more than 2 decodes at a time.
+    let photos = server.photos();
+    let ids: Vec<String> = photos
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..200)
+            .map(|i| {
+                let url = server.url(&format!("/api/photos/{}/thumbnail", ids[i % ids.len()]));
+                scope.spawn(move || match ureq::get(&url).call() {
+                    Ok(response) => response.status(),
+                    Err(ureq::Error::Status(status, _)) => status,
+                    Err(other) => panic!("{other}"),
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(
+        answers.iter().all(|s| *s == 200 || *s == 503),
+        "{answers:?}"
+    );
+    let decodable = photos.iter().filter(|p| p["status"] == "indexed").count();
+    assert!(answers.iter().filter(|s| **s == 200).count() >= decodable);
+    let (_, stats) = server.get("/api/stats");
+    let peak = stats["at_once_peak"]["thumbnail_decodes"].as_u64().unwrap();
+    assert!((1..=2).contains(&peak), "{stats}");
 }

@@ -32,8 +32,6 @@ pub type Response = http::Response<Full<Bytes>>;
 
 /// How long a presigned URL handed to a client stays valid.
 const CLIENT_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
-/// The largest JSON body of a search, click or upload start.
-const MAX_JSON_BYTES: usize = 64 * 1024;
 /// Where a person finds the token the edge wants.
 const TOKEN_HELP: TokenHelp<'static> = TokenHelp {
     token: "the deployment's `api_token` Spin variable",
@@ -61,6 +59,7 @@ enum Route<'a> {
     Photo(&'a str),
     Original(&'a str),
     Similar(&'a str),
+    Retry(&'a str),
     Uploads,
     Upload(&'a str),
     Search,
@@ -79,6 +78,7 @@ impl<'a> Route<'a> {
             ["photos", id] => Self::Photo(id),
             ["photos", id, "original"] => Self::Original(id),
             ["photos", id, "similar"] => Self::Similar(id),
+            ["photos", id, "retry"] => Self::Retry(id),
             ["uploads"] => Self::Uploads,
             ["uploads", id] => Self::Upload(id),
             ["search"] => Self::Search,
@@ -90,7 +90,9 @@ impl<'a> Route<'a> {
 
     fn component(&self) -> Component {
         match self {
-            Self::Health | Self::Photos | Self::Photo(_) | Self::Original(_) => Component::Photos,
+            Self::Health | Self::Photos | Self::Photo(_) | Self::Original(_) | Self::Retry(_) => {
+                Component::Photos
+            }
             Self::Uploads | Self::Upload(_) => Component::Uploads,
             Self::Search | Self::SearchLog(_) | Self::Similar(_) => Component::Search,
             Self::Clicks(_) => Component::Feedback,
@@ -179,6 +181,7 @@ async fn handle(component: Component, request: Request) -> Result<Response, ApiE
         (&Method::GET, Route::Photo(id)) => photo(id).await,
         (&Method::DELETE, Route::Photo(id)) => delete_photo(id).await,
         (&Method::GET, Route::Original(id)) => original(id).await,
+        (&Method::POST, Route::Retry(id)) => retry(id).await,
         (&Method::POST, Route::Uploads) => start_upload().await,
         (&Method::POST, Route::Upload(id)) => complete_upload(id, &query).await,
         (&Method::GET, Route::Search) => {
@@ -242,7 +245,7 @@ async fn json_body<T: DeserializeOwned>(request: Request, example: &str) -> Resu
             example,
         ));
     }
-    let bytes = body_bytes(request, MAX_JSON_BYTES, "64 KB for JSON").await?;
+    let bytes = body_bytes(request, api::MAX_JSON_BYTES, api::JSON_LIMIT_NOTE).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_json(
             format!("Failed to deserialize the JSON body into the target type: {e}"),
@@ -388,6 +391,12 @@ async fn delete_photo(id: &str) -> Result<Response, ApiError> {
     let mut response = http::Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
+}
+
+async fn retry(id: &str) -> Result<Response, ApiError> {
+    let id = api::parse_photo_id(id)?;
+    let catalog = open_catalog().await?;
+    Ok(ok(json!(flows::retry_photo(&catalog, id).await?)))
 }
 
 /// A redirect to a short-lived presigned GET of the original: the bytes never pass through the

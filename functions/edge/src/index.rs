@@ -283,4 +283,27 @@ impl VectorIndex for QdrantRest {
         .await
         .map(|count| count.count)
     }
+
+    async fn ids(&self, after: Option<PhotoId>, limit: usize) -> Result<Vec<PhotoId>, PortError> {
+        let Some(start) = ports::first_id_after(after) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .call::<Points>(
+                "scroll",
+                Method::POST,
+                "/points/scroll",
+                json!({
+                    "offset": start.as_u64(),
+                    "limit": limit,
+                    "with_vector": false,
+                    "with_payload": false,
+                }),
+            )
+            .await?
+            .points
+            .into_iter()
+            .map(|point| PhotoId::from_u64(point.id))
+            .collect())
+    }
 }

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 
+use crate::blocking::off_runtime;
+
 /// The file that records which encoder built an index.
 const STAMP_FILE: &str = "glimpse-index.json";
 const SHARD_DIRECTORY: &str = "shard";
@@ -138,8 +140,33 @@ fn storage_error(directory: &Path, error: impl std::fmt::Display) -> IndexOpenEr
     }
 }
 
+/// Disk full, I/O errors, memory pressure and time-outs pass: the caller waits them out. Bad
+/// input is the caller's to fix; damaged storage is reported.
 fn port_error(error: qdrant_edge::OperationError) -> PortError {
-    PortError::Internal(format!("vector index: {error}"))
+    use qdrant_edge::OperationError as E;
+    let message = format!("vector index: {error}");
+    match error {
+        E::ServiceError { .. }
+        | E::OutOfMemory { .. }
+        | E::Cancelled { .. }
+        | E::Timeout { .. }
+        | E::OutOfAppendableCapacity { .. } => PortError::Unavailable(message),
+        E::WrongVectorDimension { .. }
+        | E::MalformedVectorBlob { .. }
+        | E::MalformedPayloadBlob { .. }
+        | E::VectorNameNotExists { .. }
+        | E::PointIdError { .. }
+        | E::TypeError { .. }
+        | E::TypeInferenceError { .. }
+        | E::ValidationError { .. }
+        | E::WrongSparse
+        | E::WrongMulti
+        | E::MissingRangeIndexForOrderBy { .. }
+        | E::MissingMapIndexForFacet { .. }
+        | E::VariableTypeError { .. }
+        | E::NonFiniteNumber { .. } => PortError::Rejected(message),
+        E::InconsistentStorage { .. } | E::FileNotFound { .. } => PortError::Internal(message),
+    }
 }
 
 fn point_id(id: PhotoId) -> PointId {
@@ -222,7 +249,11 @@ impl EdgeIndex {
                     wanted: wanted.to_string(),
                 });
             }
-            EdgeShard::load(&shard_path, None).map_err(|e| storage_error(directory, e))?
+            // A damaged shard may make the engine panic rather than fail: either way the index
+            // cannot be opened.
+            std::panic::catch_unwind(|| EdgeShard::load(&shard_path, None))
+                .map_err(|_| storage_error(directory, "its files are damaged"))?
+                .map_err(|e| storage_error(directory, e))?
         } else {
             std::fs::create_dir_all(&shard_path).map_err(|e| storage_error(directory, e))?;
             let params = tuning
@@ -248,6 +279,11 @@ impl EdgeIndex {
         })
     }
 
+    /// Whether `directory` holds an index (of any encoder).
+    pub fn exists(directory: &Path) -> bool {
+        directory.join(STAMP_FILE).exists()
+    }
+
     /// Removes the index in `directory` entirely (before rebuilding it for another encoder).
     pub fn destroy(directory: &Path) -> std::io::Result<()> {
         match std::fs::remove_dir_all(directory) {
@@ -262,6 +298,14 @@ impl EdgeIndex {
         let changed = self.shard.optimize().map_err(port_error)?;
         self.shard.flush().map_err(port_error)?;
         Ok(changed)
+    }
+
+    /// Runs `work` on the shard, off the async runtime's worker threads.
+    fn on_shard<T>(
+        &self,
+        work: impl FnOnce(&EdgeShard) -> Result<T, qdrant_edge::OperationError>,
+    ) -> Result<T, PortError> {
+        off_runtime(|| work(&self.shard)).map_err(port_error)
     }
 
     /// Persists buffered changes (they are in the write-ahead log already).
@@ -295,24 +339,23 @@ impl VectorIndex for EdgeIndex {
                     .into(),
             );
         }
-        self.shard
-            .update(UpdateOperation::PointOperation(
+        self.on_shard(|shard| {
+            shard.update(UpdateOperation::PointOperation(
                 PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
             ))
-            .map_err(port_error)
+        })
     }
 
     async fn delete(&self, ids: &[PhotoId]) -> Result<(), PortError> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.shard
-            .update(UpdateOperation::PointOperation(
-                PointOperations::DeletePoints {
-                    ids: ids.iter().map(|id| point_id(*id)).collect(),
-                },
+        let ids = ids.iter().map(|id| point_id(*id)).collect();
+        self.on_shard(|shard| {
+            shard.update(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids },
             ))
-            .map_err(port_error)
+        })
     }
 
     async fn nearest(
@@ -331,9 +374,7 @@ impl VectorIndex for EdgeIndex {
         request.params = Some(self.tuning.search_params());
         request.with_vector = WithVector::Bool(true);
         request.with_payload = WithPayloadInterface::Bool(false);
-        self.shard
-            .query(request)
-            .map_err(port_error)?
+        self.on_shard(|shard| shard.query(request))?
             .into_iter()
             .map(|point| {
                 Ok(Neighbour {
@@ -351,9 +392,7 @@ impl VectorIndex for EdgeIndex {
         let mut request = RetrieveRequest::new(ids.iter().map(|id| point_id(*id)).collect());
         request.with_vector = Some(WithVector::Bool(true));
         request.with_payload = Some(WithPayloadInterface::Bool(false));
-        self.shard
-            .retrieve(request)
-            .map_err(port_error)?
+        self.on_shard(|shard| shard.retrieve(request))?
             .into_iter()
             .map(|record| {
                 Ok(Neighbour {
@@ -369,17 +408,28 @@ impl VectorIndex for EdgeIndex {
         request.limit = Some(limit);
         request.with_vector = WithVector::Bool(true);
         request.with_payload = Some(WithPayloadInterface::Bool(false));
-        let (records, _next) = self.shard.scroll(request).map_err(port_error)?;
+        let (records, _next) = self.on_shard(|shard| shard.scroll(request))?;
         records.into_iter().map(|r| dense(r.vector)).collect()
     }
 
     async fn count(&self) -> Result<u64, PortError> {
         let mut request = CountRequest::new();
         request.exact = true;
-        self.shard
-            .count(request)
+        self.on_shard(|shard| shard.count(request))
             .map(|n| n as u64)
-            .map_err(port_error)
+    }
+
+    async fn ids(&self, after: Option<PhotoId>, limit: usize) -> Result<Vec<PhotoId>, PortError> {
+        let Some(start) = ports::first_id_after(after) else {
+            return Ok(Vec::new());
+        };
+        let mut request = ScrollRequest::new();
+        request.offset = Some(point_id(start));
+        request.limit = Some(limit);
+        request.with_vector = WithVector::Bool(false);
+        request.with_payload = Some(WithPayloadInterface::Bool(false));
+        let (records, _next) = self.on_shard(|shard| shard.scroll(request))?;
+        records.iter().map(|record| photo_id(&record.id)).collect()
     }
 }
 

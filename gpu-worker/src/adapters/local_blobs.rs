@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use glimpse_core::photo::LIBRARY_PREFIX;
 use glimpse_core::ports::{BlobStore, PortError};
 
+use crate::blocking::off_runtime;
+
 /// Files on the local disk.
 pub struct LocalBlobStore {
     library: Option<PathBuf>,
@@ -64,19 +66,21 @@ impl BlobStore for LocalBlobStore {
                 "`{key}` is in the photo library, which Glimpse never writes to"
             )));
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_error(key, e))?;
-        }
-        let temporary = path.with_extension("partial");
-        let mut file = std::fs::File::create(&temporary).map_err(|e| io_error(key, e))?;
-        file.write_all(&bytes).map_err(|e| io_error(key, e))?;
-        file.sync_all().map_err(|e| io_error(key, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| io_error(key, e))
+        off_runtime(|| {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error(key, e))?;
+            }
+            let temporary = path.with_extension("partial");
+            let mut file = std::fs::File::create(&temporary).map_err(|e| io_error(key, e))?;
+            file.write_all(&bytes).map_err(|e| io_error(key, e))?;
+            file.sync_all().map_err(|e| io_error(key, e))?;
+            std::fs::rename(&temporary, &path).map_err(|e| io_error(key, e))
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
         let (path, _) = self.path(key)?;
-        match std::fs::read(&path) {
+        match off_runtime(|| std::fs::read(&path)) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(key, e)),
@@ -90,7 +94,7 @@ impl BlobStore for LocalBlobStore {
                 "`{key}` is in the photo library, which Glimpse never deletes from"
             )));
         }
-        match std::fs::remove_file(&path) {
+        match off_runtime(|| std::fs::remove_file(&path)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(key, e)),
             _ => Ok(()),
         }

@@ -2,6 +2,7 @@
 //! blocking pool so that encoding never stalls the HTTP server's threads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use glimpse_core::ports::{ImageEmbedder, PortError, TextEmbedder};
@@ -12,21 +13,31 @@ use crate::encoder::{EncoderError, ImageTextEncoder, embed_pipelined};
 /// Images per encoder batch while indexing.
 const IMAGE_BATCH: usize = 16;
 
-/// An in-process encoder behind the embedder ports.
+/// An in-process encoder behind the embedder ports. Clones share the encoder and its count.
 #[derive(Clone)]
 pub struct LocalEncoder {
     encoder: Arc<dyn ImageTextEncoder>,
+    images_embedded: Arc<AtomicU64>,
 }
 
 impl LocalEncoder {
     /// Serves `encoder` through the ports.
     pub fn new(encoder: Arc<dyn ImageTextEncoder>) -> Self {
-        Self { encoder }
+        Self {
+            encoder,
+            images_embedded: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The encoder's output dimension.
     pub fn dimension(&self) -> usize {
         self.encoder.dimension()
+    }
+
+    /// How many images this process has run through the image tower (embedded, or refused by
+    /// the decoder), all clones together.
+    pub fn images_embedded(&self) -> u64 {
+        self.images_embedded.load(Ordering::Relaxed)
     }
 }
 
@@ -77,6 +88,8 @@ impl ImageEmbedder for LocalEncoder {
         images: Vec<Vec<u8>>,
     ) -> Result<Vec<Result<Embedding, String>>, PortError> {
         let encoder = Arc::clone(&self.encoder);
+        self.images_embedded
+            .fetch_add(images.len() as u64, Ordering::Relaxed);
         let results = tokio::task::spawn_blocking(move || {
             let slices: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             embed_pipelined(encoder.as_ref(), &slices, IMAGE_BATCH)

@@ -483,4 +483,24 @@ impl VectorIndex for QdrantIndex {
             .map_err(|e| port_error("count", e))
             .map(|response| response.result.map_or(0, |r| r.count))
     }
+
+    async fn ids(&self, after: Option<PhotoId>, limit: usize) -> Result<Vec<PhotoId>, PortError> {
+        let Some(start) = ports::first_id_after(after) else {
+            return Ok(Vec::new());
+        };
+        self.client
+            .scroll(
+                ScrollPointsBuilder::new(&self.collection)
+                    .offset(point_id(start))
+                    .limit(limit.min(u32::MAX as usize) as u32)
+                    .with_vectors(false)
+                    .with_payload(false),
+            )
+            .await
+            .map_err(|e| port_error("scroll", e))?
+            .result
+            .into_iter()
+            .map(|point| photo_id(point.id))
+            .collect()
+    }
 }

@@ -1,5 +1,6 @@
 //! The embedded Catalog: one SQLite file in WAL mode, schema versioned by `PRAGMA user_version`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,13 +11,15 @@ use glimpse_core::browse::{AlbumSummary, BrowseCursor};
 use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
 use glimpse_core::ports::{
     Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, PortError,
-    SearchFilter,
+    Requeue, SearchFilter,
 };
 use glimpse_core::search::{
     LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId, SearchLog, SearchLogEntry,
     StageTimings,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::blocking::off_runtime;
 
 /// The migrations, in order; `user_version` counts how many are applied.
 const MIGRATIONS: &[&str] = &[
@@ -91,6 +94,29 @@ CREATE TABLE search_results (
 CREATE INDEX photos_by_date ON photos (dated_at DESC, id DESC);
 CREATE INDEX photos_by_album ON photos (lower(album));
 "#,
+    // Never lose a photo: a photo may be at several library paths (copies, a move in progress),
+    // a claim that never ended is counted, and the engine records transitions it must finish.
+    r#"
+ALTER TABLE feature_jobs ADD COLUMN unfinished_claims INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE library_files (
+    path        TEXT PRIMARY KEY,
+    photo_id    INTEGER NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+    bytes       INTEGER NOT NULL,
+    modified_at INTEGER
+);
+CREATE INDEX library_files_by_photo ON library_files (photo_id);
+INSERT INTO library_files (path, photo_id, bytes, modified_at)
+    SELECT origin_key, id, bytes, modified_at FROM photos WHERE origin_kind = 'library';
+DROP INDEX photos_by_origin;
+CREATE INDEX photos_by_origin ON photos (origin_kind, origin_key);
+CREATE TABLE engine_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE INDEX searches_by_time ON searches (created_at);
+INSERT INTO engine_state (key, value)
+    SELECT 'active_encoder', id FROM encoders ORDER BY last_used_at DESC LIMIT 1;
+"#,
 ];
 
 /// A library file as the catalog last saw it.
@@ -104,6 +130,31 @@ pub struct LibraryEntry {
     pub modified_at: Option<i64>,
 }
 
+/// What [`SqliteCatalog::settle_library_photo`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settled {
+    /// The photo's original is where the catalog says (or it is an upload).
+    Kept,
+    /// The photo's file went away from its path but the photo is at another: it now points
+    /// there (same id, vector, clicks).
+    Moved {
+        /// The photo as it is now.
+        photo: Photo,
+        /// Whether the new path's folder gave it another album (the index's filter fields need
+        /// the change too).
+        album_changed: bool,
+    },
+    /// No library file holds the photo any more.
+    NoFileLeft(Photo),
+}
+
+/// The album of a library path: the name of the folder holding the file (none at the root).
+pub fn album_of(path: &str) -> Option<String> {
+    let mut parts = path.rsplit('/');
+    parts.next();
+    parts.next().map(str::to_owned)
+}
+
 /// The SQLite catalog.
 pub struct SqliteCatalog {
     connection: Mutex<Connection>,
@@ -113,10 +164,15 @@ fn internal(error: impl std::fmt::Display) -> PortError {
     PortError::Internal(format!("catalog: {error}"))
 }
 
+/// A busy database, a full disk and I/O errors pass: the caller waits them out.
 fn storage(error: rusqlite::Error) -> PortError {
+    use rusqlite::ErrorCode as Code;
     match error.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+        Some(Code::DatabaseBusy | Code::DatabaseLocked) => {
             PortError::Unavailable(format!("catalog busy: {error}"))
+        }
+        Some(Code::DiskFull | Code::SystemIoFailure | Code::CannotOpen | Code::OutOfMemory) => {
+            PortError::Unavailable(format!("catalog storage: {error}"))
         }
         _ => internal(error),
     }
@@ -141,6 +197,12 @@ fn timing_columns() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The engine-state key of the active encoder.
+const ACTIVE_ENCODER: &str = "active_encoder";
+
+/// A job that is no suspect: every claim of it ended (its lease did not run out under a claimer).
+const SQLITE_CLEAN_JOB: &str = "unfinished_claims = 0 AND state = 'queued'";
 
 const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes, width, height, \
      taken_at, dated_at, camera, latitude, longitude, album, status, last_error, added_at, \
@@ -292,39 +354,40 @@ impl SqliteCatalog {
         })
     }
 
+    /// Runs `work` on the connection, off the async runtime's worker threads.
     fn with<T>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, PortError> {
-        let mut connection = self
-            .connection
-            .lock()
-            .map_err(|_| internal("a previous catalog operation panicked"))?;
-        work(&mut connection).map_err(storage)
+        off_runtime(|| {
+            let mut connection = self
+                .connection
+                .lock()
+                .map_err(|_| internal("a previous catalog operation panicked"))?;
+            work(&mut connection).map_err(storage)
+        })
     }
 
     /// Releases every lease: only for a process that owns the data directory exclusively, at
     /// start, so the jobs a crashed run held are runnable at once instead of after their lease.
+    /// Each released claim never ended, and is counted as such.
     pub fn release_leases(&self) -> Result<u64, PortError> {
         self.with(|c| {
             c.execute(
-                "UPDATE feature_jobs SET state = 'queued', lease_until = NULL, run_after = ?1 \
-                 WHERE state = 'leased'",
+                "UPDATE feature_jobs SET state = 'queued', lease_until = NULL, run_after = ?1, \
+                 unfinished_claims = unfinished_claims + 1 WHERE state = 'leased'",
                 params![now_ms()],
             )
             .map(|n| n as u64)
         })
     }
 
-    /// Every library file the catalog holds, by path relative to the library root.
-    pub fn library_entries(
-        &self,
-    ) -> Result<std::collections::HashMap<String, LibraryEntry>, PortError> {
+    /// Every library file the catalog holds, by path relative to the library root (a photo with
+    /// copies at several paths appears once per path).
+    pub fn library_files(&self) -> Result<HashMap<String, LibraryEntry>, PortError> {
         self.with(|c| {
-            let mut statement = c.prepare(
-                "SELECT origin_key, id, bytes, modified_at FROM photos \
-                 WHERE origin_kind = 'library'",
-            )?;
+            let mut statement =
+                c.prepare("SELECT path, photo_id, bytes, modified_at FROM library_files")?;
             let rows = statement.query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
@@ -336,6 +399,134 @@ impl SqliteCatalog {
                 ))
             })?;
             rows.collect()
+        })
+    }
+
+    /// Records that the library file at `path` holds `entry`'s photo (which must be in the
+    /// catalog). Returns the photo the path held before, if it was another one.
+    pub fn link_library_file(
+        &self,
+        path: &str,
+        entry: &LibraryEntry,
+    ) -> Result<Option<PhotoId>, PortError> {
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before: Option<i64> = transaction
+                .query_row(
+                    "SELECT photo_id FROM library_files WHERE path = ?1",
+                    params![path],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            transaction.execute(
+                "INSERT INTO library_files (path, photo_id, bytes, modified_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (path) DO UPDATE SET \
+                 photo_id = excluded.photo_id, bytes = excluded.bytes, \
+                 modified_at = excluded.modified_at",
+                params![
+                    path,
+                    entry.id.as_i64(),
+                    entry.bytes as i64,
+                    entry.modified_at
+                ],
+            )?;
+            transaction.commit()?;
+            Ok(before
+                .map(PhotoId::from_i64)
+                .filter(|previous| *previous != entry.id))
+        })
+    }
+
+    /// Forgets the library file at `path`; returns the photo it held.
+    pub fn unlink_library_file(&self, path: &str) -> Result<Option<PhotoId>, PortError> {
+        self.with(|c| {
+            c.query_row(
+                "DELETE FROM library_files WHERE path = ?1 RETURNING photo_id",
+                params![path],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|id| id.map(PhotoId::from_i64))
+        })
+    }
+
+    /// Brings a library photo's original in line with the library files that hold it: kept
+    /// where it is while its file is still linked; moved to another linked path (with the album
+    /// of that path's folder) when its own went away; reported as having no file left otherwise.
+    /// Uploads are always kept.
+    pub fn settle_library_photo(&self, id: PhotoId) -> Result<Settled, PortError> {
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(photo) = transaction
+                .query_row(
+                    &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
+                    params![id.as_i64()],
+                    photo_from_row,
+                )
+                .optional()?
+            else {
+                return Ok(Settled::Kept);
+            };
+            let Origin::Library(current) = &photo.origin else {
+                return Ok(Settled::Kept);
+            };
+            let paths: Vec<(String, Option<i64>)> = {
+                let mut statement = transaction.prepare_cached(
+                    "SELECT path, modified_at FROM library_files WHERE photo_id = ?1 \
+                     ORDER BY path",
+                )?;
+                statement
+                    .query_map(params![id.as_i64()], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            if paths.iter().any(|(path, _)| path == current) {
+                return Ok(Settled::Kept);
+            }
+            let Some((to, modified_at)) = paths.into_iter().next() else {
+                return Ok(Settled::NoFileLeft(photo));
+            };
+            let album = album_of(&to);
+            transaction.execute(
+                "UPDATE photos SET origin_key = ?2, album = ?3, modified_at = ?4 WHERE id = ?1",
+                params![id.as_i64(), to, album, modified_at],
+            )?;
+            transaction.commit()?;
+            Ok(Settled::Moved {
+                album_changed: album != photo.album,
+                photo: Photo {
+                    origin: Origin::Library(to),
+                    album,
+                    modified_at,
+                    ..photo
+                },
+            })
+        })
+    }
+
+    /// A value the engine recorded under `key`.
+    pub fn engine_state(&self, key: &str) -> Result<Option<String>, PortError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT value FROM engine_state WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Records (`Some`) or clears (`None`) a value under `key`, durably.
+    pub fn set_engine_state(&self, key: &str, value: Option<&str>) -> Result<(), PortError> {
+        self.with(|c| {
+            match value {
+                Some(value) => c.execute(
+                    "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                ),
+                None => c.execute("DELETE FROM engine_state WHERE key = ?1", params![key]),
+            }
+            .map(drop)
         })
     }
 
@@ -361,13 +552,36 @@ impl Catalog for SqliteCatalog {
     ) -> Result<(), PortError> {
         let now = now_seconds();
         self.with(|c| {
-            c.execute(
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            transaction.execute(
                 "INSERT INTO encoders (id, dimension, first_used_at, last_used_at) \
                  VALUES (?1, ?2, ?3, ?3) \
                  ON CONFLICT (id) DO UPDATE SET last_used_at = excluded.last_used_at",
                 params![encoder.to_string(), dimension as i64, now],
+            )?;
+            transaction.execute(
+                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![ACTIVE_ENCODER, encoder.to_string()],
+            )?;
+            transaction.commit()
+        })
+    }
+
+    async fn active_encoder(&self) -> Result<Option<EncoderId>, PortError> {
+        self.engine_state(ACTIVE_ENCODER)?
+            .map(|id| id.parse().map_err(internal))
+            .transpose()
+    }
+
+    async fn activate_encoder(&self, encoder: &EncoderId) -> Result<bool, PortError> {
+        let id = encoder.to_string();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO engine_state (key, value) SELECT ?1, id FROM encoders WHERE id = ?2 \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![ACTIVE_ENCODER, id],
             )
-            .map(drop)
+            .map(|changed| changed == 1)
         })
     }
 
@@ -518,24 +732,33 @@ impl Catalog for SqliteCatalog {
         let lease_until = now.saturating_add(lease.as_millis() as i64);
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let claimed: Vec<(i64, i64, u32)> = {
-                let mut statement = transaction.prepare_cached(
-                    "SELECT id, photo_id, attempts FROM feature_jobs \
-                     WHERE (state = 'queued' AND run_after <= ?1) \
-                        OR (state = 'leased' AND lease_until <= ?1) \
-                     ORDER BY id LIMIT ?2",
-                )?;
+            let runnable = |suspect: &str, limit: usize| -> rusqlite::Result<Vec<(i64, i64)>> {
+                let mut statement = transaction.prepare_cached(&format!(
+                    "SELECT id, photo_id FROM feature_jobs \
+                     WHERE ((state = 'queued' AND run_after <= ?1) \
+                            OR (state = 'leased' AND lease_until <= ?1)) \
+                       AND ({suspect}) \
+                     ORDER BY id LIMIT ?2"
+                ))?;
                 let rows = statement.query_map(params![now, limit as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?))
                 })?;
-                rows.collect::<rusqlite::Result<_>>()?
+                rows.collect()
             };
+            // Suspects (claims that never ended) go alone, after everything else.
+            let mut claimed = runnable(SQLITE_CLEAN_JOB, limit)?;
+            if claimed.is_empty() && limit > 0 {
+                claimed = runnable(&format!("NOT ({SQLITE_CLEAN_JOB})"), 1)?;
+            }
             let mut jobs = Vec::with_capacity(claimed.len());
-            for (job_id, photo, attempts) in claimed {
-                transaction.execute(
-                    "UPDATE feature_jobs SET state = 'leased', lease_until = ?2, \
-                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+            for (job_id, photo) in claimed {
+                let (attempts, unfinished) = transaction.query_row(
+                    "UPDATE feature_jobs SET \
+                     unfinished_claims = unfinished_claims + (state = 'leased'), \
+                     state = 'leased', lease_until = ?2, attempts = attempts + 1, updated_at = ?3 \
+                     WHERE id = ?1 RETURNING attempts - 1, unfinished_claims",
                     params![job_id, lease_until, now],
+                    |row| Ok((row.get::<_, u32>(0)?, row.get::<_, u32>(1)?)),
                 )?;
                 let photo = transaction.query_row(
                     &format!("SELECT {PHOTO_COLUMNS} FROM photos WHERE id = ?1"),
@@ -546,6 +769,7 @@ impl Catalog for SqliteCatalog {
                     job_id,
                     photo,
                     previous_attempts: attempts,
+                    unfinished_claims: unfinished,
                 });
             }
             transaction.commit()?;
@@ -605,22 +829,68 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    async fn requeue_all(&self) -> Result<u64, PortError> {
+    async fn requeue(&self, which: &Requeue) -> Result<u64, PortError> {
         let now = now_ms();
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            transaction.execute("DELETE FROM feature_jobs", [])?;
+            transaction.execute("CREATE TEMP TABLE IF NOT EXISTS requeued (id INTEGER)", [])?;
+            transaction.execute("DELETE FROM requeued", [])?;
+            match which {
+                Requeue::Everything => {
+                    transaction.execute("INSERT INTO requeued SELECT id FROM photos", [])?
+                }
+                Requeue::Failed => transaction.execute(
+                    "INSERT INTO requeued SELECT id FROM photos WHERE status = 'failed'",
+                    [],
+                )?,
+                Requeue::Photos(ids) => {
+                    let mut statement = transaction.prepare_cached(
+                        "INSERT INTO requeued SELECT id FROM photos WHERE id = ?1",
+                    )?;
+                    for id in ids {
+                        statement.execute(params![id.as_i64()])?;
+                    }
+                    0
+                }
+            };
+            transaction.execute(
+                "DELETE FROM feature_jobs WHERE photo_id IN (SELECT id FROM requeued)",
+                [],
+            )?;
             let photos = transaction.execute(
-                "UPDATE photos SET status = 'pending', last_error = NULL",
+                "UPDATE photos SET status = 'pending', last_error = NULL \
+                 WHERE id IN (SELECT id FROM requeued)",
                 [],
             )?;
             transaction.execute(
                 "INSERT INTO feature_jobs (photo_id, state, run_after, updated_at) \
-                 SELECT id, 'queued', ?1, ?1 FROM photos",
+                 SELECT DISTINCT id, 'queued', ?1, ?1 FROM requeued",
                 params![now],
             )?;
+            transaction.execute("DELETE FROM requeued", [])?;
             transaction.commit()?;
             Ok(photos as u64)
+        })
+    }
+
+    async fn photo_states(
+        &self,
+        after: Option<PhotoId>,
+        limit: usize,
+    ) -> Result<Vec<(PhotoId, PhotoStatus)>, PortError> {
+        self.with(|c| {
+            let mut statement = c.prepare_cached(
+                "SELECT id, status FROM photos WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows =
+                statement.query_map(params![after.map(PhotoId::as_i64), limit as i64], |row| {
+                    let status: String = row.get(1)?;
+                    Ok((
+                        PhotoId::from_i64(row.get(0)?),
+                        PhotoStatus::parse(&status).ok_or_else(|| corrupt(1, "status"))?,
+                    ))
+                })?;
+            rows.collect()
         })
     }
 
@@ -750,6 +1020,24 @@ impl Catalog for SqliteCatalog {
             created_at,
             results,
         }))
+    }
+
+    async fn prune_search_log(&self, before: i64, keep: u64) -> Result<u64, PortError> {
+        self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let old = transaction.execute(
+                "DELETE FROM searches WHERE created_at < ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM search_results r WHERE r.query_id = searches.id AND r.clicked)",
+                params![before],
+            )?;
+            let over = transaction.execute(
+                "DELETE FROM searches WHERE id IN \
+                 (SELECT id FROM searches ORDER BY created_at DESC, id LIMIT -1 OFFSET ?1)",
+                params![i64::try_from(keep).unwrap_or(i64::MAX)],
+            )?;
+            transaction.commit()?;
+            Ok((old + over) as u64)
+        })
     }
 
     async fn record_click(

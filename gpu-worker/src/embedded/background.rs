@@ -7,6 +7,8 @@ use std::time::Duration;
 use notify::Watcher;
 use tokio::sync::Notify;
 
+use glimpse_core::ports::Catalog;
+
 use super::Engine;
 
 /// How often the indexing loop looks for jobs whose back-off ended, when nothing wakes it.
@@ -21,11 +23,24 @@ pub struct Background {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
-/// Starts the indexing loop and, with a library, the initial scan, the watcher and the periodic
-/// rescan.
-pub fn start(engine: Arc<Engine>, rescan_every: Duration) -> Background {
+/// How long the search log keeps searches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Searches without a click older than this many days are forgotten.
+    pub days: u64,
+    /// At most this many searches are kept, clicked or not (the newest).
+    pub searches: u64,
+}
+
+/// How often the search log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Starts the indexing loop, the hourly pruning of the search log and, with a library, the
+/// initial scan, the watcher and the periodic rescan.
+pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: Retention) -> Background {
     let wake_indexer = Arc::new(Notify::new());
     tokio::spawn(index_loop(Arc::clone(&engine), Arc::clone(&wake_indexer)));
+    tokio::spawn(prune_loop(Arc::clone(&engine), retention));
     let Some(library) = engine.library().map(|p| p.to_path_buf()) else {
         return Background {
             wake_indexer,
@@ -64,7 +79,7 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration) -> Background {
                     while changed.try_recv().is_ok() {}
                 }
             }
-            match engine.scan_library().await {
+            match engine.scan_library(false).await {
                 Ok(_) => wake.notify_one(),
                 Err(error) => eprintln!("glimpse: library scan failed: {error}"),
             }
@@ -76,7 +91,34 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration) -> Background {
     }
 }
 
+async fn prune_loop(engine: Arc<Engine>, retention: Retention) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let age = i64::try_from(retention.days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        let before = crate::adapters::sqlite::now_seconds().saturating_sub(age);
+        if let Err(error) = engine
+            .catalog
+            .prune_search_log(before, retention.searches)
+            .await
+        {
+            eprintln!("glimpse: cannot prune the search log: {error}");
+        }
+    }
+}
+
+/// Brings catalog and index in line (a crash, a deleted or damaged index), then indexes whatever
+/// is queued, for as long as the engine runs.
 async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>) {
+    match engine.check(true).await {
+        Ok(check) if !check.consistent() => eprintln!(
+            "glimpse: catalog and index disagreed: {} indexed photos had no vector (queued \
+             again), {} vectors had no photo (removed)",
+            check.missing_vectors, check.orphan_vectors
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!("glimpse: cannot compare the catalog with the index: {error}"),
+    }
     let mut changed_since_optimize = false;
     loop {
         match engine.index_round().await {

@@ -9,14 +9,19 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use glimpse_core::flows::{self, FlowError, IndexRound, Ports, RetrievalOrder, RetryPolicy};
-use glimpse_core::ports::{Catalog, PortError, VectorIndex};
+use glimpse_core::EncoderId;
+use glimpse_core::flows::{
+    self, FlowError, IndexRound, Ports, Reconciliation, RetrievalOrder, RetryPolicy,
+};
+use glimpse_core::ports::{Catalog, PortError, Requeue, VectorIndex};
 use serde::{Deserialize, Serialize};
 
 pub use self::library::ScanReport;
+use crate::adapters::sqlite::now_seconds;
 use crate::adapters::{
     EdgeIndex, IndexOpenError, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog,
 };
+use crate::crash_points::crash_point;
 use crate::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
 use crate::hub;
 
@@ -101,8 +106,19 @@ pub struct Engine {
     reranker: RetrievalOrder,
     policy: RetryPolicy,
     last_scan: Mutex<Option<ScanReport>>,
+    /// Held while a library scan runs: scans never overlap.
+    scanning: tokio::sync::Mutex<()>,
+    /// What opening found wrong with the index and did about it, for the log and `status`.
+    index_repairs: Vec<String>,
+    /// The last comparison of catalog and index.
+    last_check: Mutex<Option<Reconciliation>>,
     _lock: File,
 }
+
+/// The engine-state key under which an index rebuild for an encoder is recorded before it
+/// starts, and cleared once every photo is queued for the new encoder: a crash in between is
+/// finished by the next start.
+const REBUILD_KEY: &str = "index_rebuild_for";
 
 impl Engine {
     /// Opens the data directory: takes its lock, loads the model, opens (or rebuilds) the index
@@ -122,6 +138,8 @@ impl Engine {
                 data_dir.display().to_string(),
             ));
         }
+        restrict_to_owner(data_dir, true)?;
+        let data_dir = &std::fs::canonicalize(data_dir).map_err(|e| storage(data_dir, e))?;
         let remembered = Self::settings(data_dir)?;
         let library = match options.library.or(remembered.library) {
             Some(library) => Some(
@@ -145,7 +163,7 @@ impl Engine {
         let clip: Arc<dyn ImageTextEncoder> =
             Arc::new(ClipEncoder::load(&model.directory, model.id)?);
         Self::with_encoder(
-            options.data_dir,
+            data_dir.clone(),
             settings,
             clip,
             options.rebuild_on_encoder_change,
@@ -162,24 +180,26 @@ impl Engine {
         lock: File,
     ) -> Result<Self, EngineError> {
         let encoder = LocalEncoder::new(clip);
-        let catalog = SqliteCatalog::open(&data_dir.join("catalog.sqlite3"))?;
+        let catalog_path = data_dir.join("catalog.sqlite3");
+        let catalog = SqliteCatalog::open(&catalog_path)?;
+        restrict_to_owner(&catalog_path, false)?;
         let blobs = LocalBlobStore::open(&data_dir.join("blobs"), settings.library.as_deref())?;
-        let index_dir = data_dir.join("index");
+        restrict_to_owner(&data_dir.join("blobs"), true)?;
+        // The model is remembered before the index changes for it, so a crash during a rebuild
+        // is finished by the next start with the same model.
+        save_settings(&data_dir, &settings)?;
         let id = glimpse_core::ports::TextEmbedder::encoder(&encoder).clone();
         let dimension = encoder.dimension();
-        let index = match EdgeIndex::open(&index_dir, &id, dimension, IndexTuning::default()) {
-            Err(IndexOpenError::OtherEncoder { found, .. }) if rebuild => {
-                eprintln!("glimpse: the index was built with {found}; rebuilding it for {id}");
-                EdgeIndex::destroy(&index_dir).map_err(|e| storage(&index_dir, e))?;
-                let index = EdgeIndex::open(&index_dir, &id, dimension, IndexTuning::default())?;
-                catalog.requeue_all().await?;
-                index
-            }
-            other => other?,
-        };
+        let (index, index_repairs) =
+            open_index(&data_dir, &catalog, &id, dimension, rebuild).await?;
         catalog.register_encoder(&id, dimension).await?;
+        // One engine, one encoder: the one it opened with is the one that indexes.
+        catalog.activate_encoder(&id).await?;
         catalog.release_leases()?;
-        let engine = Self {
+        for repair in &index_repairs {
+            eprintln!("glimpse: {repair}");
+        }
+        Ok(Self {
             data_dir,
             settings,
             catalog,
@@ -189,10 +209,11 @@ impl Engine {
             reranker: RetrievalOrder,
             policy: RetryPolicy::default(),
             last_scan: Mutex::new(None),
+            scanning: tokio::sync::Mutex::new(()),
+            index_repairs,
+            last_check: Mutex::new(None),
             _lock: lock,
-        };
-        engine.save_settings()?;
-        Ok(engine)
+        })
     }
 
     /// The settings remembered in a data directory (defaults when there are none).
@@ -203,12 +224,6 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
             Err(e) => Err(storage(&path, e)),
         }
-    }
-
-    fn save_settings(&self) -> Result<(), EngineError> {
-        let path = self.data_dir.join(SETTINGS_FILE);
-        let text = serde_json::to_string_pretty(&self.settings).map_err(|e| storage(&path, e))?;
-        std::fs::write(&path, text).map_err(|e| storage(&path, e))
     }
 
     /// The data directory.
@@ -244,16 +259,58 @@ impl Engine {
         .await
     }
 
-    /// Scans the library (if any) and records the report for `status`.
-    pub async fn scan_library(&self) -> Result<Option<ScanReport>, EngineError> {
+    /// Scans the library (if any; one scan at a time) and records the report for `status`. With
+    /// `forget_missing`, photos missing from a library or folder that reads empty are removed
+    /// too (for one emptied on purpose); otherwise that marks the library unavailable.
+    pub async fn scan_library(
+        &self,
+        forget_missing: bool,
+    ) -> Result<Option<ScanReport>, EngineError> {
         let Some(library) = self.library() else {
             return Ok(None);
         };
-        let report = library::scan(self, library).await?;
+        let _scanning = self.scanning.lock().await;
+        let report = library::scan(self, library, forget_missing).await?;
+        if let Some(problem) = &report.problem {
+            eprintln!("glimpse: library unavailable: {problem}");
+        }
         if let Ok(mut last) = self.last_scan.lock() {
             *last = Some(report.clone());
         }
         Ok(Some(report))
+    }
+
+    /// Compares the catalog with the index and, with `repair`, re-queues photos whose vector is
+    /// missing and removes vectors without a photo (see [`flows::reconcile`]); the result is
+    /// kept for `status`.
+    pub async fn check(&self, repair: bool) -> Result<Reconciliation, EngineError> {
+        let report = flows::reconcile(&self.catalog, &self.index, repair).await?;
+        if let Ok(mut last) = self.last_check.lock() {
+            *last = Some(report.clone());
+        }
+        Ok(report)
+    }
+
+    /// The last comparison of catalog and index, if one ran.
+    pub fn last_check(&self) -> Option<Reconciliation> {
+        self.last_check.lock().ok().and_then(|last| last.clone())
+    }
+
+    /// What opening found wrong with the index and did about it.
+    pub fn index_repairs(&self) -> &[String] {
+        &self.index_repairs
+    }
+
+    /// Puts every failed photo back in the indexing queue; returns how many.
+    pub async fn retry_failed(&self) -> Result<u64, PortError> {
+        self.catalog.requeue(&Requeue::Failed).await
+    }
+
+    /// Whether the library can be read: `None` without a library, `true` until a scan finds it
+    /// missing, unreadable or empty (then nothing is removed until it is back).
+    pub fn library_available(&self) -> Option<bool> {
+        self.library()?;
+        Some(self.last_scan().is_none_or(|scan| scan.available))
     }
 
     /// The report of the last library scan.
@@ -270,4 +327,96 @@ impl Engine {
     pub async fn counts(&self) -> Result<glimpse_core::ports::CatalogCounts, PortError> {
         self.catalog.counts().await
     }
+}
+
+/// Remembers `settings` (atomically; nothing is written when they did not change, so a full disk
+/// does not stop a start).
+fn save_settings(data_dir: &Path, settings: &Settings) -> Result<(), EngineError> {
+    let path = data_dir.join(SETTINGS_FILE);
+    let text = serde_json::to_string_pretty(settings).map_err(|e| storage(&path, e))?;
+    if std::fs::read_to_string(&path).is_ok_and(|saved| saved == text) {
+        return restrict_to_owner(&path, false);
+    }
+    let temporary = data_dir.join(format!("{SETTINGS_FILE}.partial"));
+    std::fs::write(&temporary, text).map_err(|e| storage(&temporary, e))?;
+    restrict_to_owner(&temporary, false)?;
+    std::fs::rename(&temporary, &path).map_err(|e| storage(&path, e))
+}
+
+/// Makes a file (0600) or folder (0700) of the data directory private to its owner: it holds
+/// where photos were taken and what was searched.
+fn restrict_to_owner(path: &Path, folder: bool) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if folder { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| storage(path, e))
+}
+
+/// Opens the index for `id`, finishing or starting a rebuild where one is due, and setting aside
+/// (never deleting) an index that cannot be opened. Returns the index and what was repaired; the
+/// photos an emptied index lacks are re-queued by the start-up check that compares it with the
+/// catalog.
+async fn open_index(
+    data_dir: &Path,
+    catalog: &SqliteCatalog,
+    id: &EncoderId,
+    dimension: usize,
+    rebuild: bool,
+) -> Result<(EdgeIndex, Vec<String>), EngineError> {
+    let directory = data_dir.join("index");
+    let tuning = IndexTuning::default();
+    let mut repairs = Vec::new();
+    let resuming = catalog.engine_state(REBUILD_KEY)?.as_deref() == Some(&*id.to_string());
+    let existed = EdgeIndex::exists(&directory);
+    let index = match EdgeIndex::open(&directory, id, dimension, tuning) {
+        Ok(index) if resuming => {
+            repairs.push(format!(
+                "finished the index rebuild for {id} that an earlier run started"
+            ));
+            queue_everything(catalog).await?;
+            index
+        }
+        Ok(index) => index,
+        Err(IndexOpenError::OtherEncoder { found, .. }) if rebuild || resuming => {
+            repairs.push(format!(
+                "the index was built with {found}; rebuilding it for {id}"
+            ));
+            catalog.set_engine_state(REBUILD_KEY, Some(&id.to_string()))?;
+            crash_point("rebuild:recorded");
+            EdgeIndex::destroy(&directory).map_err(|e| storage(&directory, e))?;
+            crash_point("rebuild:destroyed");
+            let index = EdgeIndex::open(&directory, id, dimension, tuning)?;
+            crash_point("rebuild:created");
+            queue_everything(catalog).await?;
+            index
+        }
+        Err(error @ IndexOpenError::OtherEncoder { .. }) => return Err(error.into()),
+        Err(IndexOpenError::Storage { message, .. }) => {
+            let aside = data_dir.join(format!("index.unreadable-{}", now_seconds()));
+            std::fs::rename(&directory, &aside).map_err(|e| storage(&directory, e))?;
+            repairs.push(format!(
+                "the index could not be opened ({message}); it was set aside as {} and a new \
+                 one is built from the catalog (delete the old one once you no longer need it)",
+                aside.display()
+            ));
+            EdgeIndex::open(&directory, id, dimension, tuning)?
+        }
+    };
+    if !existed && !resuming && catalog.counts().await?.indexed > 0 {
+        repairs.push(
+            "the index folder was missing although photos were indexed; it is rebuilt from \
+             the catalog"
+                .to_owned(),
+        );
+    }
+    Ok((index, repairs))
+}
+
+/// The last steps of a rebuild: every photo queued for the new encoder, then the rebuild record
+/// cleared. Both are safe to repeat.
+async fn queue_everything(catalog: &SqliteCatalog) -> Result<(), EngineError> {
+    catalog.requeue(&Requeue::Everything).await?;
+    crash_point("rebuild:queued");
+    catalog.set_engine_state(REBUILD_KEY, None)?;
+    Ok(())
 }

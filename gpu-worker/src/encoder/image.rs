@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::EncoderError;
+use super::decode_budget::{self, decode_cost};
 
 /// A size in preprocessor_config.json: `224`, `{"shortest_edge": 224}` or
 /// `{"height": 224, "width": 224}`.
@@ -226,12 +227,14 @@ pub enum JpegDecode {
 /// Decodes an encoded image (format sniffed from its bytes), applies its EXIF orientation and
 /// converts it to 8-bit RGB as PIL's `convert("RGB")` does (alpha dropped, grey replicated,
 /// palettes expanded, CMYK by Pillow's formula). Images over [`MAX_PIXELS`] are refused before any
-/// pixel is allocated.
+/// pixel is allocated, and every decode holds its share of the process's decode memory (see
+/// [`decode_budget`]): an image that needs more than all of it is refused.
 ///
 /// JPEG goes through `jpeg-decoder`, whose IDCT and chroma upsampling follow libjpeg (which PIL
 /// uses) to within 3/255; other formats through the `image` crate. With `draft_short_side`, a JPEG
 /// may be decoded at a reduced scale whose shorter side is still at least that many pixels.
 pub fn decode_rgb(bytes: &[u8], draft_short_side: Option<u32>) -> Result<RgbImage, EncoderError> {
+    crate::crash_points::crash_while_decoding(bytes);
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| EncoderError::BadImage(format!("cannot read the image: {e}")))?;
@@ -246,6 +249,9 @@ pub fn decode_rgb(bytes: &[u8], draft_short_side: Option<u32>) -> Result<RgbImag
             let mut decoder = reader.into_decoder().map_err(undecodable)?;
             let (width, height) = decoder.dimensions();
             let pixels = refuse_bombs(width, height)?;
+            let bytes_per_pixel = u64::from(decoder.color_type().bytes_per_pixel());
+            let _memory =
+                decode_budget::reserve(decode_cost(pixels, bytes_per_pixel), width, height)?;
             let mut limits = Limits::default();
             // Room for the decoded image in its widest colour type, plus decoder scratch.
             limits.max_alloc = Some(pixels * 16 + (64 << 20));
@@ -286,6 +292,12 @@ fn decode_jpeg(
         .info()
         .ok_or_else(|| undecodable("no frame header"))?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let bytes_per_pixel = info.pixel_format.pixel_bytes() as u64;
+    let _memory = decode_budget::reserve(
+        decode_cost(u64::from(width) * u64::from(height), bytes_per_pixel),
+        width,
+        height,
+    )?;
     decoder.set_max_decoding_buffer_size(usize::try_from(pixels * 4).unwrap_or(usize::MAX));
     let data = decoder.decode().map_err(undecodable)?;
     let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk);

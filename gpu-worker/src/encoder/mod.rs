@@ -1,6 +1,7 @@
 //! Image–text encoders: texts and images to unit vectors in one shared space.
 
 mod clip;
+pub mod decode_budget;
 mod image;
 mod text;
 

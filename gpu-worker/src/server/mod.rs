@@ -1,6 +1,7 @@
 //! The public HTTP API of the embedded engine (axum). Handlers only translate HTTP to core's flows
 //! and back; status codes are decided here and nowhere else.
 
+mod gates;
 mod stats;
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,9 +25,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use self::gates::Gate;
 pub use self::stats::{Stats, percentiles};
 use crate::adapters::sqlite::now_seconds;
-use crate::embedded::Engine;
+use crate::embedded::{Engine, EngineError, ScanReport};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -41,6 +44,13 @@ pub struct ServerConfig {
     pub protect_reads: bool,
     /// The largest request body accepted, in bytes.
     pub max_upload_bytes: usize,
+    /// Host names (lowercase, with or without `:port`) this server answers besides `localhost`
+    /// and IP addresses: the names it is reached under through a reverse proxy or a LAN name.
+    pub allowed_hosts: Vec<String>,
+    /// Searches at work at once; more wait their turn, briefly, then get a 503.
+    pub max_concurrent_searches: usize,
+    /// Thumbnails decoded at once; more wait their turn, briefly, then get a 503.
+    pub max_concurrent_thumbnails: usize,
 }
 
 struct AppState {
@@ -48,6 +58,8 @@ struct AppState {
     wake_indexer: Arc<Notify>,
     config: ServerConfig,
     stats: Stats,
+    searches: Gate,
+    thumbnails: Gate,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -59,6 +71,16 @@ pub(crate) fn json_body<T>(
 ) -> Result<T, ApiError> {
     body.map(|Json(value)| value)
         .map_err(|e| api::ApiError::bad_json(e.body_text(), example).into())
+}
+
+/// A JSON body of the public API: one over [`api::MAX_JSON_BYTES`] is a 413, as at the edge.
+fn public_json_body<T>(body: Result<Json<T>, JsonRejection>, example: &str) -> Result<T, ApiError> {
+    if let Err(rejection) = &body
+        && rejection.status() == StatusCode::PAYLOAD_TOO_LARGE
+    {
+        return Err(api::ApiError::json_too_large().into());
+    }
+    json_body(body, example)
 }
 
 /// An error response of the public API: the contract of [`glimpse_contracts::api`], with a
@@ -110,6 +132,19 @@ impl From<glimpse_core::ports::PortError> for ApiError {
     }
 }
 
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Port(error) => error.into(),
+            EngineError::Flow(error) => error.into(),
+            EngineError::Storage { .. } => FlowError::Unavailable(error.to_string()).into(),
+            EngineError::DataDirectoryBusy(_) | EngineError::Model(_) | EngineError::Index(_) => {
+                FlowError::Internal(error.to_string()).into()
+            }
+        }
+    }
+}
+
 fn body_error(status: StatusCode, detail: String, limit: usize) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         api::ApiError::too_large(limit, "serve --max-upload-mb").into()
@@ -129,6 +164,8 @@ pub fn router(
     let state = Arc::new(AppState {
         engine,
         wake_indexer,
+        searches: Gate::new("searches", config.max_concurrent_searches),
+        thumbnails: Gate::new("thumbnail decodes", config.max_concurrent_thumbnails),
         config,
         stats,
     });
@@ -141,20 +178,123 @@ pub fn router(
         .route("/", get(web_page))
         .route("/assets/{file}", get(web_asset))
         .route("/api/albums", get(albums))
+        .route(
+            "/api/library/scan",
+            post(scan_library).layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES)),
+        )
         .route("/api/photos", get(browse).post(upload))
         .route("/api/photos/{id}", get(photo).delete(delete_photo))
         .route("/api/photos/{id}/original", get(original))
         .route("/api/photos/{id}/thumbnail", get(thumbnail))
         .route("/api/photos/{id}/similar", get(similar))
-        .route("/api/search", get(search_get).post(search_post))
+        .route("/api/photos/{id}/retry", post(retry_photo))
+        .route(
+            "/api/search",
+            get(search_get).post(search_post.layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES))),
+        )
         .route("/api/search/{query_id}", get(search_log))
-        .route("/api/search/{query_id}/clicks", post(click))
+        .route(
+            "/api/search/{query_id}/clicks",
+            post(click).layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES)),
+        )
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorise,
         ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Keeps other sites out: a request must name this server as its host (a web page the user
+/// visits cannot reach it through a DNS name of its own that resolves here), and no page of
+/// another origin may write. Every response carries headers that keep browsers from sniffing,
+/// framing or embedding it elsewhere.
+async fn guard(State(state): Shared, request: Request, next: Next) -> Response {
+    if let Err(refusal) = check_host(request.headers(), &state.config.allowed_hosts)
+        .and_then(|()| check_origin(request.method(), request.headers()))
+    {
+        return with_security_headers(refusal.into_response());
+    }
+    with_security_headers(next.run(request).await)
+}
+
+fn with_security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`), lowercase.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host.clone(), |(name, _)| name.to_owned())
+}
+
+/// Accepts a request for `localhost`, an IP address (which no other site's DNS can stand for),
+/// or an allowed name.
+fn check_host(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return Ok(());
+    };
+    let name = host_name(host);
+    let local = name == "localhost" || name.ends_with(".localhost");
+    let address = name.parse::<std::net::IpAddr>().is_ok();
+    let listed = allowed
+        .iter()
+        .any(|a| *a == name || a.eq_ignore_ascii_case(host.trim()));
+    if local || address || listed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "unknown_host",
+        format!(
+            "this Glimpse answers requests for localhost, its IP addresses and the names given              with --allowed-hosts, not `{}`; if you reach it under that name, start it with              --allowed-hosts {name}",
+            host.chars().take(100).collect::<String>()
+        ),
+    ))
+}
+
+/// Refuses writes from pages of another origin (a browser says where a request comes from).
+fn check_origin(method: &axum::http::Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if method.is_safe() {
+        return Ok(());
+    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let cross_site = matches!(text("sec-fetch-site"), Some("cross-site" | "same-site"));
+    let foreign_origin = text(header::ORIGIN.as_str()).is_some_and(|origin| {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        text(header::HOST.as_str()).is_none_or(|host| !authority.eq_ignore_ascii_case(host))
+    });
+    if cross_site || foreign_origin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "changes from another site's pages are refused: use Glimpse's own page, or a client \
+             that is not a web page",
+        ));
+    }
+    Ok(())
 }
 
 /// Writes need the bearer token; reads too when configured. Clicks are not writes of photos,
@@ -207,25 +347,43 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let counts = engine.counts().await?;
     let vectors = engine.indexed_vectors().await?;
     let encoder = glimpse_core::ports::VectorIndex::encoder(&engine.index);
+    let last_scan = engine.last_scan();
     Ok(Json(json!({
         "encoder": encoder,
         "dimension": glimpse_core::ports::VectorIndex::dimension(&engine.index),
         "library": engine.library(),
+        "library_available": engine.library_available(),
+        "library_problem": last_scan.as_ref().and_then(|scan| scan.problem.clone()),
         "photos": counts,
         "index_vectors": vectors,
         "indexing_done": counts.pending == 0,
-        "last_scan": engine.last_scan(),
+        "last_scan": last_scan,
+        "index_repairs": engine.index_repairs(),
+        "images_embedded": engine.encoder.images_embedded(),
+        "last_check": engine.last_check(),
     })))
 }
 
 async fn stats_report(State(state): Shared) -> Json<Value> {
-    Json(state.stats.report())
+    let mut report = state.stats.report();
+    if let Some(object) = report.as_object_mut() {
+        object.insert(
+            "at_once_peak".to_owned(),
+            json!({
+                "searches": state.searches.peak(),
+                "thumbnail_decodes": state.thumbnails.peak(),
+            }),
+        );
+    }
+    Json(report)
 }
 
 async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let counts = state.engine.counts().await?;
     let vectors = state.engine.indexed_vectors().await?;
-    let text = state.stats.prometheus(&counts, vectors);
+    let text = state
+        .stats
+        .prometheus(&counts, vectors, state.engine.library_available());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -440,6 +598,48 @@ async fn delete_photo(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What `POST /api/library/scan` accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanRequest {
+    #[serde(default)]
+    forget_missing: bool,
+}
+
+/// Scans the library now (waiting for a scan in progress) and answers with its report.
+async fn scan_library(
+    State(state): Shared,
+    body: Result<Json<ScanRequest>, JsonRejection>,
+) -> Result<Json<ScanReport>, ApiError> {
+    let request = match body {
+        Err(JsonRejection::MissingJsonContentType(_)) => ScanRequest::default(),
+        other => public_json_body(other, r#"{"forget_missing": false}"#)?,
+    };
+    let report = state
+        .engine
+        .scan_library(request.forget_missing)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_library",
+                "this Glimpse has no library folder to scan: start it with --library PATH",
+            )
+        })?;
+    state.wake_indexer.notify_one();
+    Ok(Json(report))
+}
+
+async fn retry_photo(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<Photo>, ApiError> {
+    let id = parse_photo_id(&id)?;
+    let photo = flows::retry_photo(&state.engine.catalog, id).await?;
+    state.wake_indexer.notify_one();
+    Ok(Json(photo))
+}
+
 async fn read_original(state: &AppState, photo: &Photo) -> Result<Vec<u8>, ApiError> {
     state
         .engine
@@ -476,17 +676,20 @@ async fn thumbnail(State(state): Shared, Path(id): Path<String>) -> Result<Respo
     let jpeg = match cached {
         Some(jpeg) => jpeg,
         None => {
-            let original = read_original(&state, &photo).await?;
-            let jpeg = tokio::task::spawn_blocking(move || make_thumbnail(&original))
-                .await
-                .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
-                .map_err(|message| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "undecodable_image",
-                        message,
-                    )
-                })?;
+            let made = state.thumbnails.run(async {
+                let original = read_original(&state, &photo).await?;
+                tokio::task::spawn_blocking(move || make_thumbnail(&original))
+                    .await
+                    .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
+                    .map_err(|message| {
+                        ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "undecodable_image",
+                            message,
+                        )
+                    })
+            });
+            let jpeg = made.await?;
             state.engine.blobs.put(&key, jpeg.clone()).await?;
             jpeg
         }
@@ -522,7 +725,11 @@ async fn run_search(
     state: &AppState,
     request: SearchRequest,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    match flows::search(state.engine.ports(), &request).await {
+    let searched = state
+        .searches
+        .run(async { Ok(flows::search(state.engine.ports(), &request).await) })
+        .await?;
+    match searched {
         Ok(response) => {
             state.stats.record_search(&response);
             Ok(Json(response))
@@ -546,7 +753,7 @@ async fn search_post(
     State(state): Shared,
     body: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let request = json_body(
+    let request = public_json_body(
         body,
         r#"{"query": "…", "top_k": 20, "offset": 0, "min_score": 1.5}"#,
     )?;
@@ -592,7 +799,7 @@ async fn click(
     body: Result<Json<ClickBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let query_id = parse_query_id(&query_id)?;
-    let body = json_body(body, r#"{"rank": 1}"#)?;
+    let body = public_json_body(body, r#"{"rank": 1}"#)?;
     let clicked = flows::record_click(&state.engine.catalog, &query_id, body.rank).await?;
     state.stats.count_click();
     Ok(Json(

@@ -123,7 +123,12 @@ impl Stats {
     }
 
     /// The `/metrics` page (Prometheus text format 0.0.4).
-    pub fn prometheus(&self, counts: &CatalogCounts, vectors: u64) -> String {
+    pub fn prometheus(
+        &self,
+        counts: &CatalogCounts,
+        vectors: u64,
+        library_available: Option<bool>,
+    ) -> String {
         let mut out = String::new();
         let counters = [
             (
@@ -186,6 +191,15 @@ impl Stats {
             "# HELP glimpse_index_vectors Vectors in the index.\n\
              # TYPE glimpse_index_vectors gauge\nglimpse_index_vectors {vectors}"
         );
+        if let Some(available) = library_available {
+            let _ = writeln!(
+                out,
+                "# HELP glimpse_library_available Whether the last scan could read the library \
+                 folder (0: missing, unreadable or empty, nothing removed).\n\
+                 # TYPE glimpse_library_available gauge\nglimpse_library_available {}",
+                u8::from(available)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP glimpse_search_stage_seconds Search stage latency over the last {WINDOW} \

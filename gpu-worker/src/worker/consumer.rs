@@ -5,7 +5,7 @@
 //! cannot end a job another one holds now.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use glimpse_core::flows::{self, IndexRound, RetryPolicy};
@@ -72,6 +72,8 @@ pub struct Consumer {
     ports: ConsumerPorts,
     pacing: ConsumerPacing,
     stats: Arc<ConsumerStats>,
+    /// Whether the encoder is registered with the catalog (the first round does it).
+    registered: AtomicBool,
 }
 
 impl Consumer {
@@ -81,6 +83,7 @@ impl Consumer {
             ports,
             pacing,
             stats: Arc::new(ConsumerStats::default()),
+            registered: AtomicBool::new(false),
         }
     }
 
@@ -89,9 +92,18 @@ impl Consumer {
         Arc::clone(&self.stats)
     }
 
-    /// One round (see [`flows::index_round`]).
+    /// One round (see [`flows::index_round`]). The first registers the encoder with the catalog:
+    /// the first encoder a pool ever sees becomes its active one; another claims no jobs until
+    /// an operator activates it.
     pub async fn round(&self) -> Result<IndexRound, flows::FlowError> {
         let ports = &self.ports;
+        if !self.registered.load(Ordering::Relaxed) {
+            ports
+                .catalog
+                .register_encoder(ports.index.encoder(), ports.index.dimension())
+                .await?;
+            self.registered.store(true, Ordering::Relaxed);
+        }
         let round = flows::index_round(
             ports.catalog.as_ref(),
             ports.blobs.as_ref(),
@@ -110,10 +122,23 @@ impl Consumer {
     /// finished first, so its jobs end properly.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
+        let mut said_inactive = false;
         while !*stop.borrow() {
             let pause = match self.round().await {
                 Ok(round) => {
                     failures = 0;
+                    if round.inactive_encoder != said_inactive {
+                        said_inactive = round.inactive_encoder;
+                        eprintln!(
+                            "glimpse worker: {}",
+                            if said_inactive {
+                                "this worker's encoder is not the pool's active one: it claims \
+                                 no feature jobs (`glimpse encoders --activate` switches the pool)"
+                            } else {
+                                "this worker's encoder is the pool's active one: claiming jobs"
+                            }
+                        );
+                    }
                     if round.claimed > 0 {
                         continue;
                     }

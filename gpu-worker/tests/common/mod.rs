@@ -39,6 +39,35 @@ pub fn fixture_library(root: &Path) {
     std::fs::write(root.join("notes.txt"), "not a photo").unwrap();
 }
 
+/// `count` small PNGs in `folder`, each with different pixels (so different bytes and ids).
+pub fn distinct_photos(folder: &Path, prefix: &str, count: u32) {
+    std::fs::create_dir_all(folder).unwrap();
+    let seed = prefix
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    for i in 0..count {
+        let tint = seed.wrapping_mul(i + 1);
+        image::RgbImage::from_fn(48, 32, |x, y| {
+            image::Rgb([
+                (x * 5) as u8 ^ tint as u8,
+                (y * 7) as u8 ^ (tint >> 8) as u8,
+                (i * 13) as u8 ^ (tint >> 16) as u8,
+            ])
+        })
+        .save(folder.join(format!("{prefix}-{i:03}.png")))
+        .unwrap();
+    }
+}
+
+/// `glimpse serve` over the fixture library in a scratch folder (kept alive by the first value).
+pub fn serve_fixtures(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    let server = Server::start(Some(&library), &scratch.path().join("data"), extra);
+    (scratch, server)
+}
+
 pub fn fixture_count() -> usize {
     std::fs::read_dir(reference().join("images"))
         .unwrap()
@@ -81,7 +110,18 @@ pub fn spawn_listening(command: &mut Command, announcement: &str) -> (Child, Str
 
 impl Server {
     pub fn start(library: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(library, data_dir, extra, &[])
+    }
+
+    /// Starts `glimpse serve` with extra environment variables.
+    pub fn start_with_env(
+        library: Option<&Path>,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(library) = library {
             command.arg("--library").arg(library);
@@ -128,6 +168,69 @@ impl Server {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
         response(request.send_bytes(bytes))
+    }
+
+    /// A POST with the token, and a JSON body.
+    pub fn post_authorised(&self, path: &str, body: Value) -> (u16, Value) {
+        response(
+            ureq::post(&self.url(path))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .send_json(body),
+        )
+    }
+
+    /// Scans the library now (`POST /api/library/scan`) and returns the report.
+    pub fn scan(&self, forget_missing: bool) -> Value {
+        let (status, report) = self.post_authorised(
+            "/api/library/scan",
+            json!({ "forget_missing": forget_missing }),
+        );
+        assert_eq!(status, 200, "{report}");
+        report
+    }
+
+    /// The status, asked with the token.
+    pub fn status(&self) -> Value {
+        let (status, body) = response(
+            ureq::get(&self.url("/api/status"))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Every photo, newest first (paging through `GET /api/photos`).
+    pub fn photos(&self) -> Vec<Value> {
+        let mut photos = Vec::new();
+        let mut path = "/api/photos?limit=100".to_owned();
+        loop {
+            let (status, page) = response(
+                ureq::get(&self.url(&path))
+                    .set("Authorization", &format!("Bearer {}", self.token))
+                    .call(),
+            );
+            assert_eq!(status, 200, "{page}");
+            photos.extend(page["photos"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/api/photos?limit=100&cursor={cursor}"),
+                None => return photos,
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; its exit status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn delete(&self, path: &str) -> (u16, Value) {
