@@ -417,6 +417,34 @@ pub async fn retry_photo(catalog: &dyn Catalog, id: PhotoId) -> Result<Photo, Fl
     Ok(catalog.photo(id).await?.unwrap_or(photo))
 }
 
+/// How long the search log keeps searches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRetention {
+    /// Searches without a click older than this many days are forgotten (clicked ones teach the
+    /// ranking).
+    pub days: u64,
+    /// At most this many searches are kept, clicked or not (the newest).
+    pub searches: u64,
+}
+
+impl LogRetention {
+    /// How often a running shape prunes its search log.
+    pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+}
+
+/// Forgets what `retention` says the search log no longer keeps, as of `now` (seconds since
+/// 1970); returns how many searches went.
+pub async fn prune_search_log(
+    catalog: &dyn Catalog,
+    retention: LogRetention,
+    now: i64,
+) -> Result<u64, FlowError> {
+    let age = i64::try_from(retention.days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+    Ok(catalog
+        .prune_search_log(now.saturating_sub(age), retention.searches)
+        .await?)
+}
+
 /// How far catalog and index disagreed, and what was done about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Reconciliation {

@@ -184,9 +184,7 @@ struct DecodingArgs {
 
 impl DecodingArgs {
     fn apply(&self) {
-        glimpse_worker::encoder::decode_budget::set_decode_memory(
-            self.decode_memory_mb.saturating_mul(1024 * 1024),
-        );
+        glimpse_worker::encoder::decode_budget::set_decode_memory_mb(self.decode_memory_mb);
     }
 }
 
@@ -355,7 +353,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let background = embedded::background::start(
         Arc::clone(&engine),
         Duration::from_secs(args.rescan_minutes.max(1) * 60),
-        embedded::background::Retention {
+        flows::LogRetention {
             days: args.search_log_days,
             searches: args.search_log_searches,
         },
@@ -393,6 +391,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         settings.model = model;
     }
     let listen = args.listen.unwrap_or(settings.worker.listen);
+    glimpse_worker::encoder::decode_budget::set_decode_memory_mb(settings.worker.decode_memory_mb);
     let model = settings.model.clone();
     let clip: Arc<dyn ImageTextEncoder> =
         Arc::new(tokio::task::spawn_blocking(move || load_encoder(&model)).await??);
@@ -473,6 +472,7 @@ async fn start_consumer(
             batch: settings.worker.batch,
             policy: settings.retry_policy(),
             idle_poll: Duration::from_millis(settings.worker.idle_poll_ms.max(10)),
+            search_log: Some(settings.log_retention()),
         },
     );
     let stats = consumer.stats();

@@ -84,6 +84,7 @@ fn pacing(batch: usize, lease: Duration) -> ConsumerPacing {
             ..RetryPolicy::default()
         },
         idle_poll: Duration::from_millis(50),
+        search_log: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use notify::Watcher;
 use tokio::sync::Notify;
 
-use glimpse_core::ports::Catalog;
+use glimpse_core::flows::{self, LogRetention};
 
 use super::Engine;
 
@@ -23,21 +23,9 @@ pub struct Background {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
-/// How long the search log keeps searches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Searches without a click older than this many days are forgotten.
-    pub days: u64,
-    /// At most this many searches are kept, clicked or not (the newest).
-    pub searches: u64,
-}
-
-/// How often the search log is pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
 /// Starts the indexing loop, the hourly pruning of the search log and, with a library, the
 /// initial scan, the watcher and the periodic rescan.
-pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: Retention) -> Background {
+pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetention) -> Background {
     let wake_indexer = Arc::new(Notify::new());
     tokio::spawn(index_loop(Arc::clone(&engine), Arc::clone(&wake_indexer)));
     tokio::spawn(prune_loop(Arc::clone(&engine), retention));
@@ -91,17 +79,12 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: Retention) 
     }
 }
 
-async fn prune_loop(engine: Arc<Engine>, retention: Retention) {
-    let mut every = tokio::time::interval(PRUNE_EVERY);
+async fn prune_loop(engine: Arc<Engine>, retention: LogRetention) {
+    let mut every = tokio::time::interval(LogRetention::PRUNE_EVERY);
     loop {
         every.tick().await;
-        let age = i64::try_from(retention.days.saturating_mul(86_400)).unwrap_or(i64::MAX);
-        let before = crate::adapters::sqlite::now_seconds().saturating_sub(age);
-        if let Err(error) = engine
-            .catalog
-            .prune_search_log(before, retention.searches)
-            .await
-        {
+        let now = crate::adapters::sqlite::now_seconds();
+        if let Err(error) = flows::prune_search_log(&engine.catalog, retention, now).await {
             eprintln!("glimpse: cannot prune the search log: {error}");
         }
     }

@@ -24,15 +24,12 @@ fn budget() -> &'static DecodeBudget {
     BUDGET.get_or_init(|| DecodeBudget::new(DEFAULT_DECODE_MEMORY))
 }
 
-/// Sets the process's decode budget in bytes. Call it once, before the first decode; returns
-/// `false` (changing nothing) when a budget is already in force.
-pub fn set_decode_memory(bytes: u64) -> bool {
-    BUDGET.set(DecodeBudget::new(bytes.max(1 << 20))).is_ok()
-}
-
-/// The decode budget in force, in bytes.
-pub fn decode_memory() -> u64 {
-    budget().limit
+/// Sets the process's decode budget in MB (at least 1). Call it once, before the first decode;
+/// returns `false` (changing nothing) when a budget is already in force.
+pub fn set_decode_memory_mb(megabytes: u64) -> bool {
+    BUDGET
+        .set(DecodeBudget::new(megabytes.max(1).saturating_mul(1 << 20)))
+        .is_ok()
 }
 
 /// What decoding an image of `pixels` pixels with `bytes_per_pixel` bytes per decoded pixel holds

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use glimpse_core::flows::{self, IndexRound, RetryPolicy};
+use glimpse_core::flows::{self, IndexRound, LogRetention, RetryPolicy};
 use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, VectorIndex};
 use tokio::sync::watch;
 
@@ -65,6 +65,9 @@ pub struct ConsumerPacing {
     pub policy: RetryPolicy,
     /// How long an idle consumer waits before looking for jobs again.
     pub idle_poll: Duration,
+    /// How long the search log keeps searches (pruned hourly by each consumer); `None` leaves
+    /// it alone.
+    pub search_log: Option<LogRetention>,
 }
 
 /// One consumer.
@@ -123,7 +126,21 @@ impl Consumer {
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
         let mut said_inactive = false;
+        let mut pruned_at: Option<Instant> = None;
         while !*stop.borrow() {
+            if let Some(retention) = self.pacing.search_log
+                && pruned_at.is_none_or(|at| at.elapsed() >= LogRetention::PRUNE_EVERY)
+            {
+                pruned_at = Some(Instant::now());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if let Err(error) =
+                    flows::prune_search_log(self.ports.catalog.as_ref(), retention, now).await
+                {
+                    eprintln!("glimpse worker: cannot prune the search log: {error}");
+                }
+            }
             let pause = match self.round().await {
                 Ok(round) => {
                     failures = 0;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use glimpse_core::flows::RetryPolicy;
+use glimpse_core::flows::{LogRetention, RetryPolicy};
 use serde::Deserialize;
 
 use crate::adapters::{QdrantSettings, S3Settings};
@@ -98,6 +98,26 @@ pub struct PoolSettings {
     /// How often an idle worker looks for jobs, in milliseconds (default 1000).
     #[serde(default = "default_idle_poll_ms")]
     pub idle_poll_ms: u64,
+    /// Memory image decoding may use at once, in MB (default 1024): decodes wait their turn
+    /// within it, and an image that needs more fails with the reason.
+    #[serde(default = "default_decode_memory_mb")]
+    pub decode_memory_mb: u64,
+    /// Days the search log keeps searches nobody clicked in (default 90).
+    #[serde(default = "default_search_log_days")]
+    pub search_log_days: u64,
+    /// The most searches the search log keeps, the newest (default 1,000,000).
+    #[serde(default = "default_search_log_searches")]
+    pub search_log_searches: u64,
+}
+
+fn default_decode_memory_mb() -> u64 {
+    1024
+}
+fn default_search_log_days() -> u64 {
+    90
+}
+fn default_search_log_searches() -> u64 {
+    1_000_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -326,6 +346,14 @@ impl WorkerSettings {
             max_attempts: self.worker.max_attempts.max(1),
             lease: Duration::from_secs(self.worker.lease_seconds),
             ..RetryPolicy::default()
+        }
+    }
+
+    /// How long the search log keeps searches.
+    pub fn log_retention(&self) -> LogRetention {
+        LogRetention {
+            days: self.worker.search_log_days,
+            searches: self.worker.search_log_searches,
         }
     }
 
