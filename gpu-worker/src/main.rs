@@ -880,6 +880,29 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `glimpse serve` under load, from outside over HTTP: search latency while it scans a
+    /// generated library for the first time, then a soak of mixed search, browse and thumbnail
+    /// traffic (any `glimpse` binary, for a before/after).
+    Serve {
+        /// The `glimpse` binary to measure (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The model directory it serves with (e.g. tests/reference/checkpoints/clip-odd).
+        #[arg(long)]
+        model: String,
+        /// Photos in the generated library.
+        #[arg(long, default_value_t = 20_000)]
+        files: usize,
+        /// Seconds of soak.
+        #[arg(long, default_value_t = 120)]
+        soak_seconds: u64,
+        /// Concurrent soak clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
         /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
@@ -1032,6 +1055,27 @@ fn main() -> Result<()> {
             model,
             json,
         )),
+        Command::Bench(BenchCommand::Serve {
+            binary,
+            model,
+            files,
+            soak_seconds,
+            clients,
+            json,
+        }) => {
+            let options = bench::serve::ServeBenchOptions {
+                binary: match binary {
+                    Some(binary) => binary,
+                    None => std::env::current_exe()?,
+                },
+                model,
+                files: files.max(1),
+                soak: Duration::from_secs(soak_seconds),
+                clients,
+            };
+            let report = bench::serve::run(&options).map_err(anyhow::Error::msg)?;
+            print_report(&report, json)
+        }
         Command::Bench(BenchCommand::Encode {
             model,
             json,

@@ -749,12 +749,7 @@ fn work_per_request_is_bounded_with_clear_answers() {
             .collect();
         requests.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    assert!(
-        answers.iter().all(|s| *s == 200 || *s == 503),
-        "{answers:?}"
-    );
-    let decodable = photos.iter().filter(|p| p["status"] == "indexed").count();
-    assert!(answers.iter().filter(|s| **s == 200).count() >= decodable);
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     let (_, stats) = server.get("/api/stats");
     let peak = stats["at_once_peak"]["thumbnail_decodes"].as_u64().unwrap();
     assert!((1..=2).contains(&peak), "{stats}");

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use glimpse_core::photo::LIBRARY_PREFIX;
@@ -70,7 +71,14 @@ impl BlobStore for LocalBlobStore {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io_error(key, e))?;
             }
-            let temporary = path.with_extension("partial");
+            // A name of its own per write: two writers of one key (two first requests of the
+            // same thumbnail) must not rename each other's file away.
+            static WRITES: AtomicU64 = AtomicU64::new(0);
+            let temporary = path.with_extension(format!(
+                "partial-{}-{}",
+                std::process::id(),
+                WRITES.fetch_add(1, Ordering::Relaxed)
+            ));
             let mut file = std::fs::File::create(&temporary).map_err(|e| io_error(key, e))?;
             file.write_all(&bytes).map_err(|e| io_error(key, e))?;
             file.sync_all().map_err(|e| io_error(key, e))?;
@@ -110,6 +118,26 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let blobs = LocalBlobStore::open(directory.path(), None).unwrap();
         glimpse_core::contract::blob_store_suite(&blobs).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_of_one_key_at_once_all_succeed() {
+        let directory = tempfile::tempdir().unwrap();
+        let blobs = std::sync::Arc::new(LocalBlobStore::open(directory.path(), None).unwrap());
+        let writers: Vec<_> = (0..16u8)
+            .map(|i| {
+                let blobs = std::sync::Arc::clone(&blobs);
+                tokio::spawn(async move { blobs.put("thumbnails/same.jpg", vec![i; 4096]).await })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let stored = blobs.get("thumbnails/same.jpg").await.unwrap().unwrap();
+        assert!(
+            stored.iter().all(|b| *b == stored[0]),
+            "one writer's bytes, whole"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod ann;
 pub mod pool;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
