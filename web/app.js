@@ -22,6 +22,7 @@ const state = {
   generation: 0, // bumps on every new query, so late answers of an old one are dropped
   readsProtected: false,
   status: null,
+  started: false, // start() made the first load: the scroll observer loads only later pages
   viewerIndex: -1,
 };
 
@@ -211,6 +212,7 @@ function resetResults() {
 }
 
 async function run(push) {
+  state.started = true;
   rememberInAddress(push);
   resetResults();
   state.query = composedQuery();
@@ -799,7 +801,8 @@ for (const example of document.querySelectorAll("button.example")) {
 }
 $("more-button").addEventListener("click", () => loadMore());
 new IntersectionObserver((entries) => {
-  if (entries.some((e) => e.isIntersecting)) loadMore();
+  // Only pages after the first: the first load is start()'s, once it knows what to show.
+  if (state.started && entries.some((e) => e.isIntersecting)) loadMore();
 }, { rootMargin: "600px" }).observe($("more"));
 window.addEventListener("popstate", () => {
   restoreFromAddress();

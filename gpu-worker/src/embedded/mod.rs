@@ -141,11 +141,16 @@ impl Engine {
         restrict_to_owner(data_dir, true)?;
         let data_dir = &std::fs::canonicalize(data_dir).map_err(|e| storage(data_dir, e))?;
         let remembered = Self::settings(data_dir)?;
-        let library = match options.library.or(remembered.library) {
-            Some(library) => Some(
-                std::fs::canonicalize(&library)
-                    .map_err(|e| storage(&library, format!("cannot open the library: {e}")))?,
-            ),
+        let library = match options.library.or(remembered.library.clone()) {
+            Some(library) => Some(match std::fs::canonicalize(&library) {
+                Ok(library) => library,
+                // The library of earlier runs is not there now (its disk is not mounted): start
+                // anyway; the scan reports it unavailable and removes nothing.
+                Err(_) if remembered.library.as_ref() == Some(&library) => library,
+                Err(e) => {
+                    return Err(storage(&library, format!("cannot open the library: {e}")));
+                }
+            }),
             None => None,
         };
         let model = options
