@@ -137,18 +137,6 @@ pub async fn complete_upload(
     Ok(added)
 }
 
-/// Adds a library file (read in place, not copied) with its feature job, from what
-/// [`photo::inspect`] found in its bytes. Bytes already in the catalog give the existing photo
-/// (`created == false`).
-pub async fn add_library_file(
-    catalog: &dyn Catalog,
-    facts: photo::ImageFacts,
-    details: NewPhotoDetails,
-    now: i64,
-) -> Result<Added, FlowError> {
-    Ok(catalog.add_photo(&Photo::new(facts, details, now)).await?)
-}
-
 /// Removes a photo from the catalog and the index, and its stored original if it was uploaded.
 /// Library photos cannot be deleted through the API: their file is the user's, and a rescan
 /// would bring them back.

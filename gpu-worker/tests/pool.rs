@@ -88,6 +88,25 @@ fn pacing(batch: usize, lease: Duration) -> ConsumerPacing {
     }
 }
 
+/// One consumer of `catalog`'s queue over the embedded index, claiming `batch` jobs a round.
+fn consumer_of(
+    catalog: &Arc<postgres::PostgresCatalog>,
+    blobs: S3BlobStore,
+    encoder: &LocalEncoder,
+    index: &Arc<EdgeIndex>,
+    batch: usize,
+) -> Consumer {
+    Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::clone(catalog) as Arc<dyn Catalog>,
+            blobs: Arc::new(blobs),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::clone(index) as Arc<dyn VectorIndex>,
+        },
+        pacing(batch, Duration::from_secs(300)),
+    )
+}
+
 /// Waits (bounded) until nothing is pending.
 async fn wait_settled(catalog: &dyn Catalog, photos: u64) {
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -206,15 +225,7 @@ async fn only_workers_of_the_active_encoder_claim_jobs_and_starting_switches_not
     let other: EncoderId = "clip:test/another-model@1".parse().unwrap();
     catalog.register_encoder(&other, 8).await.unwrap();
     upload(catalog.as_ref(), &blobs, 6).await;
-    let consumer = Consumer::new(
-        ConsumerPorts {
-            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
-            blobs: Arc::new(blobs),
-            embedder: Arc::new(encoder.clone()),
-            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
-        },
-        pacing(16, Duration::from_secs(300)),
-    );
+    let consumer = consumer_of(&catalog, blobs, &encoder, &index, 16);
     let round = consumer.round().await.unwrap();
     assert!(round.inactive_encoder, "{round:?}");
     assert_eq!(round.claimed, 0);
@@ -317,15 +328,7 @@ async fn an_unreachable_store_delays_jobs_and_marks_nothing_done() {
     let catalog = Arc::new(schema.catalog().await);
     let blobs = s3.store(&s3.settings()).await;
     upload(catalog.as_ref(), &blobs, 8).await;
-    let consumer = Consumer::new(
-        ConsumerPorts {
-            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
-            blobs: Arc::new(blobs),
-            embedder: Arc::new(encoder.clone()),
-            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
-        },
-        pacing(32, Duration::from_secs(300)),
-    );
+    let consumer = consumer_of(&catalog, blobs, &encoder, &index, 32);
 
     s3.halt();
     let round = consumer.round().await.unwrap();

@@ -289,6 +289,25 @@ fn insert_photo(transaction: &rusqlite::Transaction<'_>, photo: &Photo) -> rusql
     Ok(())
 }
 
+/// Adds the photo with its job, unless its bytes are in the catalog (then the existing photo).
+fn add_in(transaction: &rusqlite::Transaction<'_>, photo: &Photo) -> rusqlite::Result<Added> {
+    let existing: Option<i64> = transaction
+        .prepare_cached("SELECT id FROM photos WHERE sha256 = ?1")?
+        .query_row(params![photo.sha256], |row| row.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(Added {
+            id: PhotoId::from_i64(id),
+            created: false,
+        });
+    }
+    insert_photo(transaction, photo)?;
+    Ok(Added {
+        id: photo.id,
+        created: true,
+    })
+}
+
 impl SqliteCatalog {
     /// Adds many photos in one transaction (an import); photos whose bytes are already in the
     /// catalog are skipped. Returns how many were added.
@@ -297,11 +316,7 @@ impl SqliteCatalog {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut added = 0;
             for photo in photos {
-                let exists = transaction
-                    .prepare_cached("SELECT 1 FROM photos WHERE sha256 = ?1")?
-                    .exists(params![photo.sha256])?;
-                if !exists {
-                    insert_photo(&transaction, photo)?;
+                if add_in(&transaction, photo)?.created {
                     added += 1;
                 }
             }
@@ -402,38 +417,42 @@ impl SqliteCatalog {
         })
     }
 
-    /// Records that the library file at `path` holds `entry`'s photo (which must be in the
-    /// catalog). Returns the photo the path held before, if it was another one.
-    pub fn link_library_file(
+    /// Records library files, all in one transaction: each file's photo is added with its job
+    /// unless its bytes are already in the catalog, and the file's path is linked to that photo.
+    /// For each file: what adding did, and the photo the path held before if it was another one.
+    pub fn add_library_files(
         &self,
-        path: &str,
-        entry: &LibraryEntry,
-    ) -> Result<Option<PhotoId>, PortError> {
+        files: &[(&str, Photo)],
+    ) -> Result<Vec<(Added, Option<PhotoId>)>, PortError> {
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let before: Option<i64> = transaction
-                .query_row(
-                    "SELECT photo_id FROM library_files WHERE path = ?1",
-                    params![path],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            transaction.execute(
-                "INSERT INTO library_files (path, photo_id, bytes, modified_at) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (path) DO UPDATE SET \
-                 photo_id = excluded.photo_id, bytes = excluded.bytes, \
-                 modified_at = excluded.modified_at",
-                params![
-                    path,
-                    entry.id.as_i64(),
-                    entry.bytes as i64,
-                    entry.modified_at
-                ],
-            )?;
+            let mut recorded = Vec::with_capacity(files.len());
+            for (path, photo) in files {
+                let added = add_in(&transaction, photo)?;
+                let before: Option<i64> = transaction
+                    .prepare_cached("SELECT photo_id FROM library_files WHERE path = ?1")?
+                    .query_row(params![path], |row| row.get(0))
+                    .optional()?;
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO library_files (path, photo_id, bytes, modified_at) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (path) DO UPDATE SET \
+                         photo_id = excluded.photo_id, bytes = excluded.bytes, \
+                         modified_at = excluded.modified_at",
+                    )?
+                    .execute(params![
+                        path,
+                        added.id.as_i64(),
+                        photo.bytes as i64,
+                        photo.modified_at
+                    ])?;
+                let previous = before
+                    .map(PhotoId::from_i64)
+                    .filter(|previous| *previous != added.id);
+                recorded.push((added, previous));
+            }
             transaction.commit()?;
-            Ok(before
-                .map(PhotoId::from_i64)
-                .filter(|previous| *previous != entry.id))
+            Ok(recorded)
         })
     }
 
@@ -588,25 +607,9 @@ impl Catalog for SqliteCatalog {
     async fn add_photo(&self, photo: &Photo) -> Result<Added, PortError> {
         self.with(|c| {
             let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let existing: Option<i64> = transaction
-                .query_row(
-                    "SELECT id FROM photos WHERE sha256 = ?1",
-                    params![photo.sha256],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok(Added {
-                    id: PhotoId::from_i64(id),
-                    created: false,
-                });
-            }
-            insert_photo(&transaction, photo)?;
+            let added = add_in(&transaction, photo)?;
             transaction.commit()?;
-            Ok(Added {
-                id: photo.id,
-                created: true,
-            })
+            Ok(added)
         })
     }
 

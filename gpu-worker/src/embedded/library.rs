@@ -10,11 +10,11 @@
 //! emptied on purpose.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use glimpse_core::flows::{self, FlowError};
-use glimpse_core::photo::{ImageFormat, NewPhotoDetails, Origin, PhotoId};
+use glimpse_core::photo::{self, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId};
 use glimpse_core::ports::{IndexedPhoto, VectorIndex};
 use serde::Serialize;
 
@@ -24,6 +24,8 @@ use crate::adapters::sqlite::{LibraryEntry, Settled, album_of, now_seconds};
 /// The most files a scan lists by name among those it could not add, and the most folders it
 /// lists among those it could not trust.
 const LISTED: usize = 20;
+/// New and changed files are read, inspected and recorded this many at a time (one transaction).
+const BATCH: usize = 64;
 
 /// What a scan found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -270,66 +272,60 @@ pub(super) async fn scan(
     // move, then finds the photo at its new path before its old one is forgotten).
     let mut touched: BTreeSet<PhotoId> = BTreeSet::new();
     let mut new_paths: HashSet<PhotoId> = HashSet::new();
-    let mut seen: HashSet<&str> = HashSet::with_capacity(listing.files.len());
-    for file in &listing.files {
-        seen.insert(&file.relative);
-        let before = known.get(&file.relative);
-        if let Some(entry) = before
-            && entry.bytes == file.bytes
-            && entry.modified_at == file.modified_at
-        {
-            continue;
-        }
-        let path = root.join(&file.relative);
-        let read = tokio::task::spawn_blocking(move || {
-            std::fs::read(&path).map(|bytes| {
-                let facts = glimpse_core::photo::inspect(&bytes);
-                (bytes.len() as u64, facts)
-            })
+    let seen: HashSet<&str> = listing.files.iter().map(|f| f.relative.as_str()).collect();
+    let unchanged = |file: &FileFacts| {
+        known
+            .get(&file.relative)
+            .is_some_and(|e| e.bytes == file.bytes && e.modified_at == file.modified_at)
+    };
+    let to_read: Vec<&FileFacts> = listing.files.iter().filter(|f| !unchanged(f)).collect();
+    for batch in to_read.chunks(BATCH) {
+        let paths: Vec<PathBuf> = batch.iter().map(|f| root.join(&f.relative)).collect();
+        let inspected = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|path| {
+                    std::fs::read(path).map(|bytes| (bytes.len() as u64, photo::inspect(&bytes)))
+                })
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| super::storage(root, e))?;
-        let (bytes, facts) = match read {
-            Ok(read) => read,
-            Err(e) => {
-                reject(&mut report, &file.relative, e);
-                continue;
-            }
-        };
-        let facts = match facts {
-            Ok(facts) => facts,
-            Err(reason) => {
-                reject(
+        let now = now_seconds();
+        let mut found = Vec::with_capacity(batch.len());
+        for (file, read) in batch.iter().zip(inspected) {
+            match read {
+                Err(e) => reject(&mut report, &file.relative, e),
+                Ok((_, Err(reason))) => reject(
                     &mut report,
                     &file.relative,
                     FlowError::RejectedImage(reason),
-                );
-                continue;
+                ),
+                Ok((bytes, Ok(facts))) => {
+                    let details = NewPhotoDetails {
+                        origin: Origin::Library(file.relative.clone()),
+                        bytes,
+                        album: album_of(&file.relative),
+                        modified_at: file.modified_at,
+                    };
+                    found.push((file.relative.as_str(), Photo::new(facts, details, now)));
+                }
             }
-        };
-        let details = NewPhotoDetails {
-            origin: Origin::Library(file.relative.clone()),
-            bytes,
-            album: album_of(&file.relative),
-            modified_at: file.modified_at,
-        };
-        let added = flows::add_library_file(&engine.catalog, facts, details, now_seconds()).await?;
-        let entry = LibraryEntry {
-            id: added.id,
-            bytes,
-            modified_at: file.modified_at,
-        };
-        if let Some(previous) = engine.catalog.link_library_file(&file.relative, &entry)? {
-            touched.insert(previous);
         }
-        match (before, added.created) {
-            (Some(_), true) => report.changed += 1,
-            (None, true) => report.added += 1,
-            (_, false) => {
-                // Same bytes as a photo the catalog holds: a copy, or the file's new path.
-                touched.insert(added.id);
-                new_paths.insert(added.id);
-                report.duplicates += 1;
+        let recorded = engine.catalog.add_library_files(&found)?;
+        for ((path, _), (added, previous)) in found.iter().zip(recorded) {
+            if let Some(previous) = previous {
+                touched.insert(previous);
+            }
+            match (known.contains_key(*path), added.created) {
+                (true, true) => report.changed += 1,
+                (false, true) => report.added += 1,
+                (_, false) => {
+                    // Same bytes as a photo the catalog holds: a copy, or the file's new path.
+                    touched.insert(added.id);
+                    new_paths.insert(added.id);
+                    report.duplicates += 1;
+                }
             }
         }
     }
