@@ -604,6 +604,56 @@ fn cases() -> Vec<Case> {
                 "not_found",
             )
         },
+        case(
+            "retrying a photo without the token",
+            "POST",
+            "/api/photos/00000000000000ff/retry",
+            401,
+            "token_required",
+        ),
+        Case {
+            token: Some(API_TOKEN),
+            ..case(
+                "retrying an unknown photo",
+                "POST",
+                "/api/photos/00000000000000ff/retry",
+                404,
+                "not_found",
+            )
+        },
+        Case {
+            token: Some(API_TOKEN),
+            ..case(
+                "retrying a bad photo id",
+                "POST",
+                "/api/photos/zzz/retry",
+                400,
+                "bad_request",
+            )
+        },
+        Case {
+            content_type: Some("application/json"),
+            body: format!(r#"{{"query": "sled", "pad": "{}"}}"#, "x".repeat(65 * 1024))
+                .into_bytes(),
+            ..case(
+                "a search body over 64 KB",
+                "POST",
+                "/api/search",
+                413,
+                "too_large",
+            )
+        },
+        Case {
+            content_type: Some("application/json"),
+            body: format!(r#"{{"query": "{}"}}"#, vec!["-x"; 300].join(" ")).into_bytes(),
+            ..case(
+                "a query of 300 terms",
+                "POST",
+                "/api/search",
+                400,
+                "invalid_query",
+            )
+        },
     ]
 }
 
