@@ -725,7 +725,8 @@ async fn encoders(args: EncodersArgs) -> Result<()> {
             .find(|(id, _, _)| *id == encoder)
         else {
             bail!(
-                "no worker of {encoder} has registered with this pool: start one with that model                  first (`glimpse encoders` lists those that have)"
+                "no worker of {encoder} has registered with this pool: start one with that model \
+                 first (`glimpse encoders` lists those that have)"
             );
         };
         catalog.activate_encoder(&encoder).await?;
@@ -739,7 +740,11 @@ async fn encoders(args: EncodersArgs) -> Result<()> {
             check.missing_vectors
         );
     }
-    for (id, dimension, active) in catalog.encoders().await? {
+    let registered = catalog.encoders().await?;
+    if registered.is_empty() {
+        println!("No worker has registered with this pool yet.");
+    }
+    for (id, dimension, active) in registered {
         println!(
             "{} {id} ({dimension} dimensions)",
             if active { "*" } else { " " }

@@ -265,7 +265,9 @@ fn check_host(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
         StatusCode::MISDIRECTED_REQUEST,
         "unknown_host",
         format!(
-            "this Glimpse answers requests for localhost, its IP addresses and the names given              with --allowed-hosts, not `{}`; if you reach it under that name, start it with              --allowed-hosts {name}",
+            "this Glimpse answers requests for localhost, its IP addresses and the names given \
+             with --allowed-hosts, not `{}`; if you reach it under that name, start it with \
+             --allowed-hosts {name}",
             host.chars().take(100).collect::<String>()
         ),
     ))
