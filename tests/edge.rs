@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use glimpse_core::ports::Catalog;
 use glimpse_worker::encoder::ImageTextEncoder;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use self::managed::{
     S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, postgres_server, run_sql, run_sql_from_drop, unique,
@@ -277,50 +277,145 @@ async fn an_upload_through_the_edge_lands_in_storage_and_the_queue() {
     assert_eq!(fetched, image("gradient.jpg"));
 }
 
+/// `POST /api/uploads` with a declaration (as JSON).
+fn start_staged(base: &str, declaration: &Value) -> Answer {
+    call(
+        agent()
+            .post(&format!("{base}/api/uploads"))
+            .set("Authorization", &format!("Bearer {API_TOKEN}"))
+            .set("Content-Type", "application/json"),
+        Some(declaration.to_string().as_bytes()),
+    )
+}
+
+/// The status of a PUT to a presigned URL.
+fn put_status(url: &str, content_type: &str, bytes: &[u8]) -> u16 {
+    match agent()
+        .put(url)
+        .set("Content-Type", content_type)
+        .send_bytes(bytes)
+    {
+        Ok(response) => response.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(error) => panic!("{error}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_large_original_goes_straight_to_storage_then_completes() {
+async fn a_large_original_goes_straight_to_storage_bound_to_its_declared_size_and_type() {
     let backends = Backends::start().await;
     let host = SpinHost::start(&manifest(), &backends.variables())
         .await
         .unwrap();
     let base = host.url();
-    let (started, put, completed, unknown) = tokio::task::spawn_blocking(move || {
-        let started = call(
-            agent()
-                .post(&format!("{base}/api/uploads"))
-                .set("Authorization", &format!("Bearer {API_TOKEN}")),
-            Some(b""),
+    let original = image("noise.png");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let started = start_staged(
+            &base,
+            &json!({"bytes": original.len(), "content_type": "image/png"}),
         );
-        let put_url = started.body["put_url"].as_str().unwrap().to_owned();
-        let put = agent()
-            .put(&put_url)
-            .send_bytes(&image("noise.png"))
-            .unwrap()
-            .status();
+        let url = started.body["put_url"].as_str().unwrap().to_owned();
         let complete = started.body["complete_url"].as_str().unwrap().to_owned();
-        let completed = call(
-            agent()
-                .post(&format!("{base}{complete}?album=Trips"))
-                .set("Authorization", &format!("Bearer {API_TOKEN}")),
-            Some(b""),
-        );
-        let unknown = call(
-            agent()
-                .post(&format!("{base}/api/uploads/{}", "ab".repeat(16)))
-                .set("Authorization", &format!("Bearer {API_TOKEN}")),
-            Some(b""),
-        );
-        (started, put, completed, unknown)
+        let completion = |path: &str| {
+            call(
+                agent()
+                    .post(&format!("{base}{path}"))
+                    .set("Authorization", &format!("Bearer {API_TOKEN}")),
+                Some(b""),
+            )
+        };
+        let mut longer = original.clone();
+        longer.push(0);
+        let outcome = vec![
+            ("started", started.status, started.body.clone()),
+            (
+                "put of more bytes than declared",
+                put_status(&url, "image/png", &longer),
+                Value::Null,
+            ),
+            (
+                "put of another type than declared",
+                put_status(&url, "image/jpeg", &original),
+                Value::Null,
+            ),
+            {
+                let early = completion(&complete);
+                ("completed before any put", early.status, early.body)
+            },
+            (
+                "put as declared",
+                put_status(&url, "image/png", &original),
+                Value::Null,
+            ),
+            {
+                let done = completion(&format!("{complete}?album=Trips"));
+                ("completed", done.status, done.body)
+            },
+            {
+                let again = completion(&complete);
+                ("completed again", again.status, again.body)
+            },
+            {
+                let unknown = completion(&format!("/api/uploads/{}", "ab".repeat(16)));
+                ("an upload never started", unknown.status, unknown.body)
+            },
+            {
+                let huge = start_staged(
+                    &base,
+                    &json!({"bytes": 3u64 << 40, "content_type": "image/png"}),
+                );
+                ("declared over max_staged_upload_mb", huge.status, huge.body)
+            },
+            {
+                let text = start_staged(&base, &json!({"bytes": 10, "content_type": "text/plain"}));
+                ("declared as text", text.status, text.body)
+            },
+            {
+                let bare = call(
+                    agent()
+                        .post(&format!("{base}/api/uploads"))
+                        .set("Authorization", &format!("Bearer {API_TOKEN}")),
+                    Some(b""),
+                );
+                ("no declaration", bare.status, bare.body)
+            },
+        ];
+        outcome
     })
     .await
     .unwrap();
-    assert_eq!(started.status, 201, "{}", started.body);
-    assert_eq!(put, 200);
-    assert_eq!(completed.status, 202, "{}", completed.body);
-    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let statuses: Vec<(&str, u16)> = outcome
+        .iter()
+        .map(|(what, status, _)| (*what, *status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("started", 201),
+            ("put of more bytes than declared", 403),
+            ("put of another type than declared", 403),
+            ("completed before any put", 404),
+            ("put as declared", 200),
+            ("completed", 202),
+            ("completed again", 404),
+            ("an upload never started", 404),
+            ("declared over max_staged_upload_mb", 400),
+            ("declared as text", 400),
+            ("no declaration", 400),
+        ],
+        "{outcome:#?}"
+    );
+    assert_eq!(outcome[0].2["put_headers"]["Content-Type"], "image/png");
+    assert!(
+        outcome[8].2["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("largest upload")),
+        "{}",
+        outcome[8].2
+    );
     let rows = backends
         .database
-        .rows("SELECT origin_key, album FROM photos")
+        .rows("SELECT origin_key, album, bytes FROM photos")
         .await;
     assert_eq!(rows.len(), 1);
     assert!(rows[0].get::<_, String>(0).starts_with("staged/"));
@@ -328,6 +423,12 @@ async fn a_large_original_goes_straight_to_storage_then_completes() {
         rows[0].get::<_, Option<String>>(1).as_deref(),
         Some("Trips")
     );
+    assert_eq!(rows[0].get::<_, i64>(2), image("noise.png").len() as i64);
+    let staged = backends
+        .database
+        .rows("SELECT id FROM staged_uploads")
+        .await;
+    assert!(staged.is_empty(), "completed uploads are no longer staged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -654,7 +755,71 @@ fn cases() -> Vec<Case> {
                 "invalid_query",
             )
         },
+        Case {
+            content_type: Some("application/json"),
+            body: br#"{"rank": 1, "photo": "x"}"#.to_vec(),
+            ..case(
+                "a click with a field the API does not know",
+                "POST",
+                &format!("/api/search/{unknown_search}/clicks"),
+                400,
+                "bad_request",
+            )
+        },
+        Case {
+            content_type: Some("text/plain"),
+            body: br#"{"query": "sled"}"#.to_vec(),
+            ..case(
+                "a search body that does not say it is JSON",
+                "POST",
+                "/api/search",
+                400,
+                "bad_request",
+            )
+        },
+        case(
+            "a method the path does not answer",
+            "PUT",
+            "/api/search",
+            405,
+            "method_not_allowed",
+        ),
+        Case {
+            token: Some(API_TOKEN),
+            content_type: Some("multipart/form-data; boundary=b"),
+            body: b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\none\r\n--b\r\n\
+                    Content-Disposition: form-data; name=\"file\"\r\n\r\ntwo\r\n--b--\r\n"
+                .to_vec(),
+            ..case(
+                "an upload form with two files",
+                "POST",
+                "/api/photos",
+                400,
+                "bad_request",
+            )
+        },
+        Case {
+            token: Some(API_TOKEN),
+            content_type: Some("multipart/form-data; boundary=b"),
+            body:
+                b"--b\r\nContent-Disposition: form-data; name=\"album\"\r\n\r\nTrips\r\n--b--\r\n"
+                    .to_vec(),
+            ..case(
+                "an upload form without a file",
+                "POST",
+                "/api/photos",
+                400,
+                "bad_request",
+            )
+        },
     ]
+}
+
+/// Whether a case's message names where the shape keeps its token or its upload limit (they
+/// differ by shape); every other answer is the same body from both.
+fn worded_by_shape(case: &Case) -> bool {
+    matches!(case.code, "token_required" | "bad_token")
+        || (case.code == "too_large" && case.path == "/api/photos")
 }
 
 fn run_case(base: &str, case: &Case) -> Answer {
@@ -682,11 +847,13 @@ async fn bad_input_gets_the_same_4xx_from_the_edge_as_from_the_embedded_server()
     tokio::task::spawn_blocking(move || {
         let embedded = Embedded::start();
         for case in cases() {
+            let mut bodies = Vec::new();
             for (shape, base) in [
                 ("edge", edge.as_str()),
                 ("embedded", embedded.base.as_str()),
             ] {
                 let answer = run_case(base, &case);
+                bodies.push(answer.body.clone());
                 assert_eq!(
                     (answer.status, answer.body["error"]["code"].as_str()),
                     (case.status, Some(case.code)),
@@ -701,6 +868,9 @@ async fn bad_input_gets_the_same_4xx_from_the_edge_as_from_the_embedded_server()
                     "{shape}: {}: a message a person can act on",
                     case.what
                 );
+            }
+            if !worded_by_shape(&case) {
+                assert_eq!(bodies[0], bodies[1], "{}: the same answer", case.what);
             }
         }
     })

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use glimpse_core::browse::{AlbumSummary, BrowseCursor};
-use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
+use glimpse_core::photo::{
+    GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus, StagedUpload, UploadId,
+};
 use glimpse_core::ports::{
     Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, MaybeSendSync,
     PortError, QueryEmbeddingCache, Requeue, SearchFilter,
@@ -115,6 +117,16 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "INSERT INTO pool_state (key, value) \
          SELECT 'active_encoder', id FROM encoders ORDER BY last_used_at DESC LIMIT 1",
     ],
+    // Uploads straight to storage are recorded when their URL is handed out, so that the
+    // declared size is checked on completion and uploads never completed expire.
+    &[
+        "CREATE TABLE staged_uploads (
+            id         TEXT PRIMARY KEY,
+            bytes      BIGINT NOT NULL,
+            started_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX staged_uploads_by_age ON staged_uploads (started_at)",
+    ],
 ];
 
 /// The schema version this build migrates to.
@@ -128,6 +140,19 @@ const PHOTO_COLUMNS: &str = "id, sha256, origin_kind, origin_key, format, bytes,
      modified_at";
 /// How many columns [`PHOTO_COLUMNS`] names.
 const PHOTO_WIDTH: usize = 18;
+
+/// A staged upload from `id, bytes, started_at`.
+fn staged_from_row(row: &[Cell]) -> Result<StagedUpload, PortError> {
+    let cells = Cells(row);
+    Ok(StagedUpload {
+        id: cells
+            .text(0)?
+            .parse()
+            .map_err(|_| corrupt("staged upload id"))?,
+        bytes: u64::try_from(cells.i64(1)?).map_err(|_| corrupt("staged upload size"))?,
+        started_at: cells.i64(2)?,
+    })
+}
 
 /// A statement parameter, as the drivers bind them. The SQL casts every parameter whose type
 /// Postgres cannot infer, so a driver binds each variant as the type its name says.
@@ -988,6 +1013,62 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             ))
             .await?;
         Ok((old + over) as u64)
+    }
+
+    async fn stage_upload(&self, upload: &StagedUpload) -> Result<(), PortError> {
+        self.connection
+            .query(&Statement::new(
+                "INSERT INTO staged_uploads (id, bytes, started_at) \
+                 VALUES ($1::TEXT, $2::BIGINT, $3::BIGINT) ON CONFLICT (id) DO UPDATE \
+                 SET bytes = excluded.bytes, started_at = excluded.started_at",
+                vec![
+                    text(upload.id.to_string()),
+                    Param::I64(Some(i64::try_from(upload.bytes).unwrap_or(i64::MAX))),
+                    Param::I64(Some(upload.started_at)),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn staged_upload(&self, id: &UploadId) -> Result<Option<StagedUpload>, PortError> {
+        let rows = self
+            .connection
+            .query(&Statement::new(
+                "SELECT id, bytes, started_at FROM staged_uploads WHERE id = $1::TEXT",
+                vec![text(id.to_string())],
+            ))
+            .await?;
+        rows.first().map(|row| staged_from_row(row)).transpose()
+    }
+
+    async fn end_staged_upload(&self, id: &UploadId) -> Result<(), PortError> {
+        self.connection
+            .query(&Statement::new(
+                "DELETE FROM staged_uploads WHERE id = $1::TEXT",
+                vec![text(id.to_string())],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn stale_uploads(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<StagedUpload>, PortError> {
+        let rows = self
+            .connection
+            .query(&Statement::new(
+                "SELECT id, bytes, started_at FROM staged_uploads WHERE started_at < $1::BIGINT \
+                 ORDER BY started_at, id LIMIT $2::BIGINT",
+                vec![
+                    Param::I64(Some(before)),
+                    Param::I64(Some(i64::try_from(limit).unwrap_or(i64::MAX))),
+                ],
+            ))
+            .await?;
+        rows.iter().map(|row| staged_from_row(row)).collect()
     }
 
     async fn record_click(

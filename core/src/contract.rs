@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use crate::browse::BrowseCursor;
-use crate::photo::{Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus};
+use crate::photo::{
+    Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, StagedUpload,
+    UploadId,
+};
 use crate::ports::{
     BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, QueryEmbeddingCache, Requeue,
     RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
@@ -38,6 +41,7 @@ fn photo(seed: u8, album: Option<&str>) -> Photo {
 
 /// The Catalog contract, on an empty catalog.
 pub async fn catalog_suite(catalog: &dyn Catalog) {
+    staged_uploads_suite(catalog).await;
     let encoder: EncoderId = "clip:test/contract@1".parse().unwrap();
     assert_eq!(catalog.active_encoder().await.unwrap(), None);
     catalog.register_encoder(&encoder, 4).await.unwrap();
@@ -461,6 +465,50 @@ async fn browse_contract(catalog: &dyn Catalog, existing: &[Photo]) {
     );
 }
 
+/// Staged uploads: recorded, found, listed oldest first by age, ended.
+async fn staged_uploads_suite(catalog: &dyn Catalog) {
+    let staged = |started_at| StagedUpload {
+        id: UploadId::random(),
+        bytes: 5_000_000_000,
+        started_at,
+    };
+    let (old, older, fresh) = (staged(1_000), staged(500), staged(9_000));
+    assert_eq!(catalog.staged_upload(&old.id).await.unwrap(), None);
+    for upload in [&old, &older, &fresh] {
+        catalog.stage_upload(upload).await.unwrap();
+    }
+    catalog.stage_upload(&old).await.unwrap();
+    assert_eq!(
+        catalog.staged_upload(&old.id).await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(
+        catalog.stale_uploads(5_000, 10).await.unwrap(),
+        vec![older.clone(), old.clone()]
+    );
+    assert_eq!(
+        catalog.stale_uploads(5_000, 1).await.unwrap(),
+        vec![older.clone()]
+    );
+    catalog.end_staged_upload(&older.id).await.unwrap();
+    catalog.end_staged_upload(&older.id).await.unwrap();
+    assert_eq!(catalog.staged_upload(&older.id).await.unwrap(), None);
+    assert_eq!(
+        catalog.stale_uploads(5_000, 10).await.unwrap(),
+        vec![old.clone()]
+    );
+    for upload in [&old, &fresh] {
+        catalog.end_staged_upload(&upload.id).await.unwrap();
+    }
+    assert!(
+        catalog
+            .stale_uploads(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// The BlobStore contract, on an empty store.
 pub async fn blob_store_suite(blobs: &dyn BlobStore) {
     assert_eq!(blobs.get("originals/absent").await.unwrap(), None);
@@ -476,7 +524,27 @@ pub async fn blob_store_suite(blobs: &dyn BlobStore) {
     );
     let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     blobs.put("originals/large", large.clone()).await.unwrap();
-    assert_eq!(blobs.get("originals/large").await.unwrap(), Some(large));
+    assert_eq!(
+        blobs.get("originals/large").await.unwrap(),
+        Some(large.clone())
+    );
+    // Parts: from any offset, fewer bytes at the end, none past it, always the whole size.
+    let total = large.len() as u64;
+    for (offset, length) in [(0, 10), (1_000_000, 65_536), (total - 5, 100), (total, 10)] {
+        let part = blobs
+            .get_part("originals/large", offset, length)
+            .await
+            .unwrap()
+            .expect("the object is there");
+        assert_eq!(part.total, total);
+        let start = offset as usize;
+        let end = (offset + length).min(total) as usize;
+        assert_eq!(part.bytes, large[start..end], "{offset}+{length}");
+    }
+    assert_eq!(
+        blobs.get_part("originals/absent", 0, 10).await.unwrap(),
+        None
+    );
     blobs.delete("originals/a").await.unwrap();
     blobs.delete("originals/a").await.unwrap();
     assert_eq!(blobs.get("originals/a").await.unwrap(), None);

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
 use crate::photo::{
-    self, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, RejectedImage, UploadId,
+    self, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, RejectedImage, StagedUpload,
+    UploadId,
 };
 use crate::ports::{
     Added, BlobStore, Catalog, ClaimedJob, IndexedPhoto, JobClaim, JobOutcome, PortError, Requeue,
@@ -99,10 +100,67 @@ pub async fn upload(
     Ok(catalog.add_photo(&photo).await?)
 }
 
-/// Completes an upload the client put straight into storage under `upload`'s staged key: checks
-/// the bytes like [`upload`] and adds the photo, whose original stays where it is. Identical bytes
-/// already in the catalog give the existing photo; then, and when the bytes are refused, the
-/// staged copy is removed.
+/// What a client declares when it starts an upload straight to storage; the storage URL it is
+/// handed binds both.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadDeclaration {
+    /// The original's size in bytes.
+    pub bytes: u64,
+    /// Its media type, one of the formats Glimpse indexes (`image/jpeg`, …).
+    pub content_type: String,
+}
+
+/// Starts an upload straight to storage: checks what the client declares (a size from 1 byte to
+/// `max_bytes`, a media type of a format Glimpse indexes) and records the staged upload, to be
+/// completed with [`complete_upload`] or expired by [`expire_staged_uploads`]. Returns the
+/// upload and the declared format.
+pub async fn start_upload(
+    catalog: &dyn Catalog,
+    declared: &UploadDeclaration,
+    max_bytes: u64,
+    now: i64,
+) -> Result<(StagedUpload, photo::ImageFormat), FlowError> {
+    let media_type = declared.content_type.trim().to_ascii_lowercase();
+    let format = photo::ImageFormat::ALL
+        .into_iter()
+        .find(|format| format.media_type() == media_type)
+        .ok_or_else(|| {
+            let accepted: Vec<&str> = photo::ImageFormat::ALL
+                .iter()
+                .map(|f| f.media_type())
+                .collect();
+            FlowError::BadRequest(format!(
+                "content_type `{}` is not an image type Glimpse indexes: declare one of {}",
+                declared.content_type.chars().take(100).collect::<String>(),
+                accepted.join(", ")
+            ))
+        })?;
+    if declared.bytes == 0 || declared.bytes > max_bytes {
+        return Err(FlowError::BadRequest(format!(
+            "bytes must be the original's size, from 1 to {max_bytes} (the largest upload this \
+             deployment takes), not {}",
+            declared.bytes
+        )));
+    }
+    let upload = StagedUpload {
+        id: UploadId::random(),
+        bytes: declared.bytes,
+        started_at: now,
+    };
+    catalog.stage_upload(&upload).await?;
+    Ok((upload, format))
+}
+
+/// How much of a staged original [`complete_upload`] reads at a time.
+const UPLOAD_PART_BYTES: u64 = photo::HEAD_BYTES as u64;
+
+/// Completes an upload the client put straight into storage under `upload`'s staged key: reads
+/// the bytes part by part (memory stays bounded whatever their size), checks them like
+/// [`upload`] and adds the photo, whose original stays where it is. Identical bytes already in
+/// the catalog give the existing photo; then, and when the bytes are refused, the staged copy is
+/// removed. An upload that was never started (or expired) is a `NotFound`; one whose bytes are
+/// not there yet stays staged, so the client can still put them.
 pub async fn complete_upload(
     catalog: &dyn Catalog,
     blobs: &dyn BlobStore,
@@ -110,31 +168,111 @@ pub async fn complete_upload(
     album: Option<String>,
     now: i64,
 ) -> Result<Added, FlowError> {
+    let staged = catalog.staged_upload(&upload).await?.ok_or_else(|| {
+        FlowError::NotFound(format!(
+            "there is no upload {upload} waiting: it was completed, or it expired, or it never \
+             started; start again with POST /api/uploads"
+        ))
+    })?;
     let key = upload.staged_key();
-    let bytes = blobs.get(&key).await?.ok_or_else(|| {
+    let read = read_in_parts(blobs, &key).await?.ok_or_else(|| {
         FlowError::NotFound(format!(
             "nothing was uploaded for {upload}: PUT the file to the upload's URL first (it is \
              valid for a limited time; start again with POST /api/uploads when it has expired)"
         ))
     })?;
-    let facts = match photo::inspect(&bytes) {
+    let checked = if read.total == staged.bytes {
+        photo::inspect_head(&read.head, read.sha256).map_err(FlowError::from)
+    } else {
+        Err(FlowError::BadRequest(format!(
+            "the stored original has {} bytes, not the {} declared",
+            read.total, staged.bytes
+        )))
+    };
+    let facts = match checked {
         Ok(facts) => facts,
-        Err(rejected) => {
+        Err(refused) => {
             blobs.delete(&key).await?;
-            return Err(rejected.into());
+            catalog.end_staged_upload(&upload).await?;
+            return Err(refused);
         }
     };
     let details = NewPhotoDetails {
         origin: Origin::Upload(key.clone()),
-        bytes: bytes.len() as u64,
+        bytes: read.total,
         album: album.filter(|a| !a.trim().is_empty()),
         modified_at: None,
     };
-    let added = catalog.add_photo(&Photo::new(facts, details, now)).await?;
+    // Ended before the photo is added, so that an expiry can never remove an original a photo
+    // holds: a crash in between leaves a stray staged object at worst, never a lost photo.
+    catalog.end_staged_upload(&upload).await?;
+    let added = match catalog.add_photo(&Photo::new(facts, details, now)).await {
+        Ok(added) => added,
+        Err(error) => {
+            // Staged again, so that the client can retry the completion.
+            catalog.stage_upload(&staged).await?;
+            return Err(error.into());
+        }
+    };
     if !added.created {
         blobs.delete(&key).await?;
     }
     Ok(added)
+}
+
+/// A stored object read part by part: its start, its digest and its size.
+struct ReadInParts {
+    head: Vec<u8>,
+    sha256: [u8; 32],
+    total: u64,
+}
+
+async fn read_in_parts(blobs: &dyn BlobStore, key: &str) -> Result<Option<ReadInParts>, FlowError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut head = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let Some(part) = blobs.get_part(key, offset, UPLOAD_PART_BYTES).await? else {
+            // Gone between two parts: as good as never there.
+            return Ok(None);
+        };
+        hasher.update(&part.bytes);
+        if head.is_empty() {
+            head = part.bytes.clone();
+        }
+        offset += part.bytes.len() as u64;
+        if part.bytes.is_empty() || offset >= part.total {
+            return Ok(Some(ReadInParts {
+                head,
+                sha256: hasher.finalize().into(),
+                total: part.total,
+            }));
+        }
+    }
+}
+
+/// Removes uploads started more than `max_age` before `now` that were never completed: their
+/// staged originals, if any were put, and their records. Returns how many expired.
+pub async fn expire_staged_uploads(
+    catalog: &dyn Catalog,
+    blobs: &dyn BlobStore,
+    now: i64,
+    max_age: Duration,
+) -> Result<u64, FlowError> {
+    let before = now.saturating_sub(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX));
+    let mut expired = 0;
+    loop {
+        let stale = catalog.stale_uploads(before, 100).await?;
+        if stale.is_empty() {
+            return Ok(expired);
+        }
+        for upload in stale {
+            blobs.delete(&upload.id.staged_key()).await?;
+            catalog.end_staged_upload(&upload.id).await?;
+            expired += 1;
+        }
+    }
 }
 
 /// Removes a photo from the catalog and the index, and its stored original if it was uploaded.

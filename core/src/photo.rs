@@ -151,6 +151,18 @@ impl FromStr for UploadId {
 
 crate::serde_as_text!(UploadId);
 
+/// An upload a client was handed a storage URL for, from then until it is completed, refused or
+/// expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedUpload {
+    /// Its id.
+    pub id: UploadId,
+    /// The size the client declared, which the URL binds.
+    pub bytes: u64,
+    /// When the URL was handed out, seconds since 1970.
+    pub started_at: i64,
+}
+
 /// Blob keys under this prefix hold originals uploaded straight to storage.
 pub const STAGED_PREFIX: &str = "staged/";
 
@@ -347,15 +359,22 @@ pub enum RejectedImage {
 /// Reads what can be known about an image without decoding its pixels, refusing what cannot be
 /// indexed: unknown formats, unreadable headers and decompression bombs.
 pub fn inspect(bytes: &[u8]) -> Result<ImageFacts, RejectedImage> {
-    let Some(format) = ImageFormat::sniff(bytes) else {
-        let detail = if bytes.is_empty() {
+    inspect_head(bytes, Sha256::digest(bytes).into())
+}
+
+/// [`inspect`] for an image read in parts: `head` is its start (the whole image when it is
+/// small; header and EXIF are read from it, so [`HEAD_BYTES`] of a larger one), `sha256` the
+/// digest of all its bytes.
+pub fn inspect_head(head: &[u8], sha256: [u8; 32]) -> Result<ImageFacts, RejectedImage> {
+    let Some(format) = ImageFormat::sniff(head) else {
+        let detail = if head.is_empty() {
             ": the body is empty".to_owned()
         } else {
             String::new()
         };
         return Err(RejectedImage::UnsupportedType(detail));
     };
-    let size = imagesize::blob_size(bytes).map_err(|e| RejectedImage::Unreadable(e.to_string()))?;
+    let size = imagesize::blob_size(head).map_err(|e| RejectedImage::Unreadable(e.to_string()))?;
     let (width, height) = (size.width as u64, size.height as u64);
     if width == 0 || height == 0 {
         return Err(RejectedImage::Unreadable(format!(
@@ -365,12 +384,10 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageFacts, RejectedImage> {
     if width.saturating_mul(height) > MAX_PIXELS {
         return Err(RejectedImage::TooManyPixels { width, height });
     }
-    let digest: [u8; 32] = Sha256::digest(bytes).into();
-    let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let exif = read_exif(bytes);
+    let exif = read_exif(head);
     Ok(ImageFacts {
-        sha256,
-        id: PhotoId::from_sha256(&digest),
+        sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        id: PhotoId::from_sha256(&sha256),
         format,
         width: width as u32,
         height: height as u32,
@@ -379,6 +396,10 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageFacts, RejectedImage> {
         location: exif.as_ref().and_then(exif_location),
     })
 }
+
+/// How much of a large image's start [`inspect_head`] needs: its header, and the EXIF block
+/// that cameras write near the start (JPEG's APP1 segment is at most 64 KB).
+pub const HEAD_BYTES: usize = 4 * 1024 * 1024;
 
 fn read_exif(bytes: &[u8]) -> Option<exif::Exif> {
     exif::Reader::new()

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::browse::{AlbumSummary, BrowseCursor};
-use crate::photo::{Facets, Photo, PhotoId, PhotoStatus};
+use crate::photo::{Facets, Photo, PhotoId, PhotoStatus, StagedUpload, UploadId};
 use crate::search::{QueryId, SearchLog, SearchLogEntry};
 use crate::{Embedding, EncoderId};
 
@@ -345,6 +345,18 @@ pub trait Catalog: MaybeSendSync {
         query_id: &QueryId,
         rank: u32,
     ) -> Result<Option<ClickedResult>, PortError>;
+    /// Records an upload whose storage URL is handed out (replacing one with the same id).
+    async fn stage_upload(&self, upload: &StagedUpload) -> Result<(), PortError>;
+    /// A staged upload not yet ended.
+    async fn staged_upload(&self, id: &UploadId) -> Result<Option<StagedUpload>, PortError>;
+    /// Forgets a staged upload (completed, refused or expired); an unknown id is not an error.
+    async fn end_staged_upload(&self, id: &UploadId) -> Result<(), PortError>;
+    /// Up to `limit` staged uploads started before `before` (seconds since 1970), oldest first.
+    async fn stale_uploads(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<StagedUpload>, PortError>;
 }
 
 /// Query embeddings kept for reuse, so a query seen before is answered while the encoder is away
@@ -376,6 +388,24 @@ pub trait BlobStore: MaybeSendSync {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError>;
     /// The bytes under a key, if any.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    /// Up to `length` bytes of the object at `key` from `offset` (fewer at its end, none past
+    /// it), with the object's size; `None` if there is no object. Reads an object of any size in
+    /// bounded memory.
+    async fn get_part(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<BlobPart>, PortError>;
     /// Removes a key; an absent key is not an error.
     async fn delete(&self, key: &str) -> Result<(), PortError>;
+}
+
+/// A part of a stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobPart {
+    /// The part's bytes.
+    pub bytes: Vec<u8>,
+    /// The whole object's size in bytes.
+    pub total: u64,
 }

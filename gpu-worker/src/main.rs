@@ -472,7 +472,7 @@ async fn start_consumer(
             batch: settings.worker.batch,
             policy: settings.retry_policy(),
             idle_poll: Duration::from_millis(settings.worker.idle_poll_ms.max(10)),
-            search_log: Some(settings.log_retention()),
+            housekeeping: Some(settings.housekeeping()),
         },
     );
     let stats = consumer.stats();

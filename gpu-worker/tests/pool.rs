@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::managed::{PrivatePostgres, S3Server, Schema, qdrant};
 use common::{model, spawn_listening};
-use glimpse_core::flows::{self, RetryPolicy};
+use glimpse_core::flows::{self, LogRetention, RetryPolicy};
 use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use glimpse_worker::adapters::{
@@ -23,7 +23,7 @@ use glimpse_worker::adapters::{
 };
 use glimpse_worker::encoder::ClipEncoder;
 use glimpse_worker::hub;
-use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts};
+use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, Housekeeping};
 use tokio::sync::{Notify, watch};
 use tokio_postgres::NoTls;
 
@@ -84,7 +84,7 @@ fn pacing(batch: usize, lease: Duration) -> ConsumerPacing {
             ..RetryPolicy::default()
         },
         idle_poll: Duration::from_millis(50),
-        search_log: None,
+        housekeeping: None,
     }
 }
 
@@ -250,6 +250,82 @@ async fn only_workers_of_the_active_encoder_claim_jobs_and_starting_switches_not
         "{round:?}"
     );
     assert_eq!(index.count().await.unwrap(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_straight_to_storage_never_completed_expire_and_completed_ones_stay() {
+    let schema = Schema::new().await;
+    let s3 = S3Server::start();
+    let folder = tempfile::tempdir().unwrap();
+    let encoder = encoder();
+    let index = embedded_index(folder.path(), &encoder);
+    let catalog = Arc::new(schema.catalog().await);
+    let blobs = s3.store(&s3.settings()).await;
+    // Two clients start an upload and put their original; one completes, one goes away.
+    let mut started = Vec::new();
+    for seed in [1, 2] {
+        let bytes = image(seed);
+        let declared = flows::UploadDeclaration {
+            bytes: bytes.len() as u64,
+            content_type: "image/png".to_owned(),
+        };
+        let (upload, _) = flows::start_upload(catalog.as_ref(), &declared, 1 << 20, 1_000)
+            .await
+            .unwrap();
+        blobs.put(&upload.id.staged_key(), bytes).await.unwrap();
+        started.push(upload);
+    }
+    let (completed, abandoned) = (&started[0], &started[1]);
+    let added = flows::complete_upload(catalog.as_ref(), &blobs, completed.id, None, 1_010)
+        .await
+        .unwrap();
+    assert!(added.created);
+
+    // A day later, a consumer keeps house.
+    let consumer = Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            blobs: Arc::new(s3.store(&s3.settings()).await),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::clone(&index) as Arc<dyn VectorIndex>,
+        },
+        ConsumerPacing {
+            housekeeping: Some(Housekeeping {
+                search_log: LogRetention {
+                    days: 90,
+                    searches: 1_000_000,
+                },
+                staged_uploads_expire_after: Duration::ZERO,
+            }),
+            ..pacing(16, Duration::from_secs(300))
+        },
+    );
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(async move { consumer.run(stopped).await });
+    wait_settled(catalog.as_ref(), 1).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    assert_eq!(
+        blobs.get(&abandoned.id.staged_key()).await.unwrap(),
+        None,
+        "the abandoned original is removed"
+    );
+    assert_eq!(catalog.staged_upload(&abandoned.id).await.unwrap(), None);
+    assert_eq!(
+        blobs.get(&completed.id.staged_key()).await.unwrap(),
+        Some(image(1)),
+        "the completed upload is a photo's original: it stays"
+    );
+    let photo = catalog.photo(added.id).await.unwrap().unwrap();
+    assert_eq!(photo.status, glimpse_core::photo::PhotoStatus::Indexed);
+    let refused = flows::complete_upload(catalog.as_ref(), &blobs, abandoned.id, None, 90_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, flows::FlowError::NotFound(_)),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

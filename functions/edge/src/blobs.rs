@@ -12,7 +12,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use glimpse_core::ports::{BlobStore, PortError};
+use glimpse_core::ports::{BlobPart, BlobStore, PortError};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 
@@ -41,12 +41,15 @@ impl PresignedS3 {
         Self { settings }
     }
 
-    /// A URL valid for `expires_in` that lets whoever holds it `method` the object at `key`.
+    /// A URL valid for `expires_in` that lets whoever holds it `method` the object at `key`,
+    /// sending exactly the `bound` headers (a PUT's `content-length` and `content-type`: storage
+    /// refuses a request whose values differ from the signed ones).
     pub fn presign(
         &self,
         method: &Method,
         key: &str,
         expires_in: Duration,
+        bound: &[(&str, &str)],
     ) -> Result<String, PortError> {
         let settings = &self.settings;
         let url = format!(
@@ -82,7 +85,7 @@ impl PresignedS3 {
         let signable = SignableRequest::new(
             method.as_str(),
             &url,
-            std::iter::empty(),
+            bound.iter().copied(),
             SignableBody::UnsignedPayload,
         )
         .map_err(|e| PortError::Internal(format!("object storage signing: {e}")))?;
@@ -102,12 +105,15 @@ impl PresignedS3 {
         &self,
         method: Method,
         key: &str,
+        range: Option<String>,
         body: Vec<u8>,
     ) -> Result<crate::outbound::Reply, PortError> {
-        let url = self.presign(&method, key, OWN_REQUEST_EXPIRY)?;
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
+        let url = self.presign(&method, key, OWN_REQUEST_EXPIRY, &[])?;
+        let mut request = Request::builder().method(method).uri(url);
+        if let Some(range) = range {
+            request = request.header(http::header::RANGE, range);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| PortError::Internal(format!("the s3_endpoint does not work: {e}")))?;
         send("object storage", request).await
@@ -134,7 +140,7 @@ fn storage_error(what: &str, key: &str, reply: &crate::outbound::Reply) -> PortE
 #[async_trait::async_trait(?Send)]
 impl BlobStore for PresignedS3 {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
-        let reply = self.call(Method::PUT, key, bytes).await?;
+        let reply = self.call(Method::PUT, key, None, bytes).await?;
         if reply.status.is_success() {
             Ok(())
         } else {
@@ -143,7 +149,7 @@ impl BlobStore for PresignedS3 {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
-        let reply = self.call(Method::GET, key, Vec::new()).await?;
+        let reply = self.call(Method::GET, key, None, Vec::new()).await?;
         match reply.status {
             status if status.is_success() => Ok(Some(reply.body.to_vec())),
             StatusCode::NOT_FOUND => Ok(None),
@@ -151,8 +157,50 @@ impl BlobStore for PresignedS3 {
         }
     }
 
+    async fn get_part(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<BlobPart>, PortError> {
+        // An empty range cannot be asked for: one byte is, and left out.
+        let last = offset.saturating_add(length.max(1)) - 1;
+        let range = format!("bytes={offset}-{last}");
+        let reply = self.call(Method::GET, key, Some(range), Vec::new()).await?;
+        // `Content-Range: bytes 0-9/1234` (or `bytes */1234` for a range past the end).
+        let total = reply
+            .headers
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|range| range.rsplit('/').next())
+            .and_then(|total| total.parse::<u64>().ok());
+        match (reply.status, total) {
+            (StatusCode::NOT_FOUND, _) => Ok(None),
+            (StatusCode::RANGE_NOT_SATISFIABLE, Some(total)) => Ok(Some(BlobPart {
+                bytes: Vec::new(),
+                total,
+            })),
+            (StatusCode::PARTIAL_CONTENT, Some(total)) => {
+                let mut bytes = reply.body.to_vec();
+                bytes.truncate(usize::try_from(length).unwrap_or(usize::MAX));
+                Ok(Some(BlobPart { bytes, total }))
+            }
+            // A server that ignores ranges sends the whole object.
+            (StatusCode::OK, _) => {
+                let total = reply.body.len() as u64;
+                let start = offset.min(total) as usize;
+                let end = offset.saturating_add(length).min(total) as usize;
+                Ok(Some(BlobPart {
+                    bytes: reply.body[start..end].to_vec(),
+                    total,
+                }))
+            }
+            _ => Err(storage_error("get a part of", key, &reply)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), PortError> {
-        let reply = self.call(Method::DELETE, key, Vec::new()).await?;
+        let reply = self.call(Method::DELETE, key, None, Vec::new()).await?;
         match reply.status {
             status if status.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Ok(()),

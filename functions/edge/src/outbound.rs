@@ -15,6 +15,8 @@ use spin_sdk::wasip3::http::types::ErrorCode;
 pub struct Reply {
     /// The status.
     pub status: StatusCode,
+    /// The headers.
+    pub headers: http::HeaderMap,
     /// The body.
     pub body: Bytes,
 }
@@ -46,6 +48,7 @@ pub async fn send(service: &str, request: Request<Full<Bytes>>) -> Result<Reply,
         .to_bytes();
     Ok(Reply {
         status: parts.status,
+        headers: parts.headers,
         body,
     })
 }

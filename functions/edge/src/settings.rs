@@ -42,6 +42,12 @@ pub async fn max_upload_bytes() -> Result<usize, PortError> {
     Ok(number("max_upload_mb").await? as usize * 1024 * 1024)
 }
 
+/// The largest original taken straight to storage through `POST /api/uploads`
+/// (`max_staged_upload_mb`).
+pub async fn max_staged_upload_bytes() -> Result<u64, PortError> {
+    Ok(number("max_staged_upload_mb").await? * 1024 * 1024)
+}
+
 /// The catalog database's address, from `database_host` (`host:port`, also what the manifest
 /// allows the component to reach), `database_name`, `database_user` and `database_password`
 /// (empty for none).

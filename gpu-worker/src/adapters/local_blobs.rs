@@ -1,13 +1,13 @@
 //! The embedded BlobStore: the user's library read in place (keys under `library/`, never
 //! written) and a folder under the data directory for everything else.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use glimpse_core::photo::LIBRARY_PREFIX;
-use glimpse_core::ports::{BlobStore, PortError};
+use glimpse_core::ports::{BlobPart, BlobStore, PortError};
 
 use crate::blocking::off_runtime;
 
@@ -90,6 +90,28 @@ impl BlobStore for LocalBlobStore {
         let (path, _) = self.path(key)?;
         match off_runtime(|| std::fs::read(&path)) {
             Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(key, e)),
+        }
+    }
+
+    async fn get_part(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<BlobPart>, PortError> {
+        let (path, _) = self.path(key)?;
+        let read = off_runtime(|| -> std::io::Result<BlobPart> {
+            let mut file = std::fs::File::open(&path)?;
+            let total = file.metadata()?.len();
+            file.seek(std::io::SeekFrom::Start(offset.min(total)))?;
+            let mut bytes = Vec::new();
+            file.take(length).read_to_end(&mut bytes)?;
+            Ok(BlobPart { bytes, total })
+        });
+        match read {
+            Ok(part) => Ok(Some(part)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(key, e)),
         }

@@ -13,7 +13,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use glimpse_core::ports::{BlobStore, PortError};
+use glimpse_core::ports::{BlobPart, BlobStore, PortError};
 
 /// Objects larger than this are uploaded in parts of this size (S3's minimum part is 5 MiB).
 pub const MULTIPART_PART_BYTES: usize = 8 * 1024 * 1024;
@@ -246,6 +246,30 @@ impl S3BlobStore {
     }
 }
 
+impl S3BlobStore {
+    /// An empty part with the object's size.
+    async fn size_part(&self, key: &str) -> Result<Option<BlobPart>, PortError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(BlobPart {
+                bytes: Vec::new(),
+                total: head
+                    .content_length()
+                    .and_then(|length| u64::try_from(length).ok())
+                    .unwrap_or(0),
+            })),
+            Err(SdkError::ServiceError(service)) if service.err().is_not_found() => Ok(None),
+            Err(error) => Err(port_error("reading an object's size", error)),
+        }
+    }
+}
+
 #[async_trait]
 impl BlobStore for S3BlobStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), PortError> {
@@ -282,6 +306,61 @@ impl BlobStore for S3BlobStore {
             PortError::Unavailable(format!("object storage: reading {key} broke off: {e}"))
         })?;
         Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    async fn get_part(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<BlobPart>, PortError> {
+        if length == 0 {
+            return self.size_part(key).await;
+        }
+        let range = format!("bytes={offset}-{}", offset.saturating_add(length) - 1);
+        let sent = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(range)
+            .send()
+            .await;
+        let object = match sent {
+            Ok(object) => object,
+            Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => {
+                return Ok(None);
+            }
+            // A range that starts past the end: no bytes.
+            Err(SdkError::ServiceError(service)) if service.raw().status().as_u16() == 416 => {
+                return self.size_part(key).await;
+            }
+            Err(error) => return Err(port_error("reading an object", error)),
+        };
+        let total = object
+            .content_range()
+            .and_then(|range| range.rsplit('/').next())
+            .and_then(|total| total.parse::<u64>().ok());
+        let body = object.body.collect().await.map_err(|e| {
+            PortError::Unavailable(format!("object storage: reading {key} broke off: {e}"))
+        })?;
+        let bytes = body.into_bytes();
+        Ok(Some(match total {
+            Some(total) => BlobPart {
+                bytes: bytes.to_vec(),
+                total,
+            },
+            // A server that ignores ranges sends the whole object.
+            None => {
+                let total = bytes.len() as u64;
+                let start = offset.min(total) as usize;
+                let end = offset.saturating_add(length).min(total) as usize;
+                BlobPart {
+                    bytes: bytes[start..end].to_vec(),
+                    total,
+                }
+            }
+        }))
     }
 
     async fn delete(&self, key: &str) -> Result<(), PortError> {

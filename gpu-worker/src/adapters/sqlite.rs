@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use glimpse_core::EncoderId;
 use glimpse_core::browse::{AlbumSummary, BrowseCursor};
-use glimpse_core::photo::{GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus};
+use glimpse_core::photo::{
+    GeoPoint, ImageFormat, Origin, Photo, PhotoId, PhotoStatus, StagedUpload, UploadId,
+};
 use glimpse_core::ports::{
     Added, Catalog, CatalogCounts, ClaimedJob, ClickedResult, JobClaim, JobOutcome, PortError,
     Requeue, SearchFilter,
@@ -117,6 +119,15 @@ CREATE INDEX searches_by_time ON searches (created_at);
 INSERT INTO engine_state (key, value)
     SELECT 'active_encoder', id FROM encoders ORDER BY last_used_at DESC LIMIT 1;
 "#,
+    // Uploads straight to storage, as the pool's catalog records them (the port's contract).
+    r#"
+CREATE TABLE staged_uploads (
+    id         TEXT PRIMARY KEY,
+    bytes      INTEGER NOT NULL,
+    started_at INTEGER NOT NULL
+);
+CREATE INDEX staged_uploads_by_age ON staged_uploads (started_at);
+"#,
 ];
 
 /// A library file as the catalog last saw it.
@@ -153,6 +164,21 @@ pub fn album_of(path: &str) -> Option<String> {
     let mut parts = path.rsplit('/');
     parts.next();
     parts.next().map(str::to_owned)
+}
+
+/// A `staged_uploads` row: id, bytes, started_at.
+fn staged_row(row: &Row<'_>) -> rusqlite::Result<(String, i64, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn staged_upload((id, bytes, started_at): (String, i64, i64)) -> Result<StagedUpload, PortError> {
+    Ok(StagedUpload {
+        id: id
+            .parse()
+            .map_err(|_| internal(format!("a staged upload's id `{id}`")))?,
+        bytes: u64::try_from(bytes).map_err(|_| internal("a staged upload's size"))?,
+        started_at,
+    })
 }
 
 /// The SQLite catalog.
@@ -1041,6 +1067,63 @@ impl Catalog for SqliteCatalog {
             transaction.commit()?;
             Ok((old + over) as u64)
         })
+    }
+
+    async fn stage_upload(&self, upload: &StagedUpload) -> Result<(), PortError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO staged_uploads (id, bytes, started_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes, \
+                 started_at = excluded.started_at",
+                params![
+                    upload.id.to_string(),
+                    i64::try_from(upload.bytes).unwrap_or(i64::MAX),
+                    upload.started_at
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn staged_upload(&self, id: &UploadId) -> Result<Option<StagedUpload>, PortError> {
+        let row = self.with(|c| {
+            c.query_row(
+                "SELECT id, bytes, started_at FROM staged_uploads WHERE id = ?1",
+                params![id.to_string()],
+                staged_row,
+            )
+            .optional()
+        })?;
+        row.map(staged_upload).transpose()
+    }
+
+    async fn end_staged_upload(&self, id: &UploadId) -> Result<(), PortError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM staged_uploads WHERE id = ?1",
+                params![id.to_string()],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn stale_uploads(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<StagedUpload>, PortError> {
+        let rows = self.with(|c| {
+            c.prepare(
+                "SELECT id, bytes, started_at FROM staged_uploads WHERE started_at < ?1 \
+                 ORDER BY started_at, id LIMIT ?2",
+            )?
+            .query_map(
+                params![before, i64::try_from(limit).unwrap_or(i64::MAX)],
+                staged_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(staged_upload).collect()
     }
 
     async fn record_click(

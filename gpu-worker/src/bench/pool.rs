@@ -233,7 +233,7 @@ async fn measure(
             batch: options.batch,
             policy: flows::RetryPolicy::default(),
             idle_poll: Duration::from_millis(10),
-            search_log: None,
+            housekeeping: None,
         },
     );
     let started = Instant::now();

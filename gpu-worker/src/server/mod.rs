@@ -6,28 +6,26 @@ mod stats;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
-use axum::handler::Handler;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use glimpse_contracts::api::{self, BearerProblem, BrowseParams, SearchParams, SimilarParams};
-use glimpse_core::browse::BrowsePage;
+use glimpse_contracts::api::{self, BearerProblem};
 use glimpse_core::flows::{self, FlowError};
 use glimpse_core::photo::{Photo, PhotoId};
-use glimpse_core::ports::{BlobStore, Catalog};
-use glimpse_core::search::{QueryId, SearchRequest, SearchResponse};
+use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
+use glimpse_core::search::{SearchRequest, SearchResponse};
+use glimpse_http::{Access, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use self::gates::Gate;
 pub use self::stats::{Stats, percentiles};
-use crate::adapters::sqlite::now_seconds;
 use crate::embedded::{Engine, EngineError, ScanReport};
 
 /// The OpenAPI document of this API.
@@ -53,6 +51,15 @@ pub struct ServerConfig {
     pub max_concurrent_thumbnails: usize,
 }
 
+impl ServerConfig {
+    fn settings(&self) -> Settings {
+        Settings {
+            token: self.token.clone(),
+            protect_reads: self.protect_reads,
+        }
+    }
+}
+
 struct AppState {
     engine: Arc<Engine>,
     wake_indexer: Arc<Notify>,
@@ -73,16 +80,6 @@ pub(crate) fn json_body<T>(
         .map_err(|e| api::ApiError::bad_json(e.body_text(), example).into())
 }
 
-/// A JSON body of the public API: one over [`api::MAX_JSON_BYTES`] is a 413, as at the edge.
-fn public_json_body<T>(body: Result<Json<T>, JsonRejection>, example: &str) -> Result<T, ApiError> {
-    if let Err(rejection) = &body
-        && rejection.status() == StatusCode::PAYLOAD_TOO_LARGE
-    {
-        return Err(api::ApiError::json_too_large().into());
-    }
-    json_body(body, example)
-}
-
 /// An error response of the public API: the contract of [`glimpse_contracts::api`], with a
 /// `Retry-After` header when a backend is unavailable.
 #[derive(Debug)]
@@ -100,18 +97,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error = self.0;
-        if error.status == StatusCode::INTERNAL_SERVER_ERROR {
-            eprintln!("glimpse: internal error: {}", error.message);
-        }
-        let mut response = (error.status, Json(error.body())).into_response();
-        if let Some(seconds) = error.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        reply(glimpse_http::error_reply(&self.0))
     }
+}
+
+/// An answer of the shared HTTP layer as axum's.
+fn reply(reply: glimpse_http::Reply) -> Response {
+    reply.map(Body::from)
 }
 
 impl From<api::ApiError> for ApiError {
@@ -145,22 +137,14 @@ impl From<EngineError> for ApiError {
     }
 }
 
-fn body_error(status: StatusCode, detail: String, limit: usize) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        api::ApiError::too_large(limit, "serve --max-upload-mb").into()
-    } else {
-        api::ApiError::bad_body(status, &detail).into()
-    }
-}
-
-/// Builds the router with its state.
+/// Builds the router with its state: the public API of `glimpse_http`, and the engine's own
+/// endpoints (status, metrics, the library scan, the web page).
 pub fn router(
     engine: Arc<Engine>,
     wake_indexer: Arc<Notify>,
     config: ServerConfig,
     stats: Stats,
 ) -> Router {
-    let limit = config.max_upload_bytes;
     let state = Arc::new(AppState {
         engine,
         wake_indexer,
@@ -170,40 +154,25 @@ pub fn router(
         stats,
     });
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/status", get(status))
         .route("/api/stats", get(stats_report))
         .route("/", get(web_page))
         .route("/assets/{file}", get(web_asset))
-        .route("/api/albums", get(albums))
-        .route(
-            "/api/library/scan",
-            post(scan_library).layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES)),
-        )
-        .route("/api/photos", get(browse).post(upload))
-        .route("/api/photos/{id}", get(photo).delete(delete_photo))
-        .route("/api/photos/{id}/original", get(original))
-        .route("/api/photos/{id}/thumbnail", get(thumbnail))
-        .route("/api/photos/{id}/similar", get(similar))
-        .route("/api/photos/{id}/retry", post(retry_photo))
-        .route(
-            "/api/search",
-            get(search_get).post(search_post.layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES))),
-        )
-        .route("/api/search/{query_id}", get(search_log))
-        .route(
-            "/api/search/{query_id}/clicks",
-            post(click).layer(DefaultBodyLimit::max(api::MAX_JSON_BYTES)),
-        )
-        .layer(middleware::from_fn_with_state(
+        .route("/api/library/scan", post(scan_library))
+        .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorise,
         ))
+        .fallback(public_api)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Everything else is the public API, served by the one HTTP layer both shapes share.
+async fn public_api(State(state): Shared, request: Request) -> Response {
+    reply(glimpse_http::serve(state.as_ref(), request).await)
 }
 
 /// Keeps other sites out: a request must name this server as its host (a web page the user
@@ -299,28 +268,23 @@ fn check_origin(method: &axum::http::Method, headers: &HeaderMap) -> Result<(), 
     Ok(())
 }
 
-/// Writes need the bearer token; reads too when configured. Clicks are not writes of photos,
-/// settings or models: they are accepted for real search results only, checked by the flow.
+/// The engine's own endpoints need the token as the public API's do: the page and its assets
+/// hold no data (a visitor needs them to paste the token), the rest are reads, the scan a write.
 async fn authorise(State(state): Shared, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let is_click = path.starts_with("/api/search/") && path.ends_with("/clicks");
-    let is_search = path == "/api/search";
-    let is_write = !request.method().is_safe() && !is_click && !is_search;
-    // The page and its assets hold no data: a visitor needs them to paste the token.
-    let open = path == "/healthz" || path == "/" || path.starts_with("/assets/");
-    let needs_token = !open && (is_write || state.config.protect_reads);
-    if needs_token && let Err(problem) = check_bearer(&request, &state.config.token) {
-        let refusal = ApiError::from(api::token_refusal(problem, is_write, TOKEN_HELP));
-        // Read a small body before answering, so the client sees the answer instead of a
-        // connection reset under its unfinished upload.
-        let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
-        return refusal.into_response();
+    let access = if path == "/" || path.starts_with("/assets/") {
+        Access::Open
+    } else {
+        Access::of_method(request.method())
+    };
+    if let Err(refusal) =
+        glimpse_http::authorise(request.headers(), access, &state.config.settings(), NOTES)
+    {
+        glimpse_http::drain(request.into_body(), api::MAX_JSON_BYTES).await;
+        return ApiError(refusal).into_response();
     }
     next.run(request).await
 }
-
-/// Bodies up to this size are read before a refused request is answered.
-const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Checks the request's bearer token against `token`, in time independent of where they differ.
 pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerProblem> {
@@ -333,11 +297,14 @@ pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerP
     )
 }
 
-/// Where a person finds the token `glimpse serve` wants.
-const TOKEN_HELP: api::TokenHelp<'static> = api::TokenHelp {
-    token: "the token `glimpse serve` printed on first start (kept in the data directory's \
-            `token` file)",
-    private_reads: "serve --protect-reads",
+/// What refusals of `glimpse serve` say.
+const NOTES: Notes = Notes {
+    token: api::TokenHelp {
+        token: "the token `glimpse serve` printed on first start (kept in the data directory's \
+                `token` file)",
+        private_reads: "serve --protect-reads",
+    },
+    upload_limit: "serve --max-upload-mb",
 };
 
 async fn openapi() -> impl IntoResponse {
@@ -348,11 +315,11 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let engine = &state.engine;
     let counts = engine.counts().await?;
     let vectors = engine.indexed_vectors().await?;
-    let encoder = glimpse_core::ports::VectorIndex::encoder(&engine.index);
+    let encoder = VectorIndex::encoder(&engine.index);
     let last_scan = engine.last_scan();
     Ok(Json(json!({
         "encoder": encoder,
-        "dimension": glimpse_core::ports::VectorIndex::dimension(&engine.index),
+        "dimension": VectorIndex::dimension(&engine.index),
         "library": engine.library(),
         "library_available": engine.library_available(),
         "library_problem": last_scan.as_ref().and_then(|scan| scan.problem.clone()),
@@ -441,166 +408,7 @@ async fn web_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
         .ok_or_else(|| FlowError::NotFound(format!("there is no asset {file}")).into())
 }
 
-async fn albums(State(state): Shared) -> Result<Json<Value>, ApiError> {
-    let albums = state.engine.catalog.albums().await?;
-    Ok(Json(json!({ "albums": albums })))
-}
-
-async fn browse(
-    State(state): Shared,
-    params: Result<Query<BrowseParams>, QueryRejection>,
-) -> Result<Json<BrowsePage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let request = params.into_request()?;
-    let page = flows::browse(
-        &state.engine.catalog,
-        &request.filters,
-        request.cursor,
-        request.limit,
-    )
-    .await?;
-    Ok(Json(page))
-}
-
-#[derive(Deserialize)]
-struct UploadParams {
-    album: Option<String>,
-}
-
-/// How far past the upload limit a refused body is still read, so the client sees the 413.
-const LINGER_BYTES: usize = 16 * 1024 * 1024;
-
-async fn upload(
-    State(state): Shared,
-    Query(params): Query<UploadParams>,
-    headers: HeaderMap,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let limit = state.config.max_upload_bytes;
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(length) = announced.filter(|length| *length > limit as u64) {
-        // Refuse from the announced length. A body only somewhat too large is read and dropped
-        // first, so that every client gets to read the 413 (one still sending when the server
-        // closes sees a reset connection instead); a far larger one is not received at all.
-        if length <= (limit + LINGER_BYTES) as u64 {
-            let _ = axum::body::to_bytes(request.into_body(), limit + LINGER_BYTES).await;
-        }
-        return Err(body_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            String::new(),
-            limit,
-        ));
-    }
-    let is_multipart = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (bytes, album) = if is_multipart {
-        use axum::extract::FromRequest;
-        let mut multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
-        let mut file = None;
-        let mut album = params.album;
-        while let Some(field) = multipart
-            .next_field()
-            .await
-            .map_err(|e| body_error(e.status(), e.body_text(), limit))?
-        {
-            let name = field.name().map(str::to_owned);
-            let data = field
-                .bytes()
-                .await
-                .map_err(|e| body_error(e.status(), e.body_text(), limit))?;
-            match name.as_deref() {
-                Some("album") => album = Some(String::from_utf8_lossy(&data).into_owned()),
-                _ if file.is_none() => file = Some(data),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "send one file per request (the form has more than one)",
-                    ));
-                }
-            }
-        }
-        let file = file.ok_or_else(|| {
-            ApiError::bad_request("the form has no file: send it in a field named `file`")
-        })?;
-        (file, album)
-    } else {
-        use axum::extract::FromRequest;
-        let bytes = Bytes::from_request(request, &state)
-            .await
-            .map_err(|e: BytesRejection| body_error(e.status(), e.body_text(), limit))?;
-        (bytes, params.album)
-    };
-    let engine = &state.engine;
-    let added = flows::upload(
-        &engine.catalog,
-        &engine.blobs,
-        bytes.to_vec(),
-        album,
-        now_seconds(),
-    )
-    .await
-    .inspect_err(|_| state.stats.count_rejected_upload())?;
-    state.stats.count_upload(added.created);
-    if added.created {
-        state.wake_indexer.notify_one();
-    }
-    let status = if added.created {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    let mut response = (
-        status,
-        Json(json!({"id": added.id, "created": added.created,
-                    "status_url": format!("/api/photos/{}", added.id)})),
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/photos/{}", added.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
-}
-
-fn parse_photo_id(text: &str) -> Result<PhotoId, ApiError> {
-    Ok(api::parse_photo_id(text)?)
-}
-
-async fn find_photo(state: &AppState, id: &str) -> Result<Photo, ApiError> {
-    let id = parse_photo_id(id)?;
-    state
-        .engine
-        .catalog
-        .photo(id)
-        .await?
-        .ok_or_else(|| api::no_such_photo(id).into())
-}
-
-async fn photo(State(state): Shared, Path(id): Path<String>) -> Result<Json<Photo>, ApiError> {
-    find_photo(&state, &id).await.map(Json)
-}
-
-async fn delete_photo(
-    State(state): Shared,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = parse_photo_id(&id)?;
-    let engine = &state.engine;
-    flows::delete_photo(&engine.catalog, &engine.blobs, &engine.index, id, false).await?;
-    engine
-        .blobs
-        .delete(&thumbnail_key(id))
-        .await
-        .map_err(ApiError::from)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// What `POST /api/library/scan` accepts.
+/// What `POST /api/library/scan` accepts (a body is optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScanRequest {
@@ -611,11 +419,14 @@ struct ScanRequest {
 /// Scans the library now (waiting for a scan in progress) and answers with its report.
 async fn scan_library(
     State(state): Shared,
-    body: Result<Json<ScanRequest>, JsonRejection>,
+    request: Request,
 ) -> Result<Json<ScanReport>, ApiError> {
-    let request = match body {
-        Err(JsonRejection::MissingJsonContentType(_)) => ScanRequest::default(),
-        other => public_json_body(other, r#"{"forget_missing": false}"#)?,
+    let (parts, body) = request.into_parts();
+    let request = if glimpse_http::is_json(&parts.headers) {
+        glimpse_http::json_body(&parts.headers, body, r#"{"forget_missing": false}"#).await?
+    } else {
+        glimpse_http::drain(body, api::MAX_JSON_BYTES).await;
+        ScanRequest::default()
     };
     let report = state
         .engine
@@ -632,81 +443,129 @@ async fn scan_library(
     Ok(Json(report))
 }
 
-async fn retry_photo(
-    State(state): Shared,
-    Path(id): Path<String>,
-) -> Result<Json<Photo>, ApiError> {
-    let id = parse_photo_id(&id)?;
-    let photo = flows::retry_photo(&state.engine.catalog, id).await?;
-    state.wake_indexer.notify_one();
-    Ok(Json(photo))
+/// The embedded engine as the public API sees it.
+#[async_trait::async_trait]
+impl Shape for AppState {
+    fn serves(&self, _endpoint: &glimpse_http::Endpoint<'_>) -> bool {
+        true
+    }
+
+    fn notes(&self) -> Notes {
+        NOTES
+    }
+
+    async fn settings(&self) -> Result<Settings, api::ApiError> {
+        Ok(self.config.settings())
+    }
+
+    async fn max_upload_bytes(&self) -> Result<usize, api::ApiError> {
+        Ok(self.config.max_upload_bytes)
+    }
+
+    async fn catalog(&self) -> Result<&dyn Catalog, api::ApiError> {
+        Ok(&self.engine.catalog)
+    }
+
+    async fn blobs(&self) -> Result<&dyn BlobStore, api::ApiError> {
+        Ok(&self.engine.blobs)
+    }
+
+    async fn index(&self) -> Result<&dyn VectorIndex, api::ApiError> {
+        Ok(&self.engine.index)
+    }
+
+    /// Searches run within the search gate, and are counted.
+    async fn search(&self, request: &SearchRequest) -> Result<SearchResponse, api::ApiError> {
+        let searched = self
+            .searches
+            .run(async { Ok(flows::search(self.engine.ports(), request).await) })
+            .await
+            .map_err(|refusal| refusal.0)?;
+        match searched {
+            Ok(response) => {
+                self.stats.record_search(&response);
+                Ok(response)
+            }
+            Err(error) => {
+                self.stats.count_search_error();
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn original(&self, photo: &Photo) -> Result<Original, api::ApiError> {
+        Ok(Original::Bytes {
+            bytes: self.read_original(photo).await?,
+            media_type: photo.format.media_type(),
+        })
+    }
+
+    fn thumbnails(&self) -> Option<&dyn Thumbnails> {
+        Some(self)
+    }
+
+    fn staged_uploads(&self) -> Option<&dyn StagedUploads> {
+        None
+    }
+
+    fn notice(&self, event: Event) {
+        match event {
+            Event::Uploaded { created } => {
+                self.stats.count_upload(created);
+                if created {
+                    self.wake_indexer.notify_one();
+                }
+            }
+            Event::UploadRefused => self.stats.count_rejected_upload(),
+            Event::Requeued => self.wake_indexer.notify_one(),
+            Event::Clicked => self.stats.count_click(),
+        }
+    }
 }
 
-async fn read_original(state: &AppState, photo: &Photo) -> Result<Vec<u8>, ApiError> {
-    state
-        .engine
-        .blobs
-        .get(&photo.origin.blob_key())
-        .await?
-        .ok_or_else(|| api::ApiError::original_missing(photo.id).into())
+impl AppState {
+    async fn read_original(&self, photo: &Photo) -> Result<Vec<u8>, api::ApiError> {
+        self.engine
+            .blobs
+            .get(&photo.origin.blob_key())
+            .await?
+            .ok_or_else(|| api::ApiError::original_missing(photo.id))
+    }
 }
 
-async fn original(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let photo = find_photo(&state, &id).await?;
-    let bytes = read_original(&state, &photo).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, photo.format.media_type()),
-            (
-                header::CACHE_CONTROL,
-                "private, max-age=31536000, immutable",
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+/// Thumbnails are made on first request, within the thumbnail gate, and kept beside originals.
+#[async_trait::async_trait]
+impl Thumbnails for AppState {
+    async fn thumbnail(&self, photo: &Photo) -> Result<Vec<u8>, api::ApiError> {
+        let key = thumbnail_key(photo.id);
+        if let Some(jpeg) = self.engine.blobs.get(&key).await? {
+            return Ok(jpeg);
+        }
+        let made = self.thumbnails.run(async {
+            let original = self.read_original(photo).await?;
+            tokio::task::spawn_blocking(move || make_thumbnail(&original))
+                .await
+                .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
+                .map_err(|message| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "undecodable_image",
+                        message,
+                    )
+                })
+        });
+        let jpeg = made.await.map_err(|refusal| refusal.0)?;
+        self.engine.blobs.put(&key, jpeg.clone()).await?;
+        Ok(jpeg)
+    }
+
+    async fn forget(&self, photo: PhotoId) -> Result<(), api::ApiError> {
+        Ok(self.engine.blobs.delete(&thumbnail_key(photo)).await?)
+    }
 }
 
 fn thumbnail_key(id: PhotoId) -> String {
     format!("thumbnails/{id}-{THUMBNAIL_SIZE}.jpg")
-}
-
-async fn thumbnail(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let photo = find_photo(&state, &id).await?;
-    let key = thumbnail_key(photo.id);
-    let cached = state.engine.blobs.get(&key).await?;
-    let jpeg = match cached {
-        Some(jpeg) => jpeg,
-        None => {
-            let made = state.thumbnails.run(async {
-                let original = read_original(&state, &photo).await?;
-                tokio::task::spawn_blocking(move || make_thumbnail(&original))
-                    .await
-                    .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
-                    .map_err(|message| {
-                        ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "undecodable_image",
-                            message,
-                        )
-                    })
-            });
-            let jpeg = made.await?;
-            state.engine.blobs.put(&key, jpeg.clone()).await?;
-            jpeg
-        }
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/jpeg"),
-            (
-                header::CACHE_CONTROL,
-                "private, max-age=31536000, immutable",
-            ),
-        ],
-        jpeg,
-    )
-        .into_response())
 }
 
 fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
@@ -721,90 +580,4 @@ fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
         )
         .map_err(|e| format!("the thumbnail cannot be encoded: {e}"))?;
     Ok(jpeg)
-}
-
-async fn run_search(
-    state: &AppState,
-    request: SearchRequest,
-) -> Result<Json<SearchResponse>, ApiError> {
-    let searched = state
-        .searches
-        .run(async { Ok(flows::search(state.engine.ports(), &request).await) })
-        .await?;
-    match searched {
-        Ok(response) => {
-            state.stats.record_search(&response);
-            Ok(Json(response))
-        }
-        Err(error) => {
-            state.stats.count_search_error();
-            Err(error.into())
-        }
-    }
-}
-
-async fn search_get(
-    State(state): Shared,
-    params: Result<Query<SearchParams>, QueryRejection>,
-) -> Result<Json<SearchResponse>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    run_search(&state, params.into_request()?).await
-}
-
-async fn search_post(
-    State(state): Shared,
-    body: Result<Json<SearchRequest>, JsonRejection>,
-) -> Result<Json<SearchResponse>, ApiError> {
-    let request = public_json_body(
-        body,
-        r#"{"query": "…", "top_k": 20, "offset": 0, "min_score": 1.5}"#,
-    )?;
-    run_search(&state, request).await
-}
-
-async fn similar(
-    State(state): Shared,
-    Path(id): Path<String>,
-    params: Result<Query<SimilarParams>, QueryRejection>,
-) -> Result<Json<SearchResponse>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let id = parse_photo_id(&id)?;
-    run_search(&state, params.into_request(id)).await
-}
-
-fn parse_query_id(text: &str) -> Result<QueryId, ApiError> {
-    Ok(api::parse_query_id(text)?)
-}
-
-async fn search_log(
-    State(state): Shared,
-    Path(query_id): Path<String>,
-) -> Result<Json<glimpse_core::search::SearchLogEntry>, ApiError> {
-    let query_id = parse_query_id(&query_id)?;
-    state
-        .engine
-        .catalog
-        .search_log(&query_id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| FlowError::NotFound(format!("there is no search {query_id}")).into())
-}
-
-#[derive(Deserialize)]
-struct ClickBody {
-    rank: u32,
-}
-
-async fn click(
-    State(state): Shared,
-    Path(query_id): Path<String>,
-    body: Result<Json<ClickBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let query_id = parse_query_id(&query_id)?;
-    let body = public_json_body(body, r#"{"rank": 1}"#)?;
-    let clicked = flows::record_click(&state.engine.catalog, &query_id, body.rank).await?;
-    state.stats.count_click();
-    Ok(Json(
-        json!({"query_id": query_id, "rank": clicked.rank, "photo_id": clicked.photo_id}),
-    ))
 }

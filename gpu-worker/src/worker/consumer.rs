@@ -65,9 +65,18 @@ pub struct ConsumerPacing {
     pub policy: RetryPolicy,
     /// How long an idle consumer waits before looking for jobs again.
     pub idle_poll: Duration,
-    /// How long the search log keeps searches (pruned hourly by each consumer); `None` leaves
-    /// it alone.
-    pub search_log: Option<LogRetention>,
+    /// What each consumer keeps tidy, hourly; `None` leaves it alone.
+    pub housekeeping: Option<Housekeeping>,
+}
+
+/// What a consumer keeps tidy, hourly (every consumer of a pool does: each step is idempotent).
+#[derive(Clone, Copy, Debug)]
+pub struct Housekeeping {
+    /// How long the search log keeps searches.
+    pub search_log: LogRetention,
+    /// How long an upload straight to storage may stay uncompleted before its staged original
+    /// is removed.
+    pub staged_uploads_expire_after: Duration,
 }
 
 /// One consumer.
@@ -120,26 +129,46 @@ impl Consumer {
         Ok(round)
     }
 
+    /// Prunes the search log and expires uploads never completed; a failure is logged, and the
+    /// next hour tries again.
+    async fn keep_house(&self, housekeeping: Housekeeping) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let catalog = self.ports.catalog.as_ref();
+        if let Err(error) = flows::prune_search_log(catalog, housekeeping.search_log, now).await {
+            eprintln!("glimpse worker: cannot prune the search log: {error}");
+        }
+        match flows::expire_staged_uploads(
+            catalog,
+            self.ports.blobs.as_ref(),
+            now,
+            housekeeping.staged_uploads_expire_after,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(expired) => eprintln!(
+                "glimpse worker: removed {expired} upload(s) started straight to storage and \
+                 never completed"
+            ),
+            Err(error) => eprintln!("glimpse worker: cannot expire staged uploads: {error}"),
+        }
+    }
+
     /// Runs rounds back to back while there is work, polls when idle, and backs off while rounds
     /// fail (the catalog restarting, say), until `stop` turns `true`. A round in progress is
     /// finished first, so its jobs end properly.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
         let mut said_inactive = false;
-        let mut pruned_at: Option<Instant> = None;
+        let mut tidied_at: Option<Instant> = None;
         while !*stop.borrow() {
-            if let Some(retention) = self.pacing.search_log
-                && pruned_at.is_none_or(|at| at.elapsed() >= LogRetention::PRUNE_EVERY)
+            if let Some(housekeeping) = self.pacing.housekeeping
+                && tidied_at.is_none_or(|at| at.elapsed() >= LogRetention::PRUNE_EVERY)
             {
-                pruned_at = Some(Instant::now());
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                if let Err(error) =
-                    flows::prune_search_log(self.ports.catalog.as_ref(), retention, now).await
-                {
-                    eprintln!("glimpse worker: cannot prune the search log: {error}");
-                }
+                tidied_at = Some(Instant::now());
+                self.keep_house(housekeeping).await;
             }
             let pause = match self.round().await {
                 Ok(round) => {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::adapters::{QdrantSettings, S3Settings};
 use crate::hub;
+use crate::worker::consumer::Housekeeping;
 
 /// The top-level keys the worker reads; other `GLIMPSE__…` variables (those of `glimpse serve`)
 /// are left alone.
@@ -108,6 +109,10 @@ pub struct PoolSettings {
     /// The most searches the search log keeps, the newest (default 1,000,000).
     #[serde(default = "default_search_log_searches")]
     pub search_log_searches: u64,
+    /// Seconds an upload started straight to storage (`POST /api/uploads` at the edge) may stay
+    /// uncompleted before its staged original is removed (default 86,400: a day).
+    #[serde(default = "default_staged_upload_expiry_seconds")]
+    pub staged_upload_expiry_seconds: u64,
 }
 
 fn default_decode_memory_mb() -> u64 {
@@ -118,6 +123,9 @@ fn default_search_log_days() -> u64 {
 }
 fn default_search_log_searches() -> u64 {
     1_000_000
+}
+fn default_staged_upload_expiry_seconds() -> u64 {
+    86_400
 }
 
 fn default_listen() -> SocketAddr {
@@ -349,11 +357,16 @@ impl WorkerSettings {
         }
     }
 
-    /// How long the search log keeps searches.
-    pub fn log_retention(&self) -> LogRetention {
-        LogRetention {
-            days: self.worker.search_log_days,
-            searches: self.worker.search_log_searches,
+    /// What the consumers keep tidy.
+    pub fn housekeeping(&self) -> Housekeeping {
+        Housekeeping {
+            search_log: LogRetention {
+                days: self.worker.search_log_days,
+                searches: self.worker.search_log_searches,
+            },
+            staged_uploads_expire_after: Duration::from_secs(
+                self.worker.staged_upload_expiry_seconds,
+            ),
         }
     }
 
