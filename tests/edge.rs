@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../gpu-worker/tests/common/managed.rs"]
+#[path = "../glimpse/tests/common/managed.rs"]
 #[allow(dead_code)]
 mod managed;
 mod spin_host;

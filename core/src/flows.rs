@@ -599,6 +599,28 @@ impl Reconciliation {
 /// Ids fetched per page while reconciling.
 const RECONCILE_PAGE: usize = 10_000;
 
+/// [`reconcile`] when the counts say it is needed: when the catalog's indexed photos and the
+/// index's vectors number the same, nothing is listed and they are taken to agree (a missing
+/// vector and a stray one at once would pass; `glimpse check` compares every id). Cheap enough
+/// for every start.
+pub async fn reconcile_if_counts_differ(
+    catalog: &dyn Catalog,
+    index: &dyn VectorIndex,
+    repair: bool,
+) -> Result<Reconciliation, FlowError> {
+    let counts = catalog.counts().await?;
+    let vectors = index.count().await?;
+    if counts.indexed == vectors {
+        return Ok(Reconciliation {
+            photos: counts.photos,
+            indexed: counts.indexed,
+            vectors,
+            ..Reconciliation::default()
+        });
+    }
+    reconcile(catalog, index, repair).await
+}
+
 /// Compares the catalog with the index by photo id and, with `repair`, brings them in line:
 /// photos marked indexed without a vector are re-queued (their originals are embedded again),
 /// vectors without a photo are removed. Pending and failed photos may have a vector or not.

@@ -4,6 +4,8 @@
 //! components) are thin adapters: they stream bodies in and out and hold the state; every status,
 //! limit, header and error body of these endpoints is decided here.
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod bodies;
 mod endpoints;
 

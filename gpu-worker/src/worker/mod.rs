@@ -25,7 +25,7 @@ use self::consumer::ConsumerStats;
 use crate::adapters::LocalEncoder;
 use glimpse_contracts::api::BearerProblem;
 
-use crate::server::{ApiError, check_bearer, json_body};
+use glimpse_http::axum::{ApiError, check_bearer, json_body};
 
 /// The most texts one request may embed.
 pub const MAX_TEXTS: usize = 64;
@@ -96,7 +96,7 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
     if request.uri().path() == "/healthz" {
         return next.run(request).await;
     }
-    let (code, message) = match check_bearer(&request, &state.token) {
+    let (code, message) = match check_bearer(request.headers(), &state.token) {
         Ok(()) => return next.run(request).await,
         Err(BearerProblem::Missing) => (
             "token_required",

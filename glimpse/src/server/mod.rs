@@ -1,24 +1,25 @@
-//! The public HTTP API of the embedded engine (axum). Handlers only translate HTTP to core's flows
-//! and back; status codes are decided here and nowhere else.
+//! The embedded engine's HTTP server (axum): the public API through glimpse-http's one HTTP layer
+//! (this module says how the engine serves originals, thumbnails and searches), and the engine's
+//! own endpoints — status, statistics, metrics, the library scan, the web page — with the guard
+//! that keeps other sites out.
 
 mod gates;
 mod stats;
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use glimpse_contracts::api::{self, BearerProblem};
+use glimpse_contracts::api;
 use glimpse_core::flows::{self, FlowError};
 use glimpse_core::photo::{Photo, PhotoId};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
+use glimpse_http::axum::{ApiError, reply};
 use glimpse_http::{Access, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -70,59 +71,6 @@ struct AppState {
 }
 
 type Shared = State<Arc<AppState>>;
-
-/// The JSON body of a request, or a 400 that says what is wrong and shows `example`.
-pub(crate) fn json_body<T>(
-    body: Result<Json<T>, JsonRejection>,
-    example: &str,
-) -> Result<T, ApiError> {
-    body.map(|Json(value)| value)
-        .map_err(|e| api::ApiError::bad_json(e.body_text(), example).into())
-}
-
-/// An error response of the public API: the contract of [`glimpse_contracts::api`], with a
-/// `Retry-After` header when a backend is unavailable.
-#[derive(Debug)]
-pub struct ApiError(api::ApiError);
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self(api::ApiError::new(status, code, message))
-    }
-
-    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self(api::ApiError::bad_request(message))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        reply(glimpse_http::error_reply(&self.0))
-    }
-}
-
-/// An answer of the shared HTTP layer as axum's.
-fn reply(reply: glimpse_http::Reply) -> Response {
-    reply.map(Body::from)
-}
-
-impl From<api::ApiError> for ApiError {
-    fn from(error: api::ApiError) -> Self {
-        Self(error)
-    }
-}
-
-impl From<FlowError> for ApiError {
-    fn from(error: FlowError) -> Self {
-        Self(error.into())
-    }
-}
-
-impl From<glimpse_core::ports::PortError> for ApiError {
-    fn from(error: glimpse_core::ports::PortError) -> Self {
-        Self(error.into())
-    }
-}
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
@@ -284,17 +232,6 @@ async fn authorise(State(state): Shared, request: Request, next: Next) -> Respon
         return ApiError(refusal).into_response();
     }
     next.run(request).await
-}
-
-/// Checks the request's bearer token against `token`, in time independent of where they differ.
-pub(crate) fn check_bearer(request: &Request, token: &str) -> Result<(), BearerProblem> {
-    api::check_bearer(
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        token,
-    )
 }
 
 /// What refusals of `glimpse serve` say.
@@ -569,7 +506,7 @@ fn thumbnail_key(id: PhotoId) -> String {
 }
 
 fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
-    let rgb = crate::encoder::decode_rgb(original, Some(THUMBNAIL_SIZE))
+    let rgb = glimpse_worker::encoder::decode_rgb(original, Some(THUMBNAIL_SIZE))
         .map_err(|e| format!("the image cannot be decoded: {e}"))?;
     let small = image::DynamicImage::ImageRgb8(rgb).thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE);
     let mut jpeg = Vec::new();

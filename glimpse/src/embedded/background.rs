@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::Watcher;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use glimpse_core::flows::{self, LogRetention};
 
@@ -20,18 +21,43 @@ const SETTLE: Duration = Duration::from_millis(750);
 pub struct Background {
     /// Wakes the indexing loop (after an upload or a scan).
     pub wake_indexer: Arc<Notify>,
+    stop_indexer: watch::Sender<bool>,
+    indexer: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Background {
+    /// Stops the indexing loop once the round it is in ends, waiting at most `grace` for it: the
+    /// jobs of a round cut short would count as claims that never ended (as after a crash), and
+    /// a photo stopped in the middle of often enough would be failed for it.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop_indexer.send(true);
+        if tokio::time::timeout(grace, self.indexer).await.is_err() {
+            eprintln!(
+                "glimpse: the indexing round in progress did not end within {} s; its photos are \
+                 indexed again at the next start",
+                grace.as_secs()
+            );
+        }
+    }
 }
 
 /// Starts the indexing loop, the hourly pruning of the search log and, with a library, the
 /// initial scan, the watcher and the periodic rescan.
 pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetention) -> Background {
     let wake_indexer = Arc::new(Notify::new());
-    tokio::spawn(index_loop(Arc::clone(&engine), Arc::clone(&wake_indexer)));
+    let (stop_indexer, stopped) = watch::channel(false);
+    let indexer = tokio::spawn(index_loop(
+        Arc::clone(&engine),
+        Arc::clone(&wake_indexer),
+        stopped,
+    ));
     tokio::spawn(prune_loop(Arc::clone(&engine), retention));
     let Some(library) = engine.library().map(|p| p.to_path_buf()) else {
         return Background {
             wake_indexer,
+            stop_indexer,
+            indexer,
             _watcher: None,
         };
     };
@@ -75,6 +101,8 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
     });
     Background {
         wake_indexer,
+        stop_indexer,
+        indexer,
         _watcher: watcher,
     }
 }
@@ -91,9 +119,9 @@ async fn prune_loop(engine: Arc<Engine>, retention: LogRetention) {
 }
 
 /// Brings catalog and index in line (a crash, a deleted or damaged index), then indexes whatever
-/// is queued, for as long as the engine runs.
-async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>) {
-    match engine.check(true).await {
+/// is queued, until `stop` turns `true` (between rounds).
+async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    match engine.check_at_start().await {
         Ok(check) if !check.consistent() => eprintln!(
             "glimpse: catalog and index disagreed: {} indexed photos had no vector (queued \
              again), {} vectors had no photo (removed)",
@@ -103,7 +131,7 @@ async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>) {
         Err(error) => eprintln!("glimpse: cannot compare the catalog with the index: {error}"),
     }
     let mut changed_since_optimize = false;
-    loop {
+    while !*stop.borrow() {
         match engine.index_round().await {
             Ok(round) if round.claimed > 0 => {
                 changed_since_optimize |= round.indexed > 0;
@@ -120,6 +148,9 @@ async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>) {
                 Err(error) => eprintln!("glimpse: index optimisation panicked: {error}"),
             }
         }
-        let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(IDLE_POLL, wake.notified()) => {}
+            _ = stop.changed() => {}
+        }
     }
 }

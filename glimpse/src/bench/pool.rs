@@ -14,10 +14,12 @@ use glimpse_core::photo::{ImageFacts, ImageFormat, NewPhotoDetails, Origin, Phot
 use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, TextEmbedder};
 use serde::Serialize;
 
-use crate::adapters::{LocalEncoder, PostgresCatalog, QdrantIndex, QdrantSettings, S3BlobStore};
-use crate::encoder::ImageTextEncoder;
-use crate::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts};
-use crate::worker::settings::Backends;
+use glimpse_worker::adapters::{
+    LocalEncoder, PostgresCatalog, QdrantIndex, QdrantSettings, S3BlobStore,
+};
+use glimpse_worker::encoder::ImageTextEncoder;
+use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts};
+use glimpse_worker::worker::settings::Backends;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +73,7 @@ impl Scratch {
         let mut config = admin.clone();
         config.options(format!("-c search_path={schema}"));
         let scratch = Self { admin, schema };
-        match crate::adapters::postgres::connect_config(config, 4).await {
+        match glimpse_worker::adapters::postgres::connect_config(config, 4).await {
             Ok(catalog) => Ok((scratch, catalog)),
             Err(error) => {
                 scratch.remove().await;

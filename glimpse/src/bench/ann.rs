@@ -23,9 +23,10 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::adapters::{EdgeIndex, IndexTuning, LocalEncoder, SqliteCatalog};
-use crate::encoder::ImageTextEncoder;
+use crate::adapters::{IndexTuning, LocalIndex, SqliteCatalog};
 use crate::server::percentiles;
+use glimpse_worker::adapters::LocalEncoder;
+use glimpse_worker::encoder::ImageTextEncoder;
 
 /// Vectors generated and upserted at a time.
 const BATCH: usize = 10_000;
@@ -238,9 +239,9 @@ async fn build(
     encoder: &EncoderId,
     queries: &[Vec<f32>],
     generator: &mut Generator,
-) -> Result<(EdgeIndex, ExactTopK, f64), String> {
+) -> Result<(LocalIndex, ExactTopK, f64), String> {
     let index =
-        EdgeIndex::open(directory, encoder, options.dimension, options.tuning).map_err(error)?;
+        LocalIndex::open(directory, encoder, options.dimension, options.tuning).map_err(error)?;
     let mut exact = ExactTopK::new(queries, options.dimension).map_err(error)?;
     let started = Instant::now();
     let mut generated = 0;

@@ -18,12 +18,11 @@ use serde::{Deserialize, Serialize};
 
 pub use self::library::ScanReport;
 use crate::adapters::sqlite::now_seconds;
-use crate::adapters::{
-    EdgeIndex, IndexOpenError, IndexTuning, LocalBlobStore, LocalEncoder, SqliteCatalog,
-};
-use crate::crash_points::crash_point;
-use crate::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
-use crate::hub;
+use crate::adapters::{IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, SqliteCatalog};
+use glimpse_worker::adapters::LocalEncoder;
+use glimpse_worker::crash_points::crash_point;
+use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
+use glimpse_worker::hub;
 
 /// Jobs claimed per indexing round.
 const INDEX_BATCH: usize = 32;
@@ -100,7 +99,7 @@ pub struct Engine {
     /// Originals (library in place, uploads in the data directory).
     pub blobs: LocalBlobStore,
     /// The vector index.
-    pub index: EdgeIndex,
+    pub index: LocalIndex,
     /// The encoder.
     pub encoder: LocalEncoder,
     reranker: RetrievalOrder,
@@ -290,10 +289,21 @@ impl Engine {
     /// kept for `status`.
     pub async fn check(&self, repair: bool) -> Result<Reconciliation, EngineError> {
         let report = flows::reconcile(&self.catalog, &self.index, repair).await?;
+        Ok(self.remember_check(report))
+    }
+
+    /// [`check`](Self::check) with repair, at start: ids are compared only when the counts of
+    /// indexed photos and vectors differ.
+    pub async fn check_at_start(&self) -> Result<Reconciliation, EngineError> {
+        let report = flows::reconcile_if_counts_differ(&self.catalog, &self.index, true).await?;
+        Ok(self.remember_check(report))
+    }
+
+    fn remember_check(&self, report: Reconciliation) -> Reconciliation {
         if let Ok(mut last) = self.last_check.lock() {
             *last = Some(report.clone());
         }
-        Ok(report)
+        report
     }
 
     /// The last comparison of catalog and index, if one ran.
@@ -367,13 +377,13 @@ async fn open_index(
     id: &EncoderId,
     dimension: usize,
     rebuild: bool,
-) -> Result<(EdgeIndex, Vec<String>), EngineError> {
+) -> Result<(LocalIndex, Vec<String>), EngineError> {
     let directory = data_dir.join("index");
     let tuning = IndexTuning::default();
     let mut repairs = Vec::new();
     let resuming = catalog.engine_state(REBUILD_KEY)?.as_deref() == Some(&*id.to_string());
-    let existed = EdgeIndex::exists(&directory);
-    let index = match EdgeIndex::open(&directory, id, dimension, tuning) {
+    let existed = LocalIndex::exists(&directory);
+    let index = match LocalIndex::open(&directory, id, dimension, tuning) {
         Ok(index) if resuming => {
             repairs.push(format!(
                 "finished the index rebuild for {id} that an earlier run started"
@@ -388,9 +398,9 @@ async fn open_index(
             ));
             catalog.set_engine_state(REBUILD_KEY, Some(&id.to_string()))?;
             crash_point("rebuild:recorded");
-            EdgeIndex::destroy(&directory).map_err(|e| storage(&directory, e))?;
+            LocalIndex::destroy(&directory).map_err(|e| storage(&directory, e))?;
             crash_point("rebuild:destroyed");
-            let index = EdgeIndex::open(&directory, id, dimension, tuning)?;
+            let index = LocalIndex::open(&directory, id, dimension, tuning)?;
             crash_point("rebuild:created");
             queue_everything(catalog).await?;
             index
@@ -404,7 +414,7 @@ async fn open_index(
                  one is built from the catalog (delete the old one once you no longer need it)",
                 aside.display()
             ));
-            EdgeIndex::open(&directory, id, dimension, tuning)?
+            LocalIndex::open(&directory, id, dimension, tuning)?
         }
     };
     if !existed && !resuming && catalog.counts().await?.indexed > 0 {

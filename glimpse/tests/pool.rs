@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::managed::{PrivatePostgres, S3Server, Schema, qdrant};
 use common::{model, spawn_listening};
+use glimpse::adapters::{IndexTuning, LocalIndex};
 use glimpse_core::flows::{self, LogRetention, RetryPolicy};
 use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
-use glimpse_worker::adapters::{
-    EdgeIndex, IndexTuning, LocalEncoder, QdrantIndex, S3BlobStore, postgres,
-};
+use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, postgres};
 use glimpse_worker::encoder::ClipEncoder;
 use glimpse_worker::hub;
 use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, Housekeeping};
@@ -44,6 +43,35 @@ fn image(seed: u32) -> Vec<u8> {
     bytes.into_inner()
 }
 
+/// What a pool test runs on: a scratch schema of the real Postgres with its catalog, an S3
+/// server, the test encoder and an embedded index in a folder of its own.
+struct Pool {
+    schema: Schema,
+    s3: S3Server,
+    encoder: LocalEncoder,
+    index: Arc<LocalIndex>,
+    catalog: Arc<postgres::PostgresCatalog>,
+    _folder: tempfile::TempDir,
+}
+
+impl Pool {
+    async fn start() -> Self {
+        let schema = Schema::new().await;
+        let folder = tempfile::tempdir().unwrap();
+        let encoder = encoder();
+        let index = embedded_index(folder.path(), &encoder);
+        let catalog = Arc::new(schema.catalog().await);
+        Self {
+            schema,
+            s3: S3Server::start(),
+            encoder,
+            index,
+            catalog,
+            _folder: folder,
+        }
+    }
+}
+
 fn encoder() -> LocalEncoder {
     let model = hub::resolve(&model()).unwrap();
     LocalEncoder::new(Arc::new(
@@ -51,9 +79,9 @@ fn encoder() -> LocalEncoder {
     ))
 }
 
-fn embedded_index(directory: &std::path::Path, encoder: &LocalEncoder) -> Arc<EdgeIndex> {
+fn embedded_index(directory: &std::path::Path, encoder: &LocalEncoder) -> Arc<LocalIndex> {
     Arc::new(
-        EdgeIndex::open(
+        LocalIndex::open(
             directory,
             ImageEmbedder::encoder(encoder),
             encoder.dimension(),
@@ -93,7 +121,7 @@ fn consumer_of(
     catalog: &Arc<postgres::PostgresCatalog>,
     blobs: S3BlobStore,
     encoder: &LocalEncoder,
-    index: &Arc<EdgeIndex>,
+    index: &Arc<LocalIndex>,
     batch: usize,
 ) -> Consumer {
     Consumer::new(
@@ -138,14 +166,16 @@ async fn count_where(url: &str, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_consumers_index_a_thousand_uploads_exactly_once() {
-    let schema = Schema::new().await;
-    let s3 = S3Server::start();
-    let folder = tempfile::tempdir().unwrap();
-    let encoder = encoder();
-    let index = embedded_index(folder.path(), &encoder);
-    let catalog = schema.catalog().await;
+    let Pool {
+        schema,
+        s3,
+        encoder,
+        index,
+        catalog,
+        _folder,
+    } = Pool::start().await;
     let blobs = s3.store(&s3.settings()).await;
-    upload(&catalog, &blobs, 1000).await;
+    upload(catalog.as_ref(), &blobs, 1000).await;
 
     let (stop, stopped) = watch::channel(false);
     let mut consumers = Vec::new();
@@ -166,7 +196,7 @@ async fn four_consumers_index_a_thousand_uploads_exactly_once() {
             tokio::spawn(async move { running.run(stopped).await }),
         ));
     }
-    wait_settled(&catalog, 1000).await;
+    wait_settled(catalog.as_ref(), 1000).await;
     stop.send(true).unwrap();
     let mut done = 0;
     for (consumer, running) in consumers {
@@ -214,12 +244,14 @@ impl ImageEmbedder for DiesMidLease {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_workers_of_the_active_encoder_claim_jobs_and_starting_switches_nothing() {
-    let schema = Schema::new().await;
-    let s3 = S3Server::start();
-    let folder = tempfile::tempdir().unwrap();
-    let encoder = encoder();
-    let index = embedded_index(folder.path(), &encoder);
-    let catalog = Arc::new(schema.catalog().await);
+    let Pool {
+        schema: _schema,
+        s3,
+        encoder,
+        index,
+        catalog,
+        _folder,
+    } = Pool::start().await;
     let blobs = s3.store(&s3.settings()).await;
     // Workers of another model reached the pool first: theirs is the active encoder.
     let other: EncoderId = "clip:test/another-model@1".parse().unwrap();
@@ -254,12 +286,14 @@ async fn only_workers_of_the_active_encoder_claim_jobs_and_starting_switches_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_straight_to_storage_never_completed_expire_and_completed_ones_stay() {
-    let schema = Schema::new().await;
-    let s3 = S3Server::start();
-    let folder = tempfile::tempdir().unwrap();
-    let encoder = encoder();
-    let index = embedded_index(folder.path(), &encoder);
-    let catalog = Arc::new(schema.catalog().await);
+    let Pool {
+        schema: _schema,
+        s3,
+        encoder,
+        index,
+        catalog,
+        _folder,
+    } = Pool::start().await;
     let blobs = s3.store(&s3.settings()).await;
     // Two clients start an upload and put their original; one completes, one goes away.
     let mut started = Vec::new();
@@ -330,12 +364,14 @@ async fn uploads_straight_to_storage_never_completed_expire_and_completed_ones_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_dies_mid_lease_leaves_its_jobs_to_another() {
-    let schema = Schema::new().await;
-    let s3 = S3Server::start();
-    let folder = tempfile::tempdir().unwrap();
-    let encoder = encoder();
-    let index = embedded_index(folder.path(), &encoder);
-    let catalog = Arc::new(schema.catalog().await);
+    let Pool {
+        schema,
+        s3,
+        encoder,
+        index,
+        catalog,
+        _folder,
+    } = Pool::start().await;
     let blobs = Arc::new(s3.store(&s3.settings()).await);
     upload(catalog.as_ref(), blobs.as_ref(), 24).await;
     let lease = Duration::from_secs(2);
@@ -396,12 +432,14 @@ async fn a_consumer_that_dies_mid_lease_leaves_its_jobs_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_delays_jobs_and_marks_nothing_done() {
-    let schema = Schema::new().await;
-    let mut s3 = S3Server::start();
-    let folder = tempfile::tempdir().unwrap();
-    let encoder = encoder();
-    let index = embedded_index(folder.path(), &encoder);
-    let catalog = Arc::new(schema.catalog().await);
+    let Pool {
+        schema,
+        mut s3,
+        encoder,
+        index,
+        catalog,
+        _folder,
+    } = Pool::start().await;
     let blobs = s3.store(&s3.settings()).await;
     upload(catalog.as_ref(), &blobs, 8).await;
     let consumer = consumer_of(&catalog, blobs, &encoder, &index, 32);

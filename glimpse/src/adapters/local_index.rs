@@ -126,7 +126,7 @@ impl IndexTuning {
 }
 
 /// The qdrant-edge index.
-pub struct EdgeIndex {
+pub struct LocalIndex {
     shard: EdgeShard,
     tuning: IndexTuning,
     encoder: EncoderId,
@@ -222,7 +222,7 @@ fn qdrant_filter(filter: &SearchFilter) -> Result<Option<Filter>, PortError> {
         .map_err(|e| PortError::Internal(format!("vector index filter: {e}")))
 }
 
-impl EdgeIndex {
+impl LocalIndex {
     /// Opens the index in `directory`, creating it if it does not exist. An index built by
     /// another encoder is refused.
     pub fn open(
@@ -315,7 +315,7 @@ impl EdgeIndex {
 }
 
 #[async_trait]
-impl VectorIndex for EdgeIndex {
+impl VectorIndex for LocalIndex {
     fn encoder(&self) -> &EncoderId {
         &self.encoder
     }
@@ -441,7 +441,8 @@ mod tests {
     async fn honours_the_vector_index_contract() {
         let directory = tempfile::tempdir().unwrap();
         let encoder: EncoderId = "clip:test/contract@1".parse().unwrap();
-        let index = EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
+        let index =
+            LocalIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
         glimpse_core::contract::vector_index_suite(&index).await;
     }
 
@@ -451,7 +452,7 @@ mod tests {
         let encoder: EncoderId = "clip:test/a@1".parse().unwrap();
         {
             let index =
-                EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
+                LocalIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
             let vector = Embedding::normalized(vec![1.0, 2.0, 3.0, 4.0]).unwrap();
             index
                 .upsert(vec![IndexedPhoto {
@@ -467,11 +468,11 @@ mod tests {
                 .unwrap();
         }
         let reopened =
-            EdgeIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
+            LocalIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
         assert_eq!(reopened.count().await.unwrap(), 1);
         drop(reopened);
         let other: EncoderId = "clip:test/b@1".parse().unwrap();
-        let error = EdgeIndex::open(directory.path(), &other, 4, IndexTuning::default())
+        let error = LocalIndex::open(directory.path(), &other, 4, IndexTuning::default())
             .err()
             .unwrap();
         assert!(

@@ -21,11 +21,11 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::encoder::{
+use glimpse_worker::encoder::{
     ClipEncoder, EncoderError, ImageProcessorConfig, ImageTextEncoder, TextTokenizer,
     embed_pipelined,
 };
-use crate::models::clip::ClipConfig;
+use glimpse_worker::models::clip::ClipConfig;
 
 /// Token counts the text benchmark measures.
 pub const TEXT_LENGTHS: [usize; 3] = [4, 16, 77];

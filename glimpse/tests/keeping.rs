@@ -563,6 +563,77 @@ fn a_photo_that_kills_the_indexer_is_failed_after_three_crashes_and_the_rest_is_
 }
 
 #[test]
+fn a_server_stopped_while_indexing_ends_its_round_first_and_counts_no_crash() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    distinct_photos(&library, "small", 2);
+    let data = scratch.path().join("data");
+    let catalog_path = data.join("catalog.sqlite3");
+    let mut interrupted = 0;
+    for stop in 0..3u32 {
+        // A large photo arrives (about 1 s to decode and embed), and the server is stopped
+        // (SIGTERM) as soon as its job is claimed.
+        image::RgbImage::from_fn(6000, 4000, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ stop) as u8;
+            image::Rgb([v, v.rotate_left(3), v ^ 0x5a])
+        })
+        .save(library.join(format!("large-{stop}.png")))
+        .unwrap();
+        let server = Server::start(Some(&library), &data, &[]);
+        let catalog = rusqlite::Connection::open(&catalog_path).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let claimed = loop {
+            let leased: i64 = catalog
+                .query_row(
+                    "SELECT count(*) FROM feature_jobs WHERE state = 'leased'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap_or(0);
+            if leased > 0 {
+                break true;
+            }
+            let pending: i64 = catalog
+                .query_row(
+                    "SELECT count(*) FROM photos WHERE status = 'pending'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap_or(1);
+            if pending == 0 || std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        server.stop();
+        interrupted += u32::from(claimed);
+        let (leased, unfinished): (i64, i64) = catalog
+            .query_row(
+                "SELECT count(*) FILTER (WHERE state = 'leased'), \
+                 coalesce(max(unfinished_claims), 0) FROM feature_jobs",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (leased, unfinished),
+            (0, 0),
+            "stop {stop}: the round in progress ended before the server did"
+        );
+    }
+    assert!(interrupted > 0, "no stop came while a job was claimed");
+    let server = Server::start(Some(&library), &data, &[]);
+    let status = server.wait_indexed(5);
+    assert_eq!(
+        (
+            status["photos"]["indexed"].clone(),
+            status["photos"]["failed"].clone()
+        ),
+        (json!(5), json!(0))
+    );
+}
+
+#[test]
 fn an_image_over_the_decode_budget_fails_with_the_reason_and_is_retried_with_a_larger_one() {
     let scratch = tempfile::tempdir().unwrap();
     let library = scratch.path().join("Pictures");

@@ -1,0 +1,282 @@
+//! `glimpse bench`: performance measurements.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use glimpse::bench;
+use glimpse_worker::encoder::{ImageTextEncoder, JpegDecode};
+use glimpse_worker::worker::settings::WorkerSettings;
+
+use super::{load_encoder, print_report};
+
+#[derive(Args)]
+pub struct AnnArgs {
+    /// How many vectors.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub vectors: usize,
+    /// Their dimension.
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Queries measured (each run twice; the second pass is timed).
+    #[arg(long, default_value_t = 500)]
+    pub queries: usize,
+    /// Vectors per cluster.
+    #[arg(long, default_value_t = 100)]
+    pub per_cluster: usize,
+    /// Uniform random unit vectors (the worst case) instead of clusters.
+    #[arg(long)]
+    pub uniform: bool,
+    /// HNSW graph degree.
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// HNSW build candidate list.
+    #[arg(long, default_value_t = 100)]
+    pub ef_construct: usize,
+    /// HNSW search candidate list.
+    #[arg(long, default_value_t = 128)]
+    pub ef: usize,
+    /// Keep f32 vectors in RAM instead of int8 in RAM + f32 on disk.
+    #[arg(long)]
+    pub no_quantization: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AnnArgs {
+    fn options(&self) -> bench::ann::AnnOptions {
+        bench::ann::AnnOptions {
+            vectors: self.vectors,
+            dimension: self.dim,
+            per_cluster: self.per_cluster,
+            uniform: self.uniform,
+            queries: self.queries,
+            tuning: glimpse::adapters::IndexTuning {
+                m: self.m,
+                ef_construct: self.ef_construct,
+                search_ef: self.ef,
+                quantized: !self.no_quantization,
+            },
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The vector index: build time, memory, latency and recall@10 on synthetic embeddings.
+    Ann(AnnArgs),
+    /// The whole search flow, server-side, over an index of synthetic embeddings.
+    Search {
+        #[command(flatten)]
+        index: AnnArgs,
+        /// Searches measured.
+        #[arg(long, default_value_t = 500)]
+        searches: usize,
+        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// One pool worker's indexing throughput end to end, and the job queue's cost per job, on
+    /// the worker's configured Postgres, S3 and Qdrant (in a scratch schema, collection and keys
+    /// of its own, removed afterwards).
+    Pool {
+        /// The worker's settings file (as `glimpse worker --config`); `GLIMPSE__…` variables too.
+        #[arg(long, env = "GLIMPSE__CONFIG")]
+        config: Option<PathBuf>,
+        /// Synthetic 12 MP JPEGs indexed end to end.
+        #[arg(long, default_value_t = 64)]
+        photos: usize,
+        /// Jobs claimed and finished for the queue's own cost.
+        #[arg(long, default_value_t = 2000)]
+        queue_jobs: usize,
+        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `glimpse serve` under load, from outside over HTTP: search latency while it scans a
+    /// generated library for the first time, then a soak of mixed search, browse and thumbnail
+    /// traffic (any `glimpse` binary, for a before/after).
+    Serve {
+        /// The `glimpse` binary to measure (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The model directory it serves with (e.g. tests/reference/checkpoints/clip-odd).
+        #[arg(long)]
+        model: String,
+        /// Photos in the generated library.
+        #[arg(long, default_value_t = 20_000)]
+        files: usize,
+        /// Seconds of soak.
+        #[arg(long, default_value_t = 120)]
+        soak_seconds: u64,
+        /// Concurrent soak clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Text latency and end-to-end image throughput of the encoder.
+    Encode {
+        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Repeat every measurement this many times more (steadier figures, longer run).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Decode JPEGs in PIL's draft mode (DCT-domain downscaling; faster, not bit-equal).
+        #[arg(long)]
+        jpeg_draft: bool,
+    },
+}
+
+pub async fn bench_ann(args: AnnArgs) -> Result<()> {
+    let report = bench::ann::ann(&args.options())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, args.json)
+}
+
+pub async fn bench_search(args: AnnArgs, searches: usize, model: Option<String>) -> Result<()> {
+    let encoder: Arc<dyn ImageTextEncoder> = match model {
+        Some(spec) => Arc::new(load_encoder(&spec)?),
+        None => Arc::new(bench::random_vit_b32(0)?),
+    };
+    let report = bench::ann::search(&args.options(), encoder, searches)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, args.json)
+}
+
+pub async fn bench_pool(
+    config: Option<PathBuf>,
+    options: bench::pool::PoolBenchOptions,
+    model: Option<String>,
+    json_output: bool,
+) -> Result<()> {
+    let settings = WorkerSettings::load(config.as_deref(), std::env::vars())?;
+    let Some(backends) = settings.backends() else {
+        bail!(
+            "bench pool runs on the worker's backends: configure [database], [s3] and [qdrant] \
+             (a --config file or GLIMPSE__DATABASE__URL, GLIMPSE__S3__…, GLIMPSE__QDRANT__URL)"
+        );
+    };
+    let encoder: Arc<dyn ImageTextEncoder> = match model {
+        Some(spec) => Arc::new(load_encoder(&spec)?),
+        None => Arc::new(bench::random_vit_b32(0)?),
+    };
+    let options = bench::pool::PoolBenchOptions {
+        batch: settings.worker.batch,
+        ..options
+    };
+    let report = bench::pool::pool(&backends, encoder, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print_report(&report, json_output)
+}
+
+pub fn bench_encode(
+    model: Option<&str>,
+    json_output: bool,
+    rounds: usize,
+    jpeg_draft: bool,
+) -> Result<()> {
+    let encoder = match model {
+        Some(spec) => load_encoder(spec)?,
+        None => bench::random_vit_b32(0)?,
+    };
+    let encoder = if jpeg_draft {
+        encoder.with_jpeg_decode(JpegDecode::Draft)
+    } else {
+        encoder
+    };
+    let report = bench::encode(&encoder, rounds)?;
+    if json_output {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("encoder: {}", report.encoder);
+    for (tokens, ms) in &report.text_p50_ms {
+        println!("text, {tokens:>2} tokens, batch 1: p50 {ms:.2} ms");
+    }
+    for (batch, rate) in &report.image_per_s {
+        println!("image, 12 MP JPEG end to end, batch {batch:>2}: {rate:.2} images/s");
+    }
+    println!(
+        "image, decode + preprocess of one 12 MP JPEG: {:.1} ms",
+        report.prepare_ms_per_image
+    );
+    println!(
+        "image, encoder only, batch 32: {:.2} images/s",
+        report.encode_only_per_s
+    );
+    Ok(())
+}
+
+/// Runs a benchmark; `runtime` starts the async runtime for those that need one.
+pub fn run(
+    command: BenchCommand,
+    runtime: impl Fn() -> Result<tokio::runtime::Runtime>,
+) -> Result<()> {
+    match command {
+        BenchCommand::Ann(args) => runtime()?.block_on(bench_ann(args)),
+        BenchCommand::Search {
+            index,
+            searches,
+            model,
+        } => runtime()?.block_on(bench_search(index, searches, model)),
+        BenchCommand::Pool {
+            config,
+            photos,
+            queue_jobs,
+            model,
+            json,
+        } => runtime()?.block_on(bench_pool(
+            config,
+            bench::pool::PoolBenchOptions {
+                photos: photos.max(1),
+                queue_jobs: queue_jobs.max(2),
+                batch: 32,
+            },
+            model,
+            json,
+        )),
+        BenchCommand::Serve {
+            binary,
+            model,
+            files,
+            soak_seconds,
+            clients,
+            json,
+        } => {
+            let options = bench::serve::ServeBenchOptions {
+                binary: match binary {
+                    Some(binary) => binary,
+                    None => std::env::current_exe()?,
+                },
+                model,
+                files: files.max(1),
+                soak: Duration::from_secs(soak_seconds),
+                clients,
+            };
+            let report = bench::serve::run(&options).map_err(anyhow::Error::msg)?;
+            print_report(&report, json)
+        }
+        BenchCommand::Encode {
+            model,
+            json,
+            rounds,
+            jpeg_draft,
+        } => bench_encode(model.as_deref(), json, rounds, jpeg_draft),
+    }
+}

@@ -1,0 +1,126 @@
+//! The `glimpse` subcommands, one module each, and what several of them share.
+
+pub mod bench;
+pub mod check;
+pub mod embed;
+pub mod encoders;
+pub mod index;
+pub mod retry;
+pub mod search;
+pub mod serve;
+pub mod status;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use glimpse::embedded::{Engine, OpenOptions};
+use glimpse_worker::adapters::QdrantSettings;
+use glimpse_worker::adapters::postgres::PostgresCatalog;
+use glimpse_worker::encoder::ClipEncoder;
+use glimpse_worker::hub;
+use glimpse_worker::worker::settings::WorkerSettings;
+
+#[derive(Args, Clone)]
+pub struct DataDirArgs {
+    /// Where Glimpse keeps its catalog, index, uploads and token.
+    #[arg(long, env = "GLIMPSE__DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A model directory (Hugging Face layout) or Hub repository id, optionally `@revision`;
+    /// default: the one this data directory used last, else openai/clip-vit-base-patch32.
+    #[arg(long, env = "GLIMPSE__MODEL")]
+    pub model: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DecodingArgs {
+    /// Memory that image decoding may use at once, in MB: decodes wait their turn within it, and
+    /// an image that needs more is refused (failed with the reason) instead of exhausting memory.
+    #[arg(long, env = "GLIMPSE__DECODE_MEMORY_MB", default_value_t = 1024)]
+    pub decode_memory_mb: u64,
+}
+
+impl DecodingArgs {
+    fn apply(&self) {
+        glimpse_worker::encoder::decode_budget::set_decode_memory_mb(self.decode_memory_mb);
+    }
+}
+
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME")) {
+        Some(base) if std::env::var_os("XDG_DATA_HOME").is_some() => {
+            PathBuf::from(base).join("glimpse")
+        }
+        Some(home) => PathBuf::from(home).join(".local/share/glimpse"),
+        None => PathBuf::from("glimpse-data"),
+    }
+}
+
+pub async fn open_engine(
+    data: &DataDirArgs,
+    library: Option<PathBuf>,
+    model: Option<String>,
+) -> Result<Engine> {
+    Engine::open(OpenOptions {
+        data_dir: data.data_dir.clone(),
+        library,
+        model,
+        rebuild_on_encoder_change: true,
+    })
+    .await
+    .map_err(anyhow::Error::from)
+}
+
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+pub fn load_encoder(spec: &str) -> Result<ClipEncoder> {
+    let model = hub::resolve(spec)?;
+    ClipEncoder::load(&model.directory, model.id)
+        .with_context(|| format!("loading the model in {}", model.directory.display()))
+}
+
+pub fn print_report<T: serde::Serialize>(report: &T, json_output: bool) -> Result<()> {
+    if json_output {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(())
+}
+
+/// The worker pool's catalog and Qdrant settings, from a worker's settings file.
+pub async fn connect_pool(config: &Path) -> Result<(PostgresCatalog, QdrantSettings)> {
+    let settings = WorkerSettings::load(Some(config), std::env::vars())?;
+    let Some(backends) = settings.backends() else {
+        bail!(
+            "{} has no [database], [s3] and [qdrant] settings",
+            config.display()
+        );
+    };
+    let catalog = glimpse_worker::adapters::postgres::connect(
+        backends.database.url.expose(),
+        backends.database.connections,
+    )
+    .await
+    .context("cannot open the catalog database ([database] url)")?;
+    Ok((catalog, backends.qdrant))
+}

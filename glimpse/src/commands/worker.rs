@@ -1,0 +1,126 @@
+//! `glimpse worker`: a member of the worker pool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use glimpse_core::flows::RetrievalOrder;
+use glimpse_core::ports::TextEmbedder;
+use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore};
+use glimpse_worker::encoder::ImageTextEncoder;
+use glimpse_worker::worker::WorkerApi;
+use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, ConsumerStats};
+use glimpse_worker::worker::settings::{Backends, WorkerSettings};
+
+use super::{load_encoder, shutdown_signal};
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// A TOML settings file (see the README); `GLIMPSE__SECTION__KEY` variables override it.
+    #[arg(long, env = "GLIMPSE__CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The model (overrides the settings): a directory or a Hub repository id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Address of the internal API (overrides the settings).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let mut settings = WorkerSettings::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(model) = args.model {
+        settings.model = model;
+    }
+    let listen = args.listen.unwrap_or(settings.worker.listen);
+    glimpse_worker::encoder::decode_budget::set_decode_memory_mb(settings.worker.decode_memory_mb);
+    let model = settings.model.clone();
+    let clip: Arc<dyn ImageTextEncoder> =
+        Arc::new(tokio::task::spawn_blocking(move || load_encoder(&model)).await??);
+    let encoder = LocalEncoder::new(Arc::clone(&clip));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consumer = match settings.backends() {
+        Some(backends) => Some(start_consumer(&settings, &backends, &encoder, stopped).await?),
+        None => {
+            println!(
+                "No [database], [s3] and [qdrant] settings: serving the internal API only (no \
+                 job consumer)."
+            );
+            None
+        }
+    };
+    let app = glimpse_worker::worker::router(WorkerApi {
+        encoder,
+        reranker: Arc::new(RetrievalOrder),
+        token: settings.token().to_owned(),
+        max_body_bytes: settings.worker.max_request_mb.max(1) * 1024 * 1024,
+        consumer: consumer.as_ref().map(|(stats, _)| Arc::clone(stats)),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!(
+        "Glimpse worker is serving http://{} (model: {})",
+        listener.local_addr()?,
+        clip.id()
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let _ = stop.send(true);
+    if let Some((_, running)) = consumer {
+        running.await?;
+    }
+    Ok(())
+}
+
+/// Connects the managed backends and starts the job consumer; returns its counters and task.
+pub async fn start_consumer(
+    settings: &WorkerSettings,
+    backends: &Backends<'_>,
+    encoder: &LocalEncoder,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Arc<ConsumerStats>, tokio::task::JoinHandle<()>)> {
+    let id = TextEmbedder::encoder(encoder).clone();
+    let dimension = encoder.dimension();
+    let catalog = glimpse_worker::adapters::postgres::connect(
+        backends.database.url.expose(),
+        backends.database.connections,
+    )
+    .await
+    .context("cannot open the catalog database ([database] url)")?;
+    let blobs = S3BlobStore::new(&backends.s3);
+    blobs
+        .ensure_bucket()
+        .await
+        .with_context(|| format!("cannot use the bucket `{}` ([s3])", backends.s3.bucket))?;
+    let index = QdrantIndex::open(&backends.qdrant, &id, dimension)
+        .await
+        .context("cannot open the Qdrant collection ([qdrant])")?;
+    println!(
+        "Consuming feature jobs: catalog {}, bucket {}, Qdrant collection {}",
+        catalog.connection().describe(),
+        backends.s3.bucket,
+        index.collection()
+    );
+    let consumer = Consumer::new(
+        ConsumerPorts {
+            catalog: Arc::new(catalog),
+            blobs: Arc::new(blobs),
+            embedder: Arc::new(encoder.clone()),
+            index: Arc::new(index),
+        },
+        ConsumerPacing {
+            batch: settings.worker.batch,
+            policy: settings.retry_policy(),
+            idle_poll: Duration::from_millis(settings.worker.idle_poll_ms.max(10)),
+            housekeeping: Some(settings.housekeeping()),
+        },
+    );
+    let stats = consumer.stats();
+    let running = tokio::spawn(async move { consumer.run(stop).await });
+    Ok((stats, running))
+}
