@@ -23,8 +23,8 @@ use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder,
     PointId, PointStruct, PointsIdsList, QuantizationSearchParamsBuilder, QuantizationType,
-    QueryPointsBuilder, Range, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder,
-    UpsertPointsBuilder, VectorParamsBuilder, VectorsOutput,
+    QueryPointsBuilder, Range, RetrievedPoint, ScalarQuantizationBuilder, ScrollPointsBuilder,
+    SearchParamsBuilder, UpsertPointsBuilder, VectorParamsBuilder, VectorsOutput,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::json;
@@ -203,6 +203,16 @@ fn qdrant_filter(filter: &SearchFilter) -> Option<Filter> {
 }
 
 impl QdrantIndex {
+    /// One page of the collection's points, without their payloads.
+    async fn scroll(&self, page: ScrollPointsBuilder) -> Result<Vec<RetrievedPoint>, PortError> {
+        Ok(self
+            .client
+            .scroll(page.with_payload(false))
+            .await
+            .map_err(|e| port_error("scroll", e))?
+            .result)
+    }
+
     /// Connects, checks the server's version, and opens the collection of `encoder`, creating it
     /// (with its payload indexes) when absent. A collection stamped with another encoder, or of
     /// another dimension or distance, is refused with [`PortError::Rejected`].
@@ -461,19 +471,15 @@ impl VectorIndex for QdrantIndex {
     }
 
     async fn sample(&self, limit: usize) -> Result<Vec<Embedding>, PortError> {
-        self.client
-            .scroll(
-                ScrollPointsBuilder::new(&self.collection)
-                    .limit(limit as u32)
-                    .with_vectors(true)
-                    .with_payload(false),
-            )
-            .await
-            .map_err(|e| port_error("scroll", e))?
-            .result
-            .into_iter()
-            .map(|point| dense(point.vectors))
-            .collect()
+        self.scroll(
+            ScrollPointsBuilder::new(&self.collection)
+                .limit(limit as u32)
+                .with_vectors(true),
+        )
+        .await?
+        .into_iter()
+        .map(|point| dense(point.vectors))
+        .collect()
     }
 
     async fn count(&self) -> Result<u64, PortError> {
@@ -488,19 +494,15 @@ impl VectorIndex for QdrantIndex {
         let Some(start) = ports::first_id_after(after) else {
             return Ok(Vec::new());
         };
-        self.client
-            .scroll(
-                ScrollPointsBuilder::new(&self.collection)
-                    .offset(point_id(start))
-                    .limit(limit.min(u32::MAX as usize) as u32)
-                    .with_vectors(false)
-                    .with_payload(false),
-            )
-            .await
-            .map_err(|e| port_error("scroll", e))?
-            .result
-            .into_iter()
-            .map(|point| photo_id(point.id))
-            .collect()
+        self.scroll(
+            ScrollPointsBuilder::new(&self.collection)
+                .offset(point_id(start))
+                .limit(limit.min(u32::MAX as usize) as u32)
+                .with_vectors(false),
+        )
+        .await?
+        .into_iter()
+        .map(|point| photo_id(point.id))
+        .collect()
     }
 }
