@@ -379,6 +379,10 @@ async fn a_large_original_goes_straight_to_storage_bound_to_its_declared_size_an
                 );
                 ("no declaration", bare.status, bare.body)
             },
+            {
+                let albums = get(&base, "/api/albums");
+                ("albums", albums.status, albums.body)
+            },
         ];
         outcome
     })
@@ -402,8 +406,15 @@ async fn a_large_original_goes_straight_to_storage_bound_to_its_declared_size_an
             ("declared over max_staged_upload_mb", 400),
             ("declared as text", 400),
             ("no declaration", 400),
+            ("albums", 200),
         ],
         "{outcome:#?}"
+    );
+    assert_eq!(
+        outcome[11].2["albums"],
+        json!([{"name": "Trips", "photos": 1}]),
+        "{}",
+        outcome[11].2
     );
     assert_eq!(outcome[0].2["put_headers"]["Content-Type"], "image/png");
     assert!(
