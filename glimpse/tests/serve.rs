@@ -246,6 +246,32 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
         .unwrap();
     assert!(metrics.contains(&format!("glimpse_photos{{status=\"indexed\"}} {total}")));
     assert!(metrics.contains("glimpse_clicks_total 2"));
+    // A query seen before skips the text tower: its text comes from the query cache.
+    let counter = |name: &str| {
+        let metrics = ureq::get(&server.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+    };
+    let (hits, misses) = (
+        counter("glimpse_query_cache_hits_total"),
+        counter("glimpse_query_cache_misses_total"),
+    );
+    assert!(hits > 0, "\"a red sled\" was searched several times");
+    assert_eq!(ids(&server.search("a red sled", 200)), ids(&plain));
+    assert_eq!(
+        (
+            counter("glimpse_query_cache_hits_total"),
+            counter("glimpse_query_cache_misses_total")
+        ),
+        (hits + 1, misses)
+    );
     let (_, openapi) = server.get("/api/openapi.json");
     for path in [
         "/api/albums",

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_core::flows;
 use glimpse_core::search::SearchRequest;
 
 use super::{DataDirArgs, open_engine};
@@ -34,7 +33,7 @@ pub async fn search(args: SearchArgs) -> Result<()> {
         min_score: args.min_score,
         offset: 0,
     };
-    let response = flows::search(engine.ports(), &request).await?;
+    let response = engine.search(&request).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(());

@@ -9,16 +9,19 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use glimpse_core::EncoderId;
 use glimpse_core::flows::{
     self, FlowError, IndexRound, Ports, Reconciliation, RetrievalOrder, RetryPolicy,
 };
 use glimpse_core::ports::{Catalog, PortError, Requeue, VectorIndex};
+use glimpse_core::search::{SearchRequest, SearchResponse};
+use glimpse_core::{CachedTextEmbedder, EncoderId};
 use serde::{Deserialize, Serialize};
 
 pub use self::library::ScanReport;
 use crate::adapters::sqlite::now_seconds;
-use crate::adapters::{IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, SqliteCatalog};
+use crate::adapters::{
+    IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, MemoryQueryCache, SqliteCatalog,
+};
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::crash_points::crash_point;
 use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
@@ -111,8 +114,13 @@ pub struct Engine {
     index_repairs: Vec<String>,
     /// The last comparison of catalog and index.
     last_check: Mutex<Option<Reconciliation>>,
+    /// Query embeddings, so that repeated queries skip the text tower.
+    query_cache: MemoryQueryCache,
     _lock: File,
 }
+
+/// How many query embeddings the engine keeps (about 2 KB each at 512 dimensions).
+const QUERY_CACHE_ENTRIES: usize = 4096;
 
 /// The engine-state key under which an index rebuild for an encoder is recorded before it
 /// starts, and cleared once every photo is queued for the new encoder: a crash in between is
@@ -216,6 +224,7 @@ impl Engine {
             scanning: tokio::sync::Mutex::new(()),
             index_repairs,
             last_check: Mutex::new(None),
+            query_cache: MemoryQueryCache::new(QUERY_CACHE_ENTRIES),
             _lock: lock,
         })
     }
@@ -248,6 +257,21 @@ impl Engine {
             text: &self.encoder,
             reranker: &self.reranker,
         }
+    }
+
+    /// A search (see [`flows::search`]), its query's texts embedded through the query cache.
+    pub async fn search(&self, request: &SearchRequest) -> Result<SearchResponse, FlowError> {
+        let text = CachedTextEmbedder::new(&self.encoder, &self.query_cache);
+        let ports = Ports {
+            text: &text,
+            ..self.ports()
+        };
+        flows::search(ports, request).await
+    }
+
+    /// The query embedding cache, for its counters.
+    pub fn query_cache(&self) -> &MemoryQueryCache {
+        &self.query_cache
     }
 
     /// One indexing round (see [`flows::index_round`]).

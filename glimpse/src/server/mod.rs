@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use glimpse_contracts::api;
-use glimpse_core::flows::{self, FlowError};
+use glimpse_core::flows::FlowError;
 use glimpse_core::photo::{Photo, PhotoId};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
@@ -287,9 +287,12 @@ async fn stats_report(State(state): Shared) -> Json<Value> {
 async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let counts = state.engine.counts().await?;
     let vectors = state.engine.indexed_vectors().await?;
-    let text = state
-        .stats
-        .prometheus(&counts, vectors, state.engine.library_available());
+    let text = state.stats.prometheus(
+        &counts,
+        vectors,
+        state.engine.library_available(),
+        state.engine.query_cache(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -415,7 +418,7 @@ impl Shape for AppState {
     async fn search(&self, request: &SearchRequest) -> Result<SearchResponse, api::ApiError> {
         let searched = self
             .searches
-            .run(async { Ok(flows::search(self.engine.ports(), request).await) })
+            .run(async { Ok(self.engine.search(request).await) })
             .await
             .map_err(|refusal| refusal.0)?;
         match searched {
@@ -479,8 +482,13 @@ impl Thumbnails for AppState {
             return Ok(jpeg);
         }
         let made = self.thumbnails.run(async {
+            // Made while this request waited its turn (for another request of the same photo):
+            // no second decode.
+            if let Some(jpeg) = self.engine.blobs.get(&key).await? {
+                return Ok(jpeg);
+            }
             let original = self.read_original(photo).await?;
-            tokio::task::spawn_blocking(move || make_thumbnail(&original))
+            let jpeg = tokio::task::spawn_blocking(move || make_thumbnail(&original))
                 .await
                 .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
                 .map_err(|message| {
@@ -489,11 +497,11 @@ impl Thumbnails for AppState {
                         "undecodable_image",
                         message,
                     )
-                })
+                })?;
+            self.engine.blobs.put(&key, jpeg.clone()).await?;
+            Ok(jpeg)
         });
-        let jpeg = made.await.map_err(|refusal| refusal.0)?;
-        self.engine.blobs.put(&key, jpeg.clone()).await?;
-        Ok(jpeg)
+        made.await.map_err(|refusal| refusal.0)
     }
 
     async fn forget(&self, photo: PhotoId) -> Result<(), api::ApiError> {

@@ -10,6 +10,8 @@ use glimpse_core::ports::CatalogCounts;
 use glimpse_core::search::{SearchResponse, StageTimings};
 use serde_json::{Value, json};
 
+use crate::adapters::MemoryQueryCache;
+
 /// Searches the percentiles are computed over.
 pub const WINDOW: usize = 10_000;
 
@@ -128,50 +130,60 @@ impl Stats {
         counts: &CatalogCounts,
         vectors: u64,
         library_available: Option<bool>,
+        query_cache: &MemoryQueryCache,
     ) -> String {
         let mut out = String::new();
         let counters = [
             (
                 "glimpse_searches_total",
                 "Searches answered.",
-                &self.searches,
+                self.searches.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_search_errors_total",
                 "Searches refused or failed.",
-                &self.search_errors,
+                self.search_errors.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_rerank_fallbacks_total",
                 "Searches answered in retrieval order because the reranker failed.",
-                &self.rerank_fallbacks,
+                self.rerank_fallbacks.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_uploads_total",
                 "Photos uploaded (new).",
-                &self.uploads,
+                self.uploads.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_duplicate_uploads_total",
                 "Uploads of bytes already in the catalog.",
-                &self.duplicate_uploads,
+                self.duplicate_uploads.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_rejected_uploads_total",
                 "Uploads refused.",
-                &self.rejected_uploads,
+                self.rejected_uploads.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_clicks_total",
                 "Clicks recorded on results.",
-                &self.clicks,
+                self.clicks.load(Ordering::Relaxed),
+            ),
+            (
+                "glimpse_query_cache_hits_total",
+                "Query texts whose embedding came from the query cache.",
+                query_cache.hits(),
+            ),
+            (
+                "glimpse_query_cache_misses_total",
+                "Query texts embedded by the text tower (then cached).",
+                query_cache.misses(),
             ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
         let _ = writeln!(
