@@ -24,7 +24,7 @@ fn announced_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The media type of a request (`type/subtype`, lowercase, without parameters), if any.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
+fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let essence = value.split(';').next().unwrap_or_default().trim();
     Some(essence.to_ascii_lowercase())
@@ -32,7 +32,7 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 
 /// Reads at most `limit` bytes of body. A larger body is a 413 naming `setting` (what raises the
 /// limit); one that cannot be read (a broken connection, bad framing) is a 400.
-pub async fn read_body<B>(
+pub(crate) async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
     limit: usize,
@@ -100,7 +100,7 @@ where
 }
 
 /// A query string parsed as `T`.
-pub fn query_params<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+pub(crate) fn query_params<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("Failed to deserialize query string: {e}")))
 }

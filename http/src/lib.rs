@@ -27,9 +27,8 @@ use http_body::Body;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use self::bodies::{
-    UploadForm, drain, is_json, json_body, media_type, query_params, read_body, upload_form,
-};
+pub use self::bodies::{UploadForm, drain, is_json, json_body, upload_form};
+use self::bodies::{query_params, read_body};
 pub use self::endpoints::{Access, Endpoint};
 
 /// What the API answers.
@@ -169,7 +168,7 @@ where
 }
 
 /// The answer for an error: its JSON body, and `Retry-After` when a backend is unavailable.
-pub fn error_reply(error: &ApiError) -> Reply {
+pub(crate) fn error_reply(error: &ApiError) -> Reply {
     if error.status == StatusCode::INTERNAL_SERVER_ERROR {
         eprintln!("glimpse: internal error: {}", error.message);
     }
@@ -183,7 +182,7 @@ pub fn error_reply(error: &ApiError) -> Reply {
 }
 
 /// A JSON answer.
-pub fn json_reply(status: StatusCode, body: &Value) -> Reply {
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
     let mut reply = http::Response::new(Bytes::from(body.to_string()));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
