@@ -444,7 +444,7 @@ where
     let form = upload_form(content_type, bytes).await?;
     let album = form.album.or(params.album);
     let (catalog, blobs) = (shape.catalog().await?, shape.blobs().await?);
-    Ok(flows::upload(catalog, blobs, form.file.to_vec(), album, now_seconds()).await?)
+    Ok(flows::upload(catalog, blobs, Vec::from(form.file), album, now_seconds()).await?)
 }
 
 /// 202 for a new photo (its job is queued), 200 for bytes the catalog had; where to follow it.

@@ -169,9 +169,9 @@ impl Shape for Edge {
     async fn search(&self, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
         let catalog = self.edge_catalog().await?;
         let index = self.qdrant().await?;
-        let (encoder, _) = self.active_encoder().await?;
         let pool = PoolSettings::load().await?;
-        let pool_encoder = PoolEncoder::new(&pool, encoder);
+        // The index was opened for the active encoder: no second look at the catalog.
+        let pool_encoder = PoolEncoder::new(&pool, VectorIndex::encoder(index).clone());
         let text = CachedTextEmbedder::new(&pool_encoder, catalog);
         let reranker = PoolReranker::new(&pool);
         let ports = Ports {
