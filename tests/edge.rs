@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../glimpse/tests/common/api_check.rs"]
+mod api_check;
 #[path = "../glimpse/tests/common/managed.rs"]
 #[allow(dead_code)]
 mod managed;
@@ -932,6 +934,21 @@ impl Worker {
         let base = serving_address(&mut child, "Glimpse worker is serving ");
         Self { child, base }
     }
+
+    /// Points the edge's `variables` at this worker (encoder and reranker) and at `qdrant`.
+    fn serve_the_edge(
+        &self,
+        qdrant: &glimpse_worker::adapters::QdrantSettings,
+        variables: &mut HashMap<String, String>,
+    ) {
+        variables.insert("worker_url".to_owned(), self.base.clone());
+        variables.insert("rerank_url".to_owned(), self.base.clone());
+        variables.insert("qdrant_url".to_owned(), qdrant_rest(&qdrant.url));
+        variables.insert(
+            "qdrant_collection_prefix".to_owned(),
+            qdrant.collection_prefix.clone(),
+        );
+    }
 }
 
 impl Drop for Worker {
@@ -954,13 +971,7 @@ async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool
     let backends = Backends::start().await;
     let worker = Worker::start(&backends, &qdrant);
     let mut variables = backends.variables();
-    variables.insert("worker_url".to_owned(), worker.base.clone());
-    variables.insert("rerank_url".to_owned(), worker.base.clone());
-    variables.insert("qdrant_url".to_owned(), qdrant_rest(&qdrant.url));
-    variables.insert(
-        "qdrant_collection_prefix".to_owned(),
-        qdrant.collection_prefix.clone(),
-    );
+    worker.serve_the_edge(&qdrant, &mut variables);
     let host = SpinHost::start(&manifest(), &variables).await.unwrap();
     let base = host.url();
 
@@ -1069,4 +1080,42 @@ async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool
     assert_eq!(repeated.status, 200, "{}", repeated.body);
     assert_eq!(repeated.body["results"].as_array().unwrap().len(), 3);
     assert_eq!(new.status, 503, "{}", new.body);
+}
+
+/// The operations that need the vector index (Qdrant) and the worker pool.
+const INDEX_OPERATIONS: [&str; 4] = [
+    "get_api_search",
+    "post_api_search",
+    "get_api_photos_id_similar",
+    "delete_api_photos_id",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_disagreement_between_the_edge_and_its_document() {
+    let backends = Backends::start().await;
+    let mut variables = backends.variables();
+    let qdrant = managed::qdrant(
+        "schemathesis against the edge's searches and deletions (the other operations run)",
+    );
+    let worker = qdrant.as_ref().map(|qdrant| {
+        let worker = Worker::start(&backends, qdrant);
+        worker.serve_the_edge(qdrant, &mut variables);
+        worker
+    });
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
+    let base = host.url();
+    let options: Vec<&str> = if worker.is_some() {
+        Vec::new()
+    } else {
+        INDEX_OPERATIONS
+            .iter()
+            .flat_map(|id| ["--exclude-operation-id", id])
+            .collect()
+    };
+    tokio::task::spawn_blocking(move || {
+        api_check::check_against_its_document(&base, API_TOKEN, &options);
+    })
+    .await
+    .unwrap();
+    drop(worker);
 }

@@ -2,12 +2,17 @@
 //! functions): the status, a stable code a client can switch on, a message a person can act on,
 //! and sometimes details. The body is `{"error": {"code": …, "message": …, …details}}`.
 
-use glimpse_core::browse::{BrowseCursor, DEFAULT_PAGE};
+use glimpse_core::browse::{BrowseCursor, DEFAULT_PAGE, MAX_PAGE};
 use glimpse_core::flows::FlowError;
 use glimpse_core::photo::{PhotoId, RejectedImage};
 use glimpse_core::ports::PortError;
-use glimpse_core::search::{DEFAULT_TOP_K, QueryId, SearchRequest};
+use glimpse_core::query::{FiltersText, SearchText};
+use glimpse_core::search::{
+    DEFAULT_TOP_K, LOWEST_MIN_SCORE, MAX_MIN_SCORE, MAX_OFFSET, MAX_TOP_K, QueryId, SearchRequest,
+};
+use glimpse_core::whole_number;
 use http::StatusCode;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -164,20 +169,29 @@ pub fn parse_query_id(text: &str) -> Result<QueryId, ApiError> {
         .map_err(|e: glimpse_core::search::QueryIdError| ApiError::bad_request(e.to_string()))
 }
 
-/// The query string of `GET /api/search`: `q` (or `query`), `top_k`, `min_score`, `offset`.
-#[derive(Debug, Deserialize)]
+/// The query string of `GET /api/search`: `q`, `top_k`, `min_score`, `offset`.
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct SearchParams {
+    /// What to search for.
+    #[schemars(with = "SearchText")]
     q: Option<String>,
-    query: Option<String>,
+    /// How many results at most.
+    #[serde(default, deserialize_with = "whole_number::option_text")]
+    #[schemars(range(min = 1, max = "MAX_TOP_K"))]
     top_k: Option<usize>,
+    /// Leave out results scoring below this.
+    #[schemars(range(min = "LOWEST_MIN_SCORE", max = "MAX_MIN_SCORE"))]
     min_score: Option<f32>,
+    /// Skip this many of the best results (the next page); ranks stay absolute.
+    #[serde(default, deserialize_with = "whole_number::option_text")]
+    #[schemars(range(max = "MAX_OFFSET"))]
     offset: Option<usize>,
 }
 
 impl SearchParams {
     /// The search asked for, with the defaults filled in, or a 400 when there is no query.
     pub fn into_request(self) -> Result<SearchRequest, ApiError> {
-        let query = self.q.or(self.query).ok_or_else(|| {
+        let query = self.q.ok_or_else(|| {
             ApiError::bad_request("say what to search for: /api/search?q=beach+at+dusk")
         })?;
         Ok(SearchRequest {
@@ -190,9 +204,15 @@ impl SearchParams {
 }
 
 /// The query string of `GET /api/photos/{id}/similar`: `top_k`, `offset`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct SimilarParams {
+    /// How many results at most.
+    #[serde(default, deserialize_with = "whole_number::option_text")]
+    #[schemars(range(min = 1, max = "MAX_TOP_K"))]
     top_k: Option<usize>,
+    /// Skip this many of the best results (the next page); ranks stay absolute.
+    #[serde(default, deserialize_with = "whole_number::option_text")]
+    #[schemars(range(max = "MAX_OFFSET"))]
     offset: Option<usize>,
 }
 
@@ -209,10 +229,17 @@ impl SimilarParams {
 }
 
 /// The query string of `GET /api/photos`: `q` (filters), `cursor`, `limit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct BrowseParams {
+    /// Filters; none for every photo.
+    #[schemars(with = "Option<FiltersText>")]
     q: Option<String>,
+    /// Where the page starts: the previous page's `next_cursor`.
+    #[schemars(with = "Option<BrowseCursor>")]
     cursor: Option<String>,
+    /// How many photos at most.
+    #[serde(default, deserialize_with = "whole_number::option_text")]
+    #[schemars(range(min = 1, max = "MAX_PAGE"))]
     limit: Option<usize>,
 }
 

@@ -48,6 +48,10 @@ impl FromStr for BrowseCursor {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (dated_at, id) = text.split_once('_').ok_or(BrowseCursorError)?;
+        let digits = dated_at.strip_prefix('-').unwrap_or(dated_at);
+        if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BrowseCursorError);
+        }
         Ok(Self {
             dated_at: dated_at.parse().map_err(|_| BrowseCursorError)?,
             id: id.parse().map_err(|_| BrowseCursorError)?,
@@ -55,10 +59,14 @@ impl FromStr for BrowseCursor {
     }
 }
 
-crate::serde_as_text!(BrowseCursor);
+crate::serde_as_text!(
+    BrowseCursor,
+    "^-?[0-9]{1,18}_[0-9a-fA-F]{16}$",
+    "Where the next page starts: the `next_cursor` of the previous page, unchanged."
+);
 
 /// One page of browsed photos.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct BrowsePage {
     /// The photos, newest first.
     pub photos: Vec<Photo>,
@@ -67,7 +75,7 @@ pub struct BrowsePage {
 }
 
 /// An album and how many photos it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AlbumSummary {
     /// Its name (albums differing only in case are one album).
     pub name: String,

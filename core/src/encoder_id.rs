@@ -77,6 +77,23 @@ impl EncoderId {
     }
 }
 
+impl schemars::JsonSchema for EncoderId {
+    fn schema_name() -> String {
+        "EncoderId".to_owned()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+        crate::text_schema(
+            schemars::schema::StringValidation {
+                pattern: Some(r"^[^:@\s]+:[^:@\s]+@[^:@\s]+$".to_owned()),
+                ..Default::default()
+            },
+            None,
+            "The exact model: `family:repository@revision`.",
+        )
+    }
+}
+
 impl fmt::Display for EncoderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}@{}", self.family, self.repository, self.revision)

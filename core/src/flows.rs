@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
+use crate::photo::IndexedMediaType;
 use crate::photo::{
     self, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, RejectedImage, StagedUpload,
     UploadId,
@@ -17,8 +18,8 @@ use crate::ports::{
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
-    LoggedResult, LoggedSearch, MAX_DEPTH, MAX_TOP_K, QueryId, RERANK_CANDIDATES, SearchLog,
-    SearchRequest, SearchResponse, SearchResult, StageTimings,
+    LOWEST_MIN_SCORE, LoggedResult, LoggedSearch, MAX_DEPTH, MAX_MIN_SCORE, MAX_TOP_K, QueryId,
+    RERANK_CANDIDATES, SearchLog, SearchRequest, SearchResponse, SearchResult, StageTimings,
 };
 use crate::{Embedding, ports::ImageEmbedder};
 
@@ -102,12 +103,15 @@ pub async fn upload(
 
 /// What a client declares when it starts an upload straight to storage; the storage URL it is
 /// handed binds both.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadDeclaration {
-    /// The original's size in bytes.
+    /// The original's size in bytes, from 1 to the deployment's largest upload.
+    #[serde(deserialize_with = "crate::whole_number::deserialize")]
+    #[schemars(range(min = 1))]
     pub bytes: u64,
-    /// Its media type, one of the formats Glimpse indexes (`image/jpeg`, …).
+    /// Its media type, one of the formats Glimpse indexes (`image/jpeg`, …), as written there.
+    #[schemars(with = "IndexedMediaType")]
     pub content_type: String,
 }
 
@@ -121,10 +125,9 @@ pub async fn start_upload(
     max_bytes: u64,
     now: i64,
 ) -> Result<(StagedUpload, photo::ImageFormat), FlowError> {
-    let media_type = declared.content_type.trim().to_ascii_lowercase();
     let format = photo::ImageFormat::ALL
         .into_iter()
-        .find(|format| format.media_type() == media_type)
+        .find(|format| format.media_type() == declared.content_type)
         .ok_or_else(|| {
             let accepted: Vec<&str> = photo::ImageFormat::ALL
                 .iter()
@@ -722,26 +725,22 @@ fn checked(request: &SearchRequest) -> Result<(ParsedQuery, Vec<PhotoId>), FlowE
             request.top_k
         )));
     }
-    let depth = request.offset.saturating_add(request.top_k);
-    if depth > MAX_DEPTH {
+    if request.offset >= MAX_DEPTH {
         return Err(FlowError::BadRequest(format!(
-            "results go {MAX_DEPTH} deep: offset + top_k must be at most {MAX_DEPTH}, not {depth}; \
-             narrow the query instead"
+            "results go {MAX_DEPTH} deep: offset must be below {MAX_DEPTH}, not {}; narrow the \
+             query instead",
+            request.offset
         )));
     }
-    if request.min_score.is_some_and(|s| !s.is_finite()) {
-        return Err(FlowError::BadRequest(
-            "min_score must be a finite number".to_owned(),
-        ));
+    if request
+        .min_score
+        .is_some_and(|s| !(LOWEST_MIN_SCORE..=MAX_MIN_SCORE).contains(&s))
+    {
+        return Err(FlowError::BadRequest(format!(
+            "min_score must be a number from {LOWEST_MIN_SCORE} to {MAX_MIN_SCORE}"
+        )));
     }
-    let parsed = query::parse(&request.query)?;
-    if !parsed.has_ranking() {
-        return Err(FlowError::BadRequest(
-            "the query has filters but nothing to look for: add words that describe the photo, \
-             or like:<photo id>, or list the photos the filters pass with GET /api/photos?q=…"
-                .to_owned(),
-        ));
-    }
+    let parsed = query::parse_search(&request.query)?;
     let like_ids = parsed
         .like
         .iter()
@@ -765,7 +764,8 @@ pub async fn search(
 ) -> Result<SearchResponse, FlowError> {
     let started = Instant::now();
     let (parsed, like_ids) = checked(request)?;
-    let depth = request.offset + request.top_k;
+    // A page reaching past the depth is cut there.
+    let depth = (request.offset + request.top_k).min(MAX_DEPTH);
     let mut timings = StageTimings {
         parse_ms: elapsed_ms(started),
         ..StageTimings::default()
@@ -1057,18 +1057,7 @@ pub async fn browse(
             "limit must be between 1 and {MAX_PAGE}, not {limit}"
         )));
     }
-    let parsed = if query.trim().is_empty() {
-        ParsedQuery::default()
-    } else {
-        query::parse(query)?
-    };
-    if parsed.has_ranking() {
-        return Err(FlowError::BadRequest(
-            "browsing takes filters only (album:, camera:, after:, before:); to rank by words or \
-             like:, search instead"
-                .to_owned(),
-        ));
-    }
+    let parsed = query::parse_filters(query)?;
     let photos = catalog
         .browse(&search_filter(&parsed, Vec::new()), after, limit)
         .await?;

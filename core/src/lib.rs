@@ -4,9 +4,27 @@
 
 #![warn(missing_docs)]
 
-/// Serialises a type as its `Display` text and deserialises it through `FromStr`.
+/// Serialises a type as its `Display` text and deserialises it through `FromStr`; its JSON
+/// Schema is a string matching `$pattern` (what `FromStr` accepts), described by `$description`.
 macro_rules! serde_as_text {
-    ($type:ty) => {
+    ($type:ident, $pattern:expr, $description:expr) => {
+        impl schemars::JsonSchema for $type {
+            fn schema_name() -> String {
+                stringify!($type).to_owned()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+                $crate::text_schema(
+                    schemars::schema::StringValidation {
+                        pattern: Some(($pattern).to_owned()),
+                        ..Default::default()
+                    },
+                    None,
+                    $description,
+                )
+            }
+        }
+
         impl serde::Serialize for $type {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_str(self)
@@ -24,6 +42,27 @@ macro_rules! serde_as_text {
 }
 pub(crate) use serde_as_text;
 
+/// The JSON Schema of a string under `validation`, of `format` if any, described by
+/// `description`.
+pub(crate) fn text_schema(
+    validation: schemars::schema::StringValidation,
+    format: Option<&str>,
+    description: &str,
+) -> schemars::schema::Schema {
+    use schemars::schema::{InstanceType, Metadata, SchemaObject};
+    SchemaObject {
+        instance_type: Some(InstanceType::String.into()),
+        format: format.map(str::to_owned),
+        string: Some(Box::new(validation)),
+        metadata: Some(Box::new(Metadata {
+            description: Some(description.to_owned()),
+            ..Metadata::default()
+        })),
+        ..SchemaObject::default()
+    }
+    .into()
+}
+
 pub mod browse;
 mod cached_embedder;
 #[cfg(feature = "contract")]
@@ -36,6 +75,7 @@ pub mod ports;
 pub mod query;
 mod random_id;
 pub mod search;
+pub mod whole_number;
 
 pub use cached_embedder::CachedTextEmbedder;
 pub use embedding::{Embedding, EmbeddingError};

@@ -65,10 +65,44 @@ impl FromStr for PhotoId {
     }
 }
 
-crate::serde_as_text!(PhotoId);
+/// What a photo id looks like: what [`PhotoId`]'s `FromStr` accepts.
+pub const PHOTO_ID_PATTERN: &str = "^[0-9a-fA-F]{16}$";
+
+crate::serde_as_text!(
+    PhotoId,
+    PHOTO_ID_PATTERN,
+    "A photo id: 16 hexadecimal digits (the start of the SHA-256 of its bytes)."
+);
+
+/// The JSON Schema of a media type Glimpse indexes: one of [`ImageFormat::media_type`]'s.
+pub struct IndexedMediaType;
+
+impl schemars::JsonSchema for IndexedMediaType {
+    fn schema_name() -> String {
+        "IndexedMediaType".to_owned()
+    }
+
+    fn is_referenceable() -> bool {
+        false
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+        schemars::schema::SchemaObject {
+            instance_type: Some(schemars::schema::InstanceType::String.into()),
+            enum_values: Some(
+                ImageFormat::ALL
+                    .iter()
+                    .map(|format| format.media_type().into())
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+        .into()
+    }
+}
 
 /// Where a photo's original is kept.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", content = "key", rename_all = "snake_case")]
 pub enum Origin {
     /// A file of the user's library, read in place; the key is its path relative to the library
@@ -149,7 +183,11 @@ impl FromStr for UploadId {
     }
 }
 
-crate::serde_as_text!(UploadId);
+crate::serde_as_text!(
+    UploadId,
+    crate::random_id::PATTERN,
+    "An upload id: the 32 hexadecimal digits POST /api/uploads returns."
+);
 
 /// An upload a client was handed a storage URL for, from then until it is completed, refused or
 /// expired.
@@ -170,7 +208,7 @@ pub const STAGED_PREFIX: &str = "staged/";
 pub const LIBRARY_PREFIX: &str = "library/";
 
 /// Where a photo is in the indexing pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PhotoStatus {
     /// Waiting for (or in) feature extraction.
@@ -203,7 +241,7 @@ impl PhotoStatus {
 }
 
 /// A latitude/longitude pair in degrees (WGS 84), from EXIF.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GeoPoint {
     /// Degrees north (negative: south).
     pub latitude: f64,
@@ -212,7 +250,7 @@ pub struct GeoPoint {
 }
 
 /// The encoded image formats Glimpse accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// JPEG.
@@ -497,7 +535,7 @@ pub fn days_from_civil(year: i64, month: u8, day: u8) -> Option<i64> {
 }
 
 /// A photo as the catalog knows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Photo {
     /// Its id.
     pub id: PhotoId,

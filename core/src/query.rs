@@ -8,7 +8,7 @@
 //! album:Trips  album:"Summer 2024"    only photos in that album (the folder by default)
 //! camera:"Pixel 8"                    only photos from that camera (substring, any case)
 //! after:2024-03-01  before:2024-04    taken on or after / strictly before (day, month or year)
-//! like:01HV3K9Z…                      image-by-example, combinable with text
+//! like:01ab23cd45ef6789              image-by-example, combinable with text
 //! ```
 //!
 //! A key that is not one of the above (`note:`, `16:9`) is plain text. A malformed query is an
@@ -17,6 +17,8 @@
 use std::fmt;
 
 use serde::Serialize;
+
+use crate::photo::PhotoId;
 
 /// The largest weight a term may carry.
 pub const MAX_WEIGHT: f32 = 100.0;
@@ -169,14 +171,10 @@ pub fn parse(query: &str) -> Result<ParsedQuery, QueryError> {
             "before" => parsed.taken_until = Some(parser.date("before")?),
             "like" => {
                 let id = parser.bare_word();
-                if id.is_empty()
-                    || !id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
+                if id.parse::<PhotoId>().is_err() {
                     return Err(error(
                         value_start,
-                        "like: needs a photo id",
+                        "like: needs a photo id (16 hexadecimal digits)",
                         "write like:<photo id>, e.g. the id shown under a search result",
                     ));
                 }
@@ -231,6 +229,108 @@ pub fn parse(query: &str) -> Result<ParsedQuery, QueryError> {
             0,
             "the query is empty",
             "describe the photo, e.g. kids on a red sled",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The JSON Schema `format` of a search's query: a text in this language that parses with
+/// [`parse_search`].
+pub const SEARCH_FORMAT: &str = "glimpse-search-query";
+/// The JSON Schema `format` of a browse's filters: a text that parses with [`parse_filters`].
+pub const FILTERS_FORMAT: &str = "glimpse-filters";
+
+/// The JSON Schema of a search's query: a non-blank string of at most [`MAX_QUERY_CHARS`]
+/// characters in [`SEARCH_FORMAT`].
+pub struct SearchText;
+
+impl schemars::JsonSchema for SearchText {
+    fn schema_name() -> String {
+        "SearchText".to_owned()
+    }
+
+    fn is_referenceable() -> bool {
+        false
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+        query_schema(
+            1,
+            Some(r"\S"),
+            SEARCH_FORMAT,
+            "A query in Glimpse's query language: words (kids on a red sled), -word and \
+         -\"a phrase\" to leave out, 2:\"a phrase\" to weigh, album:, camera:, after:YYYY[-MM[-DD]], \
+         before:…, like:<photo id>; at least one thing to look for, at most 32 terms. A query that \
+         does not parse is a 400 `invalid_query` that says where (`position`) and how to fix it \
+         (`hint`).",
+        )
+    }
+}
+
+/// The JSON Schema of a browse's filters: [`FILTERS_FORMAT`], blank for every photo.
+pub struct FiltersText;
+
+impl schemars::JsonSchema for FiltersText {
+    fn schema_name() -> String {
+        "FiltersText".to_owned()
+    }
+
+    fn is_referenceable() -> bool {
+        false
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+        query_schema(
+            0,
+            None,
+            FILTERS_FORMAT,
+            "Filters in Glimpse's query language: album:, camera:, after:YYYY[-MM[-DD]], before:…; \
+         no words to rank by. Filters that do not parse are a 400 `invalid_query` that says where \
+         (`position`) and how to fix them (`hint`).",
+        )
+    }
+}
+
+fn query_schema(
+    min_length: u32,
+    pattern: Option<&str>,
+    format: &str,
+    description: &str,
+) -> schemars::schema::Schema {
+    let validation = schemars::schema::StringValidation {
+        min_length: Some(min_length),
+        max_length: Some(MAX_QUERY_CHARS as u32),
+        pattern: pattern.map(str::to_owned),
+    };
+    crate::text_schema(validation, Some(format), description)
+}
+
+/// Parses a search's query: [`parse`], and it must rank by something (words, `-terms` or
+/// `like:`), not filter only.
+pub fn parse_search(query: &str) -> Result<ParsedQuery, QueryError> {
+    let parsed = parse(query)?;
+    if !parsed.has_ranking() {
+        return Err(error(
+            0,
+            "the query has filters but nothing to look for",
+            "add words that describe the photo, or like:<photo id>, or list the photos the \
+             filters pass with GET /api/photos?q=…",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Parses the filters of a browse: [`parse`] without ranking terms; blank for every photo.
+pub fn parse_filters(query: &str) -> Result<ParsedQuery, QueryError> {
+    if query.trim().is_empty() {
+        return Ok(ParsedQuery::default());
+    }
+    let parsed = parse(query)?;
+    if parsed.has_ranking() {
+        return Err(error(
+            0,
+            "browsing takes filters only (album:, camera:, after:, before:)",
+            "drop the words, -terms and like:, or search to rank by them",
         ));
     }
     Ok(parsed)
@@ -452,7 +552,7 @@ mod tests {
 
     #[test]
     fn filters_and_examples() {
-        let q = parse("album:\"Summer 2024\" camera:Pixel after:2024-03 before:2024-04-15 like:01HV3K9Z whiteboard")
+        let q = parse("album:\"Summer 2024\" camera:Pixel after:2024-03 before:2024-04-15 like:01ab23cd45ef6789 whiteboard")
             .unwrap();
         assert_eq!(q.album.as_deref(), Some("Summer 2024"));
         assert_eq!(q.camera.as_deref(), Some("Pixel"));
@@ -472,11 +572,11 @@ mod tests {
                 day: 15
             })
         );
-        assert_eq!(q.like, vec!["01HV3K9Z".to_owned()]);
+        assert_eq!(q.like, vec!["01ab23cd45ef6789".to_owned()]);
         assert_eq!(q.positive, vec![text("whiteboard", 1.0)]);
         // Filters alone are a valid query (browse); an example alone too.
         assert!(!parse("album:Trips").unwrap().has_ranking());
-        assert!(parse("like:abc").unwrap().has_ranking());
+        assert!(parse("like:0123456789abcdef").unwrap().has_ranking());
     }
 
     fn error_at(query: &str) -> (usize, String) {
@@ -496,6 +596,7 @@ mod tests {
         assert_eq!(error_at("after:24-01-01").0, 6);
         assert_eq!(error_at("dogs like:").0, 10);
         assert_eq!(error_at("dogs like:a/b").0, 10);
+        assert_eq!(error_at("dogs like:abc").0, 10);
         assert_eq!(error_at("album: dogs").0, 6);
         assert_eq!(error_at("0:cat").0, 0);
         assert_eq!(error_at("500:cat").0, 0);

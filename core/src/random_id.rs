@@ -18,9 +18,12 @@ pub(crate) fn write_hex(bytes: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Re
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
+/// What [`parse_hex`] accepts.
+pub(crate) const PATTERN: &str = "^[0-9a-fA-F]{32}$";
+
 /// The bits written by [`write_hex`] (either case), or `None` for anything else.
 pub(crate) fn parse_hex(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 32 || !text.is_ascii() {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut bytes = [0u8; 16];

@@ -7,31 +7,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::EncoderId;
 use crate::photo::{Photo, PhotoId};
+use crate::query::SearchText;
 
 /// The most results one search returns.
 pub const MAX_TOP_K: usize = 200;
-/// How deep paging goes: `offset + top_k` at most.
+/// How deep paging goes: no result past this rank is returned (`offset` is below it, and a page
+/// reaching past it is cut there).
 pub const MAX_DEPTH: usize = 1000;
+/// The largest `offset`.
+pub const MAX_OFFSET: usize = MAX_DEPTH - 1;
+/// The largest `min_score` (scores are a few standard deviations).
+pub const MAX_MIN_SCORE: f32 = 1000.0;
+/// The smallest `min_score`.
+pub const LOWEST_MIN_SCORE: f32 = -MAX_MIN_SCORE;
 /// Results returned when the request does not say.
 pub const DEFAULT_TOP_K: usize = 20;
 /// How many of the best candidates the reranker sees.
 pub const RERANK_CANDIDATES: usize = 10;
 
 /// A search as a client asks for it.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SearchRequest {
-    /// The query, in the language of [`crate::query`].
-    #[serde(alias = "q")]
+    /// The query, in Glimpse's query language (see the operation's description).
+    #[schemars(with = "SearchText")]
     pub query: String,
     /// How many results at most (1 to [`MAX_TOP_K`]).
-    #[serde(default = "default_top_k")]
+    #[serde(
+        default = "default_top_k",
+        deserialize_with = "crate::whole_number::deserialize"
+    )]
+    #[schemars(range(min = 1, max = "MAX_TOP_K"))]
     pub top_k: usize,
-    /// Leave out results scoring below this (see [`SearchResult::score`]).
+    /// Leave out results scoring below this (see [`SearchResult::score`]), from
+    /// -[`MAX_MIN_SCORE`] to [`MAX_MIN_SCORE`].
     #[serde(default)]
+    #[schemars(range(min = "LOWEST_MIN_SCORE", max = "MAX_MIN_SCORE"))]
     pub min_score: Option<f32>,
     /// Skip this many of the best results (the next page starts at `offset + top_k`); ranks stay
-    /// absolute. `offset + top_k` is at most [`MAX_DEPTH`].
-    #[serde(default)]
+    /// absolute. No result past rank [`MAX_DEPTH`] is returned.
+    #[serde(default, deserialize_with = "crate::whole_number::deserialize")]
+    #[schemars(range(max = "MAX_OFFSET"))]
     pub offset: usize,
 }
 
@@ -83,10 +99,14 @@ impl FromStr for QueryId {
     }
 }
 
-crate::serde_as_text!(QueryId);
+crate::serde_as_text!(
+    QueryId,
+    crate::random_id::PATTERN,
+    "A search id: the 32 hexadecimal digits a search response returns."
+);
 
 /// Milliseconds spent in each stage of one search.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StageTimings {
     /// Parsing the query.
     pub parse_ms: f64,
@@ -134,7 +154,7 @@ impl StageTimings {
 }
 
 /// One result of a search.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SearchResult {
     /// Position in the whole ranking, from 1 (a page at `offset` 40 starts at rank 41); clicks
     /// name it.
@@ -150,7 +170,7 @@ pub struct SearchResult {
 }
 
 /// What a search returns.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SearchResponse {
     /// Its id, for clicks.
     pub query_id: QueryId,
@@ -165,7 +185,7 @@ pub struct SearchResponse {
 }
 
 /// One logged result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoggedResult {
     /// Rank, from 1.
     pub rank: u32,
@@ -178,7 +198,7 @@ pub struct LoggedResult {
 }
 
 /// What the search log keeps of a search besides its results.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoggedSearch {
     /// Its id.
     pub query_id: QueryId,
@@ -205,7 +225,7 @@ pub struct SearchLog {
 }
 
 /// A logged result with its click.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoggedResultWithClick {
     /// The result.
     #[serde(flatten)]
@@ -217,7 +237,7 @@ pub struct LoggedResultWithClick {
 }
 
 /// A logged search with its clicks, as read back from the catalog.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SearchLogEntry {
     /// The search.
     #[serde(flatten)]

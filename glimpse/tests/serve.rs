@@ -72,13 +72,17 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
         }
     }
     assert_eq!(paged, ids(&all));
-    let (status, too_deep) = server.get("/api/search?q=sled&top_k=200&offset=801");
+    // Results go 1000 deep: a page reaching past that stops there, and no page starts beyond.
+    let (status, last) = server.get("/api/search?q=sled&top_k=200&offset=999");
+    assert_eq!(status, 200, "{last}");
+    assert!(last["results"].as_array().unwrap().len() <= 1);
+    let (status, too_deep) = server.get("/api/search?q=sled&top_k=20&offset=1000");
     assert_eq!(status, 400);
     assert!(
         too_deep["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("at most 1000")
+            .contains("1000 deep")
     );
 
     // Browsing: filters only, newest first, page by page; the albums with their counts.
@@ -114,11 +118,12 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
     );
     let (status, refused) = server.get("/api/photos?q=red+sled");
     assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "invalid_query");
     assert!(
         refused["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("search instead")
+            .contains("filters only")
     );
     assert_eq!(server.get("/api/photos?cursor=garbage").0, 400);
     assert_eq!(server.get("/api/photos?limit=0").0, 400);

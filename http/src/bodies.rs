@@ -76,7 +76,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|t| t == "application/json" || t.ends_with("+json"))
 }
 
-/// A JSON body of at most [`api::MAX_JSON_BYTES`], parsed as `T`; a refusal shows `example`.
+/// A JSON object of at most [`api::MAX_JSON_BYTES`], parsed as `T`; a refusal shows `example`.
 pub async fn json_body<T, B>(headers: &HeaderMap, body: B, example: &str) -> Result<T, ApiError>
 where
     T: DeserializeOwned,
@@ -91,12 +91,21 @@ where
         ));
     }
     let bytes = read_body(headers, body, api::MAX_JSON_BYTES, api::JSON_LIMIT_NOTE).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let refusal = |e: serde_json::Error| {
         ApiError::bad_json(
             format!("Failed to deserialize the JSON body into the target type: {e}"),
             example,
         )
-    })
+    };
+    // An object, not the array serde would also read a struct from.
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(refusal)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_json(
+            "the body must be a JSON object",
+            example,
+        ));
+    }
+    serde_json::from_value(value).map_err(refusal)
 }
 
 /// A query string parsed as `T`.
@@ -115,7 +124,7 @@ pub struct UploadForm {
 }
 
 /// Reads an upload body: the image's bytes as the whole body, or a `multipart/form-data` form
-/// with exactly one file (any field name but `album`) and an optional `album` field.
+/// with exactly one `file` field and an optional `album` field (and no other).
 pub async fn upload_form(content_type: Option<&str>, body: Bytes) -> Result<UploadForm, ApiError> {
     let is_form = content_type.is_some_and(|t| {
         t.trim_start()
@@ -137,16 +146,23 @@ pub async fn upload_form(content_type: Option<&str>, body: Bytes) -> Result<Uplo
     let mut file = None;
     let mut album = None;
     while let Some(field) = form.next_field().await.map_err(unreadable)? {
-        let is_album = field.name() == Some("album");
+        let name = field.name().unwrap_or_default().to_owned();
         let data = field.bytes().await.map_err(unreadable)?;
-        if is_album {
-            album = Some(String::from_utf8_lossy(&data).into_owned());
-        } else if file.is_none() {
-            file = Some(data);
-        } else {
-            return Err(ApiError::bad_request(
-                "send one file per request (the form has more than one)",
-            ));
+        match name.as_str() {
+            "album" => album = Some(String::from_utf8_lossy(&data).into_owned()),
+            "file" if file.is_none() => file = Some(data),
+            "file" => {
+                return Err(ApiError::bad_request(
+                    "send one file per request (the form has more than one)",
+                ));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "the form has a field `{}` Glimpse does not take: send the image as `file` \
+                     and, if you like, an `album`",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
         }
     }
     let file = file.ok_or_else(|| {
@@ -189,16 +205,41 @@ mod tests {
 
     #[test]
     fn forms_with_two_files_none_or_no_boundary_are_refused() {
-        let two = form("b", &[("file", b"a"), ("other", b"b")]);
+        let two = form("b", &[("file", b"a"), ("file", b"b")]);
+        let other = form("b", &[("file", b"a"), ("photo", b"b")]);
         let none = form("b", &[("album", b"x")]);
         for (content_type, body) in [
             ("multipart/form-data; boundary=b", two),
+            ("multipart/form-data; boundary=b", other),
             ("multipart/form-data; boundary=b", none),
             ("multipart/form-data", Bytes::from_static(b"--b--")),
         ] {
             let refused =
                 pollster::block_on(upload_form(Some(content_type), body)).expect_err("refused");
             assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_json_body_is_an_object_not_the_array_serde_would_also_read() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Scan {
+            #[serde(default)]
+            _forget: bool,
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let read = |json: &'static str| {
+            pollster::block_on(json_body::<Scan, _>(
+                &headers,
+                Full::new(Bytes::from_static(json.as_bytes())),
+                "{}",
+            ))
+        };
+        assert!(read("{}").is_ok());
+        for json in ["[]", "[false]", "1", "null"] {
+            let refused = read(json).expect_err(json);
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{json}");
         }
     }
 

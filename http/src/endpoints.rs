@@ -8,6 +8,8 @@ use http::Method;
 pub enum Endpoint<'a> {
     /// `GET /healthz`: the process answers.
     Health,
+    /// `GET /api/openapi.json`: the shape's OpenAPI document.
+    OpenApi,
     /// `GET /api/albums`: albums with their photo counts.
     Albums,
     /// `GET /api/photos` (browse), `POST /api/photos` (upload in the body).
@@ -45,7 +47,50 @@ pub enum Access {
     Write,
 }
 
+impl Endpoint<'static> {
+    /// Every endpoint, ids as the path templates' parameters.
+    pub const ALL: [Self; 14] = [
+        Self::Health,
+        Self::OpenApi,
+        Self::Albums,
+        Self::Photos,
+        Self::Photo(ID),
+        Self::Original(ID),
+        Self::Thumbnail(ID),
+        Self::Similar(ID),
+        Self::Retry(ID),
+        Self::Uploads,
+        Self::Upload(ID),
+        Self::Search,
+        Self::SearchLog(ID),
+        Self::Clicks(ID),
+    ];
+}
+
+/// The id parameter of the path templates.
+pub(crate) const ID: &str = "{id}";
+
 impl<'a> Endpoint<'a> {
+    /// The endpoint's path, with its id.
+    pub fn template(&self) -> String {
+        match self {
+            Self::Health => "/healthz".to_owned(),
+            Self::OpenApi => "/api/openapi.json".to_owned(),
+            Self::Albums => "/api/albums".to_owned(),
+            Self::Photos => "/api/photos".to_owned(),
+            Self::Photo(id) => format!("/api/photos/{id}"),
+            Self::Original(id) => format!("/api/photos/{id}/original"),
+            Self::Thumbnail(id) => format!("/api/photos/{id}/thumbnail"),
+            Self::Similar(id) => format!("/api/photos/{id}/similar"),
+            Self::Retry(id) => format!("/api/photos/{id}/retry"),
+            Self::Uploads => "/api/uploads".to_owned(),
+            Self::Upload(id) => format!("/api/uploads/{id}"),
+            Self::Search => "/api/search".to_owned(),
+            Self::SearchLog(id) => format!("/api/search/{id}"),
+            Self::Clicks(id) => format!("/api/search/{id}/clicks"),
+        }
+    }
+
     /// The endpoint a path names, if any.
     pub fn of(path: &'a str) -> Option<Self> {
         if path == "/healthz" {
@@ -53,6 +98,7 @@ impl<'a> Endpoint<'a> {
         }
         let parts: Vec<&str> = path.strip_prefix("/api/")?.split('/').collect();
         Some(match parts.as_slice() {
+            ["openapi.json"] => Self::OpenApi,
             ["albums"] => Self::Albums,
             ["photos"] => Self::Photos,
             ["photos", id] => Self::Photo(id),
@@ -73,6 +119,7 @@ impl<'a> Endpoint<'a> {
     pub fn methods(&self) -> &'static [Method] {
         match self {
             Self::Health
+            | Self::OpenApi
             | Self::Albums
             | Self::Original(_)
             | Self::Thumbnail(_)
@@ -88,7 +135,7 @@ impl<'a> Endpoint<'a> {
     /// they change no photo, setting or model, and a click is accepted for a real result only.
     pub fn access(&self, method: &Method) -> Access {
         match self {
-            Self::Health => Access::Open,
+            Self::Health | Self::OpenApi => Access::Open,
             Self::Search | Self::Clicks(_) => Access::Read,
             _ => Access::of_method(method),
         }
@@ -109,6 +156,14 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_is_listed_once_and_its_template_routes_back_to_it() {
+        for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert!(!Endpoint::ALL[..i].contains(endpoint), "{endpoint:?} twice");
+            assert_eq!(Endpoint::of(&endpoint.template()), Some(*endpoint));
+        }
+    }
 
     #[test]
     fn paths_name_their_endpoint_and_nothing_else() {

@@ -8,6 +8,7 @@
 pub mod axum;
 mod bodies;
 mod endpoints;
+pub mod openapi;
 
 use std::error::Error;
 use std::time::SystemTime;
@@ -17,15 +18,18 @@ use glimpse_contracts::api::{
     self, ApiError, BrowseParams, SearchParams, SimilarParams, TokenHelp, check_bearer,
     token_refusal,
 };
+use glimpse_core::browse::AlbumSummary;
 use glimpse_core::flows::{self, FlowError, UploadDeclaration};
 use glimpse_core::photo::{Photo, PhotoId, StagedUpload, UploadId};
 use glimpse_core::ports::{Added, BlobStore, Catalog, MaybeSendSync, VectorIndex};
+use glimpse_core::search::{MAX_DEPTH, QueryId};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body::Body;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use self::bodies::{UploadForm, drain, is_json, json_body, upload_form};
 use self::bodies::{query_params, read_body};
@@ -91,8 +95,12 @@ pub enum Event {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 pub trait Shape: MaybeSendSync {
+    /// Whether the shape as a whole offers `endpoint` (its document lists these).
+    fn offers(&self, endpoint: &Endpoint<'_>) -> bool;
     /// Whether this shape (or this component of it) serves `endpoint`; the others are 404s.
-    fn serves(&self, endpoint: &Endpoint<'_>) -> bool;
+    fn serves(&self, endpoint: &Endpoint<'_>) -> bool {
+        self.offers(endpoint)
+    }
     /// What its refusals say.
     fn notes(&self) -> Notes;
     /// Its settings.
@@ -109,6 +117,10 @@ pub trait Shape: MaybeSendSync {
     async fn search(&self, request: &SearchRequest) -> Result<SearchResponse, ApiError>;
     /// Where `photo`'s original is served from.
     async fn original(&self, photo: &Photo) -> Result<Original, ApiError>;
+    /// Whether [`Self::original`] is always a redirect (else the bytes).
+    fn originals_by_redirect(&self) -> bool;
+    /// Adds the operations the shape serves outside this layer to its document.
+    fn document_own_operations(&self, _document: &mut openapi::Document) {}
     /// The shape's thumbnails, if it makes them (`/api/photos/{id}/thumbnail` is a 404 without).
     fn thumbnails(&self) -> Option<&dyn Thumbnails>;
     /// The shape's staged uploads, if it takes them (`/api/uploads` is a 404 without).
@@ -192,7 +204,7 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
     reply
 }
 
-fn ok(body: &impl serde::Serialize) -> Result<Reply, ApiError> {
+fn ok(body: &impl Serialize) -> Result<Reply, ApiError> {
     let body = serde_json::to_value(body)
         .map_err(|e| ApiError::from(FlowError::Internal(format!("an answer as JSON: {e}"))))?;
     Ok(json_reply(StatusCode::OK, &body))
@@ -233,13 +245,32 @@ pub fn authorise(
         .map_err(|problem| token_refusal(problem, access == Access::Write, notes.token))
 }
 
-fn served(shape: &dyn Shape, endpoint: &Endpoint<'_>) -> bool {
-    let capable = match endpoint {
+/// Whether the shape has what `endpoint` needs.
+fn capable(shape: &dyn Shape, endpoint: &Endpoint<'_>) -> bool {
+    match endpoint {
         Endpoint::Thumbnail(_) => shape.thumbnails().is_some(),
         Endpoint::Uploads | Endpoint::Upload(_) => shape.staged_uploads().is_some(),
         _ => true,
+    }
+}
+
+/// The shape's OpenAPI document, as its settings stand.
+pub async fn document(shape: &dyn Shape) -> Result<Value, ApiError> {
+    let max_staged_bytes = match shape.staged_uploads() {
+        Some(staged) => Some(staged.max_bytes().await?),
+        None => None,
     };
-    capable && shape.serves(endpoint)
+    let facts = openapi::Facts {
+        settings: shape.settings().await?,
+        max_upload_bytes: shape.max_upload_bytes().await?,
+        max_staged_bytes,
+        originals_by_redirect: shape.originals_by_redirect(),
+    };
+    let mut document = openapi::document(&facts, |endpoint| {
+        capable(shape, endpoint) && shape.offers(endpoint)
+    });
+    shape.document_own_operations(&mut document);
+    Ok(document.finish())
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -255,14 +286,26 @@ where
 {
     let path = parts.uri.path();
     let endpoint = Endpoint::of(path)
-        .filter(|endpoint| served(shape, endpoint))
+        .filter(|endpoint| capable(shape, endpoint) && shape.serves(endpoint))
         .ok_or_else(|| not_found(path))?;
     let method = &parts.method;
-    if !endpoint.methods().contains(method) {
-        return Err(method_not_allowed(method, path, &endpoint));
+    if method == Method::OPTIONS {
+        return Ok(with_allow(empty_reply(StatusCode::NO_CONTENT), &endpoint));
     }
-    if endpoint == Endpoint::Health {
-        return Ok(http::Response::new(Bytes::from_static(b"ok")));
+    if !endpoint.methods().contains(method) {
+        return Ok(method_not_allowed(method, path, &endpoint));
+    }
+    match endpoint {
+        Endpoint::Health => {
+            let mut reply = http::Response::new(Bytes::from_static(b"ok"));
+            reply.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return Ok(reply);
+        }
+        Endpoint::OpenApi => return ok(&document(shape).await?),
+        _ => {}
     }
     let settings = shape.settings().await?;
     if let Err(refusal) = authorise(
@@ -279,7 +322,7 @@ where
     match (method, endpoint) {
         (&Method::GET, Endpoint::Albums) => {
             let albums = shape.catalog().await?.albums().await?;
-            ok(&json!({ "albums": albums }))
+            ok(&AlbumList { albums })
         }
         (&Method::GET, Endpoint::Photos) => {
             let request = query_params::<BrowseParams>(query)?.into_request()?;
@@ -374,26 +417,53 @@ where
         }
         (&Method::POST, Endpoint::Clicks(id)) => {
             let query_id = api::parse_query_id(id)?;
-            let click: ClickBody = json_body(headers, body, r#"{"rank": 1}"#).await?;
+            let click: Click = json_body(headers, body, r#"{"rank": 1}"#).await?;
+            if click.rank == 0 || click.rank as usize > MAX_DEPTH {
+                return Err(ApiError::bad_request(format!(
+                    "ranks run from 1 to {MAX_DEPTH}: send the rank of the clicked result"
+                )));
+            }
             let clicked =
                 flows::record_click(shape.catalog().await?, &query_id, click.rank).await?;
             shape.notice(Event::Clicked);
-            ok(&json!({"query_id": query_id, "rank": clicked.rank, "photo_id": clicked.photo_id}))
+            ok(&Clicked {
+                query_id,
+                rank: clicked.rank,
+                photo_id: clicked.photo_id,
+            })
         }
-        (method, endpoint) => Err(method_not_allowed(method, path, &endpoint)),
+        (method, endpoint) => Ok(method_not_allowed(method, path, &endpoint)),
     }
 }
 
-fn method_not_allowed(method: &Method, path: &str, endpoint: &Endpoint<'_>) -> ApiError {
-    let allowed: Vec<&str> = endpoint.methods().iter().map(Method::as_str).collect();
-    ApiError::new(
+/// The methods `endpoint` answers, as an `Allow` header's value (HEAD and OPTIONS included).
+fn allowed(endpoint: &Endpoint<'_>) -> String {
+    let mut methods: Vec<&str> = endpoint.methods().iter().map(Method::as_str).collect();
+    if endpoint.methods().contains(&Method::GET) {
+        methods.push("HEAD");
+    }
+    methods.push("OPTIONS");
+    methods.join(", ")
+}
+
+fn with_allow(mut reply: Reply, endpoint: &Endpoint<'_>) -> Reply {
+    if let Ok(value) = HeaderValue::from_str(&allowed(endpoint)) {
+        reply.headers_mut().insert(header::ALLOW, value);
+    }
+    reply
+}
+
+/// The 405 for a method `endpoint` does not answer, with the `Allow` header of those it does.
+fn method_not_allowed(method: &Method, path: &str, endpoint: &Endpoint<'_>) -> Reply {
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
             "{method} is not served on {path}; it answers {}",
-            allowed.join(", ")
+            allowed(endpoint)
         ),
-    )
+    );
+    with_allow(error_reply(&error), endpoint)
 }
 
 async fn find_photo(shape: &dyn Shape, id: &str) -> Result<Photo, ApiError> {
@@ -413,16 +483,76 @@ async fn search(shape: &dyn Shape, request: SearchRequest) -> Result<Reply, ApiE
 }
 
 /// The album a query string names (`?album=…`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, JsonSchema)]
 struct AlbumParams {
+    /// The album to file the photo in (blank for none).
     album: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A click on a search result.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ClickBody {
+struct Click {
+    /// The clicked result's rank, from 1 to the depth of results.
+    #[serde(deserialize_with = "glimpse_core::whole_number::deserialize")]
+    #[schemars(range(min = 1, max = "MAX_DEPTH"))]
     rank: u32,
+}
+
+/// A recorded click.
+#[derive(Serialize, JsonSchema)]
+struct Clicked {
+    /// The search.
+    query_id: QueryId,
+    /// The clicked rank.
+    rank: u32,
+    /// The photo at that rank.
+    photo_id: PhotoId,
+}
+
+/// Every album.
+#[derive(Serialize, JsonSchema)]
+struct AlbumList {
+    /// The albums, by name.
+    albums: Vec<AlbumSummary>,
+}
+
+/// A photo taken by an upload.
+#[derive(Serialize, JsonSchema)]
+struct Uploaded {
+    /// Its id.
+    id: PhotoId,
+    /// Whether it is new (else the catalog had these bytes).
+    created: bool,
+    /// Where to follow its indexing.
+    status_url: String,
+}
+
+/// An upload started straight to storage.
+#[derive(Serialize, JsonSchema)]
+struct StartedUpload {
+    /// Its id.
+    upload_id: UploadId,
+    /// Where to PUT the original.
+    put_url: String,
+    /// The headers the PUT must carry.
+    put_headers: PutHeaders,
+    /// The declared size, which the PUT must match.
+    bytes: u64,
+    /// How long `put_url` stays valid.
+    expires_in_seconds: u64,
+    /// Where to POST once the original is in storage.
+    complete_url: String,
+    /// What to do next, in words.
+    next: String,
+}
+
+/// The headers a staged upload's PUT carries.
+#[derive(Serialize, JsonSchema)]
+struct PutHeaders {
+    /// The declared media type.
+    #[serde(rename = "Content-Type")]
+    content_type: String,
 }
 
 async fn upload<B>(
@@ -455,10 +585,12 @@ fn added_reply(added: Added) -> Reply {
         StatusCode::OK
     };
     let location = format!("/api/photos/{}", added.id);
-    let mut reply = json_reply(
-        status,
-        &json!({"id": added.id, "created": added.created, "status_url": location}),
-    );
+    let body = Uploaded {
+        id: added.id,
+        created: added.created,
+        status_url: location.clone(),
+    };
+    let mut reply = json_reply(status, &serde_json::to_value(&body).unwrap_or_default());
     if let Ok(location) = HeaderValue::from_str(&location) {
         reply.headers_mut().insert(header::LOCATION, location);
     }
@@ -477,19 +609,23 @@ async fn start_upload(
     let (upload, format) = flows::start_upload(catalog, declared, max_bytes, now_seconds()).await?;
     let (put_url, expires_in_seconds) = staged.presign_put(&upload, format.media_type()).await?;
     let complete = format!("/api/uploads/{}", upload.id);
+    let started = StartedUpload {
+        upload_id: upload.id,
+        put_url,
+        put_headers: PutHeaders {
+            content_type: format.media_type().to_owned(),
+        },
+        bytes: upload.bytes,
+        expires_in_seconds,
+        complete_url: complete.clone(),
+        next: "PUT exactly the declared bytes to put_url with the Content-Type of put_headers \
+               (storage refuses any other size or type), then POST complete_url (add ?album=… \
+               to file it in an album)"
+            .to_owned(),
+    };
     let mut reply = json_reply(
         StatusCode::CREATED,
-        &json!({
-            "upload_id": upload.id,
-            "put_url": put_url,
-            "put_headers": {"Content-Type": format.media_type()},
-            "bytes": upload.bytes,
-            "expires_in_seconds": expires_in_seconds,
-            "complete_url": complete,
-            "next": "PUT exactly the declared bytes to put_url with the Content-Type of \
-                     put_headers (storage refuses any other size or type), then POST \
-                     complete_url (add ?album=… to file it in an album)",
-        }),
+        &serde_json::to_value(&started).unwrap_or_default(),
     );
     if let Ok(location) = HeaderValue::from_str(&complete) {
         reply.headers_mut().insert(header::LOCATION, location);

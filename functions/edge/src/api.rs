@@ -33,7 +33,7 @@ const CLIENT_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     /// `/api/photos`, `/api/photos/{id}`, `/api/photos/{id}/original`, `/api/photos/{id}/retry`,
-    /// `/api/albums`, `/healthz`.
+    /// `/api/albums`, `/healthz`, `/api/openapi.json`.
     Photos,
     /// `/api/uploads`, `/api/uploads/{id}`.
     Uploads,
@@ -48,6 +48,7 @@ impl Component {
     fn of(endpoint: &Endpoint<'_>) -> Option<Self> {
         match endpoint {
             Endpoint::Health
+            | Endpoint::OpenApi
             | Endpoint::Albums
             | Endpoint::Photos
             | Endpoint::Photo(_)
@@ -126,8 +127,16 @@ impl Edge {
 
 #[async_trait::async_trait(?Send)]
 impl Shape for Edge {
+    fn offers(&self, endpoint: &Endpoint<'_>) -> bool {
+        Component::of(endpoint).is_some()
+    }
+
     fn serves(&self, endpoint: &Endpoint<'_>) -> bool {
         Component::of(endpoint) == Some(self.component)
+    }
+
+    fn originals_by_redirect(&self) -> bool {
+        true
     }
 
     fn notes(&self) -> Notes {

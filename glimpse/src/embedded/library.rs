@@ -28,7 +28,7 @@ const LISTED: usize = 20;
 const BATCH: usize = 64;
 
 /// What a scan found and did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ScanReport {
     /// Whether the library could be read. `false`: the folder is missing, unreadable, or holds
     /// no image while the catalog holds library photos (a disk not mounted?) — nothing was

@@ -4,6 +4,7 @@
 //! that keeps other sites out.
 
 mod gates;
+mod operations;
 mod stats;
 
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use glimpse_core::photo::{Photo, PhotoId};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_http::axum::{ApiError, reply};
-use glimpse_http::{Access, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails};
+use glimpse_http::{
+    Access, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails, openapi,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -29,8 +32,6 @@ use self::gates::Gate;
 pub use self::stats::{Stats, percentiles};
 use crate::embedded::{Engine, EngineError, ScanReport};
 
-/// The OpenAPI document of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
 /// Longest side of a thumbnail, in pixels.
 const THUMBNAIL_SIZE: u32 = 320;
 
@@ -103,7 +104,6 @@ pub fn router(
     });
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/openapi.json", get(openapi))
         .route("/api/status", get(status))
         .route("/api/stats", get(stats_report))
         .route("/", get(web_page))
@@ -244,10 +244,6 @@ const NOTES: Notes = Notes {
     upload_limit: "serve --max-upload-mb",
 };
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
-}
-
 async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let engine = &state.engine;
     let counts = engine.counts().await?;
@@ -349,9 +345,10 @@ async fn web_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
 }
 
 /// What `POST /api/library/scan` accepts (a body is optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ScanRequest {
+    /// Remove the photos of a library that reads missing or empty (one emptied on purpose).
     #[serde(default)]
     forget_missing: bool,
 }
@@ -386,8 +383,16 @@ async fn scan_library(
 /// The embedded engine as the public API sees it.
 #[async_trait::async_trait]
 impl Shape for AppState {
-    fn serves(&self, _endpoint: &glimpse_http::Endpoint<'_>) -> bool {
+    fn offers(&self, _endpoint: &glimpse_http::Endpoint<'_>) -> bool {
         true
+    }
+
+    fn originals_by_redirect(&self) -> bool {
+        false
+    }
+
+    fn document_own_operations(&self, document: &mut openapi::Document) {
+        operations::own_operations(document);
     }
 
     fn notes(&self) -> Notes {

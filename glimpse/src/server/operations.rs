@@ -1,0 +1,95 @@
+//! The server's own endpoints (served by axum routes beside the public API) in its OpenAPI
+//! document, and what its guard answers on every path.
+
+use axum::http::{Method, StatusCode};
+use glimpse_http::Access;
+use glimpse_http::openapi::{Document, Operation};
+use serde_json::json;
+
+use super::{ScanRequest, WEB_ASSETS};
+use crate::embedded::ScanReport;
+
+/// Adds the server's own operations to `document`, and the guard's refusals to every operation.
+pub(super) fn own_operations(document: &mut Document) {
+    let text = |media: &str| Some(json!({ media: {"type": "string"} }));
+    let metrics = Operation::new("Prometheus metrics.", "operations")
+        .reply(StatusCode::OK, "Text format 0.0.4.", text("text/plain"))
+        .backend_errors();
+    document.add("/metrics", &Method::GET, Access::Read, metrics);
+    let status = Operation::new(
+        "Indexing progress: photo counts by status, vectors in the index, the encoder, the last \
+         library scan and check.",
+        "operations",
+    )
+    .json_reply(StatusCode::OK, "Status.", status_schema(document))
+    .backend_errors();
+    document.add("/api/status", &Method::GET, Access::Read, status);
+    let stats = Operation::new(
+        "p50/p95/p99 latency per search stage over the last 10,000 searches, and counters.",
+        "operations",
+    )
+    .json_reply(StatusCode::OK, "Statistics.", json!({"type": "object"}));
+    document.add("/api/stats", &Method::GET, Access::Read, stats);
+    let page =
+        Operation::new("The web page.", "web").reply(StatusCode::OK, "HTML.", text("text/html"));
+    document.add("/", &Method::GET, Access::Open, page);
+    let names: Vec<&str> = WEB_ASSETS.iter().map(|(name, _, _)| *name).collect();
+    let mut asset = Operation::new("A file of the web page.", "web")
+        .path_parameter::<String>("file")
+        .reply(StatusCode::OK, "The file.", text("*/*"))
+        .errors(&[StatusCode::NOT_FOUND]);
+    asset.enumerate_path_parameter("file", &names);
+    document.add("/assets/{file}", &Method::GET, Access::Open, asset);
+    let scan_request = document.schema::<ScanRequest>();
+    let scan = Operation::new(
+        "Scan the library folder now (the watcher and the periodic rescan do it anyway) and \
+         report what changed. A library that reads missing or empty while photos were there is \
+         reported unavailable and nothing is removed; forget_missing removes them.",
+        "operations",
+    )
+    .json_body(scan_request)
+    .optional_body()
+    .json_reply(
+        StatusCode::OK,
+        "The scan's report.",
+        document.schema::<ScanReport>(),
+    )
+    .errors(&[StatusCode::BAD_REQUEST, StatusCode::CONFLICT])
+    .backend_errors();
+    document.add("/api/library/scan", &Method::POST, Access::Write, scan);
+    // A request must name this server as its host; a write must not come from another site.
+    document.errors_everywhere(&[StatusCode::MISDIRECTED_REQUEST], false);
+    document.errors_everywhere(&[StatusCode::FORBIDDEN], true);
+}
+
+fn status_schema(document: &mut Document) -> serde_json::Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    json!({
+        "type": "object",
+        "required": ["encoder", "dimension", "photos", "index_vectors", "indexing_done"],
+        "properties": {
+            "encoder": {"type": "string"},
+            "dimension": count,
+            "library": {"type": ["string", "null"]},
+            "library_available": {
+                "type": ["boolean", "null"],
+                "description": "false while the library folder is missing, unreadable or holds \
+                                no photo although it did (a disk not mounted?): nothing is \
+                                removed meanwhile. null without a library.",
+            },
+            "library_problem": {"type": ["string", "null"]},
+            "photos": {
+                "type": "object",
+                "properties": {
+                    "photos": count, "pending": count, "indexed": count, "failed": count,
+                },
+            },
+            "index_vectors": count,
+            "indexing_done": {"type": "boolean"},
+            "last_scan": {"anyOf": [document.schema::<ScanReport>(), {"type": "null"}]},
+            "index_repairs": {"type": "array", "items": {"type": "string"}},
+            "images_embedded": count,
+            "last_check": {"type": ["object", "null"]},
+        },
+    })
+}
