@@ -93,12 +93,23 @@ pub async fn upload(
     let details = NewPhotoDetails {
         origin: origin.clone(),
         bytes: bytes.len() as u64,
-        album: album.filter(|a| !a.trim().is_empty()),
+        album: album_name(album)?,
         modified_at: None,
     };
     let photo = Photo::new(facts, details, now);
     blobs.put(&origin.blob_key(), bytes).await?;
     Ok(catalog.add_photo(&photo).await?)
+}
+
+/// The album a request names: none when blank; a 400 for a name with a NUL character (no catalog
+/// keeps one).
+fn album_name(album: Option<String>) -> Result<Option<String>, FlowError> {
+    match album {
+        Some(name) if name.contains('\0') => Err(FlowError::BadRequest(
+            "the album name has a NUL character: remove it".to_owned(),
+        )),
+        album => Ok(album.filter(|a| !a.trim().is_empty())),
+    }
 }
 
 /// What a client declares when it starts an upload straight to storage; the storage URL it is
@@ -203,7 +214,7 @@ pub async fn complete_upload(
     let details = NewPhotoDetails {
         origin: Origin::Upload(key.clone()),
         bytes: read.total,
-        album: album.filter(|a| !a.trim().is_empty()),
+        album: album_name(album)?,
         modified_at: None,
     };
     // Ended before the photo is added, so that an expiry can never remove an original a photo

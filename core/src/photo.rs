@@ -74,6 +74,34 @@ crate::serde_as_text!(
     "A photo id: 16 hexadecimal digits (the start of the SHA-256 of its bytes)."
 );
 
+/// What album names (and every text the catalog keeps from a request) match: no NUL character,
+/// which Postgres cannot store.
+pub const TEXT_PATTERN: &str = "^[^\\x00]*$";
+
+/// The JSON Schema of an album name: text without NUL ([`TEXT_PATTERN`]).
+pub struct AlbumName;
+
+impl schemars::JsonSchema for AlbumName {
+    fn schema_name() -> String {
+        "AlbumName".to_owned()
+    }
+
+    fn is_referenceable() -> bool {
+        false
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+        crate::text_schema(
+            schemars::schema::StringValidation {
+                pattern: Some(TEXT_PATTERN.to_owned()),
+                ..Default::default()
+            },
+            None,
+            "The album to file the photo in (blank for none); no NUL character.",
+        )
+    }
+}
+
 /// The JSON Schema of a media type Glimpse indexes: one of [`ImageFormat::media_type`]'s.
 pub struct IndexedMediaType;
 
@@ -454,7 +482,9 @@ fn exif_text(exif: &exif::Exif, tag: exif::Tag) -> Option<String> {
                 .map(|part| String::from_utf8_lossy(part).into_owned())
                 .collect::<Vec<_>>()
                 .join(" ");
-            let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+            // NUL pads EXIF strings, and no catalog keeps it inside a text.
+            let text = text.replace('\0', " ");
+            let text = text.trim();
             (!text.is_empty()).then(|| text.to_owned())
         }
         _ => None,

@@ -115,6 +115,13 @@ pub fn parse(query: &str) -> Result<ParsedQuery, QueryError> {
             "shorten it; a few words describe a photo best",
         ));
     }
+    if let Some(at) = query.chars().position(|c| c == '\0') {
+        return Err(error(
+            at,
+            "the query has a NUL character",
+            "remove it; a few words describe a photo best",
+        ));
+    }
     let mut parser = Parser {
         chars: query.chars().collect(),
         at: 0,
@@ -241,7 +248,7 @@ pub const SEARCH_FORMAT: &str = "glimpse-search-query";
 pub const FILTERS_FORMAT: &str = "glimpse-filters";
 
 /// The JSON Schema of a search's query: a non-blank string of at most [`MAX_QUERY_CHARS`]
-/// characters in [`SEARCH_FORMAT`].
+/// characters without NUL in [`SEARCH_FORMAT`].
 pub struct SearchText;
 
 impl schemars::JsonSchema for SearchText {
@@ -256,7 +263,7 @@ impl schemars::JsonSchema for SearchText {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
         query_schema(
             1,
-            Some(r"\S"),
+            Some(r"^[^\x00]*[^\s\x00][^\x00]*$"),
             SEARCH_FORMAT,
             "A query in Glimpse's query language: words (kids on a red sled), -word and \
          -\"a phrase\" to leave out, 2:\"a phrase\" to weigh, album:, camera:, after:YYYY[-MM[-DD]], \
@@ -597,6 +604,7 @@ mod tests {
         assert_eq!(error_at("dogs like:").0, 10);
         assert_eq!(error_at("dogs like:a/b").0, 10);
         assert_eq!(error_at("dogs like:abc").0, 10);
+        assert_eq!(error_at("dogs\0cats").0, 4);
         assert_eq!(error_at("album: dogs").0, 6);
         assert_eq!(error_at("0:cat").0, 0);
         assert_eq!(error_at("500:cat").0, 0);

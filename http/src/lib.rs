@@ -20,7 +20,7 @@ use glimpse_contracts::api::{
 };
 use glimpse_core::browse::AlbumSummary;
 use glimpse_core::flows::{self, FlowError, UploadDeclaration};
-use glimpse_core::photo::{Photo, PhotoId, StagedUpload, UploadId};
+use glimpse_core::photo::{AlbumName, Photo, PhotoId, StagedUpload, UploadId};
 use glimpse_core::ports::{Added, BlobStore, Catalog, MaybeSendSync, VectorIndex};
 use glimpse_core::search::{MAX_DEPTH, QueryId};
 use glimpse_core::search::{SearchRequest, SearchResponse};
@@ -486,6 +486,7 @@ async fn search(shape: &dyn Shape, request: SearchRequest) -> Result<Reply, ApiE
 #[derive(Deserialize, JsonSchema)]
 struct AlbumParams {
     /// The album to file the photo in (blank for none).
+    #[schemars(with = "Option<AlbumName>")]
     album: Option<String>,
 }
 

@@ -8,7 +8,7 @@
 use glimpse_contracts::api::{BrowseParams, SearchParams, SimilarParams};
 use glimpse_core::browse::BrowsePage;
 use glimpse_core::flows::UploadDeclaration;
-use glimpse_core::photo::{ImageFormat, Photo, PhotoId, UploadId};
+use glimpse_core::photo::{AlbumName, ImageFormat, Photo, PhotoId, UploadId};
 use glimpse_core::search::{QueryId, SearchLogEntry, SearchRequest, SearchResponse};
 use http::{Method, StatusCode};
 use schemars::JsonSchema;
@@ -279,25 +279,10 @@ impl Operation {
 
     /// Links the answer with `status` (already added) to the operation at `method` and `path`,
     /// whose path parameter `id` is `id` (a runtime expression, e.g. `$response.body#/id`).
-    pub fn link(self, status: StatusCode, method: &Method, path: &str, id: &str) -> Self {
-        self.link_with_body(status, (method, path), id, None)
-    }
-
-    /// [`Self::link`] to an operation that takes `body`.
-    pub fn link_with_body(
-        mut self,
-        status: StatusCode,
-        (method, path): (&Method, &str),
-        id: &str,
-        body: Option<Value>,
-    ) -> Self {
+    pub fn link(mut self, status: StatusCode, method: &Method, path: &str, id: &str) -> Self {
         let target = operation_id(method, path);
         if let Some(response) = self.responses.get_mut(status.as_u16().to_string().as_str()) {
-            let mut link = json!({"operationId": target, "parameters": {"id": id}});
-            if let Some(body) = body {
-                link["requestBody"] = body;
-            }
-            response["links"][&target] = link;
+            response["links"][&target] = json!({"operationId": target, "parameters": {"id": id}});
         }
         self
     }
@@ -646,7 +631,6 @@ fn operation(
 
 fn search_operation(document: &mut Document, summary: &str) -> Operation {
     let logged = Endpoint::SearchLog(ID).template();
-    let clicks = Endpoint::Clicks(ID).template();
     Operation::new(summary, "search")
         .description(
             "Ranked by how well each photo matches the query's terms; `like:<id>` names a photo \
@@ -662,12 +646,6 @@ fn search_operation(document: &mut Document, summary: &str) -> Operation {
             &Method::GET,
             &logged,
             "$response.body#/query_id",
-        )
-        .link_with_body(
-            StatusCode::OK,
-            (&Method::POST, &clicks),
-            "$response.body#/query_id",
-            Some(json!({"rank": 1})),
         )
         .errors(&[StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND])
         .backend_errors()
@@ -719,7 +697,7 @@ fn upload_operation(document: &mut Document, facts: &Facts) -> Operation {
                     "format": "binary",
                     "description": "The image (one file per request).",
                 },
-                "album": {"type": "string", "description": "The album to file it in."},
+                "album": document.schema::<AlbumName>(),
             },
         }),
     );
