@@ -82,6 +82,7 @@ pub async fn upload(
     album: Option<String>,
     now: i64,
 ) -> Result<Added, FlowError> {
+    let album = album_name(album)?;
     let facts = photo::inspect(&bytes)?;
     if let Some(existing) = catalog.photo(facts.id).await? {
         return Ok(Added {
@@ -93,7 +94,7 @@ pub async fn upload(
     let details = NewPhotoDetails {
         origin: origin.clone(),
         bytes: bytes.len() as u64,
-        album: album_name(album)?,
+        album,
         modified_at: None,
     };
     let photo = Photo::new(facts, details, now);
@@ -182,6 +183,8 @@ pub async fn complete_upload(
     album: Option<String>,
     now: i64,
 ) -> Result<Added, FlowError> {
+    // A bad album name is refused before anything is read, and the upload waits for a retry.
+    let album = album_name(album)?;
     let staged = catalog.staged_upload(&upload).await?.ok_or_else(|| {
         FlowError::NotFound(format!(
             "there is no upload {upload} waiting: it was completed, or it expired, or it never \
@@ -214,7 +217,7 @@ pub async fn complete_upload(
     let details = NewPhotoDetails {
         origin: Origin::Upload(key.clone()),
         bytes: read.total,
-        album: album_name(album)?,
+        album,
         modified_at: None,
     };
     // Ended before the photo is added, so that an expiry can never remove an original a photo
