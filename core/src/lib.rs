@@ -70,6 +70,7 @@ pub mod contract;
 mod embedding;
 mod encoder_id;
 pub mod flows;
+pub mod learning;
 pub mod photo;
 pub mod ports;
 pub mod query;
