@@ -127,6 +127,9 @@ pub const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX staged_uploads_by_age ON staged_uploads (started_at)",
     ],
+    // What ranked each search (the query adapter learned from clicks) and exploration swaps.
+    &["ALTER TABLE searches ADD COLUMN adapter_version INTEGER, \
+         ADD COLUMN swapped_with INTEGER"],
 ];
 
 /// The schema version this build migrates to.
@@ -909,8 +912,10 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             .query(&Statement::new(
                 "WITH search AS ( \
                      INSERT INTO searches (id, text, parsed, encoder, rerank_fallback, \
-                         created_at, parse_ms, embed_ms, retrieve_ms, rerank_ms, log_ms, total_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
+                         created_at, parse_ms, embed_ms, retrieve_ms, rerank_ms, log_ms, total_ms, \
+                         adapter_version, swapped_with) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17, $18) \
+                     RETURNING id) \
                  INSERT INTO search_results (query_id, rank, photo_id, score, rerank_probability) \
                  SELECT search.id, r.* FROM search, \
                      unnest($13::INTEGER[], $14::BIGINT[], $15::TEXT[]::REAL[], \
@@ -932,6 +937,8 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
                     Param::I64s(log.results.iter().map(|r| r.photo_id.as_i64()).collect()),
                     reals(log.results.iter().map(|r| Some(r.score)).collect()),
                     reals(log.results.iter().map(|r| r.rerank_probability).collect()),
+                    Param::I32(search.adapter_version.map(|v| v as i32)),
+                    Param::I32(search.swapped_with.map(|v| v as i32)),
                 ],
             ))
             .await
@@ -944,7 +951,8 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
             .connection
             .query(&Statement::new(
                 "SELECT text, parsed, encoder, rerank_fallback, created_at, parse_ms, embed_ms, \
-                 retrieve_ms, rerank_ms, log_ms, total_ms FROM searches WHERE id = $1",
+                 retrieve_ms, rerank_ms, log_ms, total_ms, adapter_version, swapped_with \
+                 FROM searches WHERE id = $1",
                 vec![text(&key)],
             ))
             .await?;
@@ -988,6 +996,8 @@ impl<C: SqlConnection> Catalog for SqlCatalog<C> {
                 encoder: search.text(2)?.parse().map_err(|_| corrupt("encoder id"))?,
                 timings: StageTimings::from_values(timings),
                 rerank_fallback: search.opt_text(3)?,
+                adapter_version: search.opt_i64(11)?.map(|v| v as u32),
+                swapped_with: search.opt_i64(12)?.map(|v| v as u32),
             },
             created_at: search.i64(4)?,
             results,

@@ -8,13 +8,15 @@
 use std::time::Duration;
 
 use crate::browse::BrowseCursor;
+use crate::learning::{Evaluation, QueryAdapter, SwapCounts};
 use crate::photo::{
     Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, StagedUpload,
     UploadId,
 };
 use crate::ports::{
-    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, QueryEmbeddingCache, Requeue,
-    RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
+    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, LearningStore,
+    QueryEmbeddingCache, Requeue, RerankCandidate, Reranker, SearchFilter, TextEmbedder,
+    VectorIndex,
 };
 use crate::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
 use crate::{Embedding, EncoderId};
@@ -180,6 +182,8 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
             encoder: encoder.clone(),
             timings: StageTimings::from_values([0.1, 1.0, 1.5, 0.2, 0.4, 3.5]),
             rerank_fallback: Some("reranker down".to_owned()),
+            adapter_version: Some(3),
+            swapped_with: Some(2),
         },
         results: vec![
             LoggedResult {
@@ -255,9 +259,15 @@ pub async fn catalog_suite(catalog: &dyn Catalog) {
     browse_contract(catalog, &[first, third]).await;
 }
 
-/// Old searches without clicks go, clicked ones stay until the row cap.
-async fn search_log_retention_contract(catalog: &dyn Catalog, encoder: &EncoderId, shown: PhotoId) {
-    let log = |query_id| SearchLog {
+/// A logged search for "sled" showing `shown` from rank `first_rank` on.
+fn sled_search(
+    query_id: QueryId,
+    encoder: &EncoderId,
+    swapped_with: Option<u32>,
+    first_rank: u32,
+    shown: &[PhotoId],
+) -> SearchLog {
+    SearchLog {
         search: LoggedSearch {
             query_id,
             text: "sled".to_owned(),
@@ -265,14 +275,25 @@ async fn search_log_retention_contract(catalog: &dyn Catalog, encoder: &EncoderI
             encoder: encoder.clone(),
             timings: StageTimings::from_values([0.1; 6]),
             rerank_fallback: None,
+            adapter_version: None,
+            swapped_with,
         },
-        results: vec![LoggedResult {
-            rank: 1,
-            photo_id: shown,
-            score: 1.0,
-            rerank_probability: None,
-        }],
-    };
+        results: shown
+            .iter()
+            .zip(first_rank..)
+            .map(|(photo_id, rank)| LoggedResult {
+                rank,
+                photo_id: *photo_id,
+                score: 1.0,
+                rerank_probability: None,
+            })
+            .collect(),
+    }
+}
+
+/// Old searches without clicks go, clicked ones stay until the row cap.
+async fn search_log_retention_contract(catalog: &dyn Catalog, encoder: &EncoderId, shown: PhotoId) {
+    let log = |query_id| sled_search(query_id, encoder, None, 1, &[shown]);
     let (clicked, ignored) = (QueryId::random(), QueryId::random());
     catalog.log_search(&log(clicked)).await.unwrap();
     catalog.log_search(&log(ignored)).await.unwrap();
@@ -800,4 +821,134 @@ pub async fn reranker_suite(reranker: &dyn Reranker) {
     assert_eq!(probabilities.len(), 3);
     assert!(probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
     assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}
+
+/// The LearningStore contract, on an empty catalog that is also `store`.
+pub async fn learning_store_suite(catalog: &dyn Catalog, store: &dyn LearningStore) {
+    let encoder: EncoderId = "clip:test/learning@1".parse().unwrap();
+    let other: EncoderId = "clip:test/learning-other@1".parse().unwrap();
+    catalog.register_encoder(&encoder, 4).await.unwrap();
+    catalog.register_encoder(&other, 4).await.unwrap();
+    let shown: Vec<Photo> = (40..44).map(|seed| photo(seed, None)).collect();
+    for p in &shown {
+        catalog.add_photo(p).await.unwrap();
+    }
+    assert_eq!(store.click_count().await.unwrap(), 0);
+    // First pages: one as ranked (clicked at 1), two swapped with rank 3 (one clicked there),
+    // one of another encoder, and a second page (no rank 1), clicked.
+    let pages: [(&EncoderId, Option<u32>, u32, Option<u32>); 5] = [
+        (&encoder, None, 1, Some(1)),
+        (&encoder, Some(3), 1, Some(3)),
+        (&encoder, Some(3), 1, None),
+        (&other, None, 1, Some(1)),
+        (&encoder, None, 21, Some(22)),
+    ];
+    let mut ids = Vec::new();
+    for (encoder, swapped_with, first_rank, click) in pages {
+        let query_id = QueryId::random();
+        let shown: Vec<PhotoId> = shown.iter().map(|p| p.id).collect();
+        let log = sled_search(query_id, encoder, swapped_with, first_rank, &shown);
+        catalog.log_search(&log).await.unwrap();
+        if let Some(rank) = click {
+            catalog
+                .record_click(&query_id, rank)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        ids.push(query_id);
+    }
+    assert_eq!(store.click_count().await.unwrap(), 4);
+    let mut counts = store.swap_counts(&encoder).await.unwrap();
+    counts.sort_by_key(|c| c.swapped_with);
+    assert_eq!(
+        counts,
+        vec![
+            SwapCounts {
+                swapped_with: None,
+                searches: 1,
+                clicked: 1
+            },
+            SwapCounts {
+                swapped_with: Some(3),
+                searches: 2,
+                clicked: 1
+            },
+        ]
+    );
+    let clicked = store.clicked_searches(&encoder, 10).await.unwrap();
+    let mut found: Vec<QueryId> = clicked.iter().map(|e| e.search.query_id).collect();
+    found.sort_by_key(ToString::to_string);
+    let mut expected = vec![ids[0], ids[1], ids[4]];
+    expected.sort_by_key(ToString::to_string);
+    assert_eq!(found, expected, "the clicked searches of the encoder");
+    assert!(clicked.iter().all(|e| e.results.iter().any(|r| r.clicked)));
+    assert_eq!(store.clicked_searches(&encoder, 1).await.unwrap().len(), 1);
+
+    // One training run at a time; a lease that ran out can be taken over.
+    assert_eq!(store.clicks_at_last_training().await.unwrap(), None);
+    let minute = Duration::from_secs(60);
+    assert!(store.claim_training("a", minute).await.unwrap());
+    assert!(!store.claim_training("b", minute).await.unwrap());
+    store.release_training("b").await.unwrap();
+    assert!(!store.claim_training("b", minute).await.unwrap());
+    store.release_training("a").await.unwrap();
+    assert!(store.claim_training("b", minute).await.unwrap());
+    store.release_training("b").await.unwrap();
+    assert!(store.claim_training("a", Duration::ZERO).await.unwrap());
+    assert!(store.claim_training("b", minute).await.unwrap());
+    store.release_training("b").await.unwrap();
+    assert_eq!(store.clicks_at_last_training().await.unwrap(), Some(4));
+
+    // Versions count up per encoder; the newest stored is active; any can be activated again.
+    assert_eq!(store.active_adapter(&encoder).await.unwrap(), None);
+    let first = QueryAdapter::new(4, 2, 1.0, 1);
+    let second = QueryAdapter::new(4, 2, 0.5, 2);
+    let evaluation = Evaluation::default();
+    let stored = store
+        .store_adapter(&encoder, &first, &evaluation, 100)
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        store
+            .store_adapter(&encoder, &second, &evaluation, 200)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let elsewhere = store
+        .store_adapter(&other, &first, &evaluation, 300)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.version, 1);
+    let active = store.active_adapter(&encoder).await.unwrap().unwrap();
+    assert_eq!((active.version, &active.adapter), (2, &second));
+    assert!(store.activate_adapter(&encoder, Some(1)).await.unwrap());
+    assert_eq!(store.active_adapter(&encoder).await.unwrap(), Some(stored));
+    assert!(!store.activate_adapter(&encoder, Some(9)).await.unwrap());
+    assert_eq!(
+        store
+            .active_adapter(&encoder)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    let versions: Vec<u32> = store
+        .adapter_versions(&encoder)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, vec![2, 1]);
+    assert!(store.activate_adapter(&encoder, None).await.unwrap());
+    assert_eq!(store.active_adapter(&encoder).await.unwrap(), None);
+    assert_eq!(
+        store.active_adapter(&other).await.unwrap().unwrap().version,
+        1
+    );
 }

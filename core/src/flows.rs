@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::browse::{BrowseCursor, BrowsePage, MAX_PAGE};
+use crate::learning::{AdapterVersion, ExplorationSettings};
 use crate::photo::IndexedMediaType;
 use crate::photo::{
     self, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, RejectedImage, StagedUpload,
@@ -19,7 +20,8 @@ use crate::ports::{
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
     LOWEST_MIN_SCORE, LoggedResult, LoggedSearch, MAX_DEPTH, MAX_MIN_SCORE, MAX_TOP_K, QueryId,
-    RERANK_CANDIDATES, SearchLog, SearchRequest, SearchResponse, SearchResult, StageTimings,
+    RERANK_CANDIDATES, RankedBy, SearchLog, SearchRequest, SearchResponse, SearchResult,
+    StageTimings,
 };
 use crate::{Embedding, ports::ImageEmbedder};
 
@@ -70,6 +72,10 @@ pub struct Ports<'a> {
     pub text: &'a dyn TextEmbedder,
     /// Reranking.
     pub reranker: &'a dyn Reranker,
+    /// The query adapter learned from clicks, if one is active (used for its encoder only).
+    pub adapter: Option<&'a AdapterVersion>,
+    /// Which searches show a swapped first result, to learn how often each rank is looked at.
+    pub exploration: ExplorationSettings,
 }
 
 /// Accepts uploaded bytes: checks they are an image Glimpse can index (magic bytes, header, pixel
@@ -703,6 +709,7 @@ const MIN_CALIBRATION: usize = 8;
 const EXTRA_CANDIDATES: usize = 40;
 
 /// A query term with its vector, weight (negative for `-terms`) and score scale.
+#[derive(Clone)]
 struct Term {
     vector: Embedding,
     weight: f32,
@@ -830,9 +837,27 @@ pub async fn search(
         .zip(weights)
         .map(|(vector, weight)| calibrate(vector, weight, &sample))
         .collect();
+    // Candidates come from the encoder's own embeddings; a learned adapter scores them.
+    let adapter = ports
+        .adapter
+        .filter(|active| active.encoder == *ports.index.encoder());
+    let scoring: Vec<Term> = match adapter {
+        None => terms.clone(),
+        Some(active) => terms
+            .iter()
+            .enumerate()
+            .map(|(i, term)| {
+                if i < texts.len() {
+                    calibrate(active.adapter.adapt(&term.vector), term.weight, &sample)
+                } else {
+                    term.clone()
+                }
+            })
+            .collect(),
+    };
     let filter = search_filter(&parsed, like_ids);
     let candidates = retrieve(ports.index, &terms, &filter, depth).await?;
-    let mut scored = score(&terms, candidates, request.min_score);
+    let mut scored = score(&scoring, candidates, request.min_score);
     scored.truncate(depth);
     // Reranking reorders the first RERANK_CANDIDATES only: a page past them skips it.
     let reranked = request.offset < RERANK_CANDIDATES;
@@ -864,6 +889,19 @@ pub async fn search(
         None
     };
     ranked.drain(..(request.offset - skipped).min(ranked.len()));
+    let reranker = ranked
+        .iter()
+        .any(|(_, _, probability)| probability.is_some())
+        .then(|| ports.reranker.name().to_owned());
+    let swapped_with = match request.offset {
+        0 => ports
+            .exploration
+            .swap(ranked.len(), crate::random_id::fresh_u64()),
+        _ => None,
+    };
+    if let Some(rank) = swapped_with {
+        ranked.swap(0, rank as usize - 1);
+    }
     timings.rerank_ms = elapsed_ms(stage);
 
     let stage = Instant::now();
@@ -886,6 +924,8 @@ pub async fn search(
             encoder: ports.index.encoder().clone(),
             timings,
             rerank_fallback: rerank_fallback.clone(),
+            adapter_version: adapter.map(|active| active.version),
+            swapped_with,
         },
         results: results
             .iter()
@@ -907,6 +947,10 @@ pub async fn search(
         results,
         timings,
         rerank_fallback,
+        ranked_by: RankedBy {
+            adapter_version: adapter.map(|active| active.version),
+            reranker,
+        },
     })
 }
 

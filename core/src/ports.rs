@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::browse::{AlbumSummary, BrowseCursor};
+use crate::learning::{AdapterVersion, Evaluation, QueryAdapter, SwapCounts};
 use crate::photo::{Facets, Photo, PhotoId, PhotoStatus, StagedUpload, UploadId};
 use crate::search::{QueryId, SearchLog, SearchLogEntry};
 use crate::{Embedding, EncoderId};
@@ -357,6 +358,57 @@ pub trait Catalog: MaybeSendSync {
         before: i64,
         limit: usize,
     ) -> Result<Vec<StagedUpload>, PortError>;
+}
+
+/// What learning from clicks keeps: the clicked searches and position-bias counts it reads (from
+/// the search log), the adapter versions it writes, and the lease that keeps one training run at a
+/// time across processes.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait LearningStore: MaybeSendSync {
+    /// How many logged results are clicked.
+    async fn click_count(&self) -> Result<u64, PortError>;
+    /// Up to `limit` logged searches embedded by `encoder` with at least one click, newest first.
+    async fn clicked_searches(
+        &self,
+        encoder: &EncoderId,
+        limit: usize,
+    ) -> Result<Vec<SearchLogEntry>, PortError>;
+    /// For the first pages embedded by `encoder` (searches with a result at rank 1), grouped by
+    /// the rank their first result was swapped with: how many, and in how many the would-be first
+    /// result (shown at that rank, or at rank 1 when not swapped) was clicked.
+    async fn swap_counts(&self, encoder: &EncoderId) -> Result<Vec<SwapCounts>, PortError>;
+    /// Takes the training lease for `holder` until `lease` from now, unless another holder's
+    /// lease has not run out, and records the [`click_count`](Self::click_count) it starts
+    /// from. Returns whether it was taken.
+    async fn claim_training(&self, holder: &str, lease: Duration) -> Result<bool, PortError>;
+    /// Ends `holder`'s lease (nothing when the lease is not its own any more).
+    async fn release_training(&self, holder: &str) -> Result<(), PortError>;
+    /// The click count the last training run started from, if one ever started.
+    async fn clicks_at_last_training(&self) -> Result<Option<u64>, PortError>;
+    /// Stores `adapter` as the next version for `encoder` and makes it the active one.
+    async fn store_adapter(
+        &self,
+        encoder: &EncoderId,
+        adapter: &QueryAdapter,
+        evaluation: &Evaluation,
+        trained_at: i64,
+    ) -> Result<AdapterVersion, PortError>;
+    /// Every stored version for `encoder`, newest first.
+    async fn adapter_versions(&self, encoder: &EncoderId)
+    -> Result<Vec<AdapterVersion>, PortError>;
+    /// The active version for `encoder`, if any.
+    async fn active_adapter(
+        &self,
+        encoder: &EncoderId,
+    ) -> Result<Option<AdapterVersion>, PortError>;
+    /// Makes a stored version the active one for `encoder` (`None`: no adapter, the encoder's
+    /// embeddings alone). Returns `false`, changing nothing, for a version that is not stored.
+    async fn activate_adapter(
+        &self,
+        encoder: &EncoderId,
+        version: Option<u32>,
+    ) -> Result<bool, PortError>;
 }
 
 /// Query embeddings kept for reuse, so a query seen before is answered while the encoder is away

@@ -182,6 +182,19 @@ pub struct SearchResponse {
     pub timings: StageTimings,
     /// Why results are in retrieval order instead of reranked (reranker down or too slow).
     pub rerank_fallback: Option<String>,
+    /// What ranked the results.
+    pub ranked_by: RankedBy,
+}
+
+/// What ranked a search's results, besides the embeddings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RankedBy {
+    /// The version of the query adapter learned from clicks that scored them; none when no
+    /// adapter is active (the encoder's embeddings alone).
+    pub adapter_version: Option<u32>,
+    /// The reranker whose probabilities the first results carry; none when it fell back or did
+    /// not run.
+    pub reranker: Option<String>,
 }
 
 /// One logged result.
@@ -212,6 +225,13 @@ pub struct LoggedSearch {
     pub timings: StageTimings,
     /// Why reranking fell back, if it did.
     pub rerank_fallback: Option<String>,
+    /// The version of the query adapter that scored it, if one was active.
+    #[serde(default)]
+    pub adapter_version: Option<u32>,
+    /// For exploration (estimating how often each rank is looked at): the rank whose result was
+    /// shown first, the first result being shown at that rank. None for a search shown as ranked.
+    #[serde(default)]
+    pub swapped_with: Option<u32>,
 }
 
 /// A search as the flow hands it to the catalog.

@@ -9,14 +9,44 @@
 mod adapter;
 mod evaluation;
 mod propensity;
+mod retraining;
 
 use std::cmp::Ordering;
 
 pub use adapter::{QueryAdapter, TrainingSettings};
 pub use evaluation::{RankingScores, evaluate};
-pub use propensity::{ExplorationSettings, Propensities, PropensitySettings, SwapObservation};
+pub use propensity::{ExplorationSettings, Propensities, PropensitySettings, SwapCounts};
+pub use retraining::{LearningSettings, TrainingOutcome, retrain};
 
-use crate::Embedding;
+use serde::{Deserialize, Serialize};
+
+use crate::{Embedding, EncoderId};
+
+/// A stored, evaluated query adapter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterVersion {
+    /// Its version: 1 for the first one trained, counting up.
+    pub version: u32,
+    /// The encoder whose query embeddings it adapts.
+    pub encoder: EncoderId,
+    /// The adapter.
+    pub adapter: QueryAdapter,
+    /// How it ranked the held-out searches when it was trained.
+    pub evaluation: Evaluation,
+    /// When it was trained, seconds since 1970.
+    pub trained_at: i64,
+}
+
+/// What a training run measured on held-out searches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The trained adapter's scores.
+    pub trained: RankingScores,
+    /// The scores of what ranked searches before it (the active adapter, or the encoder alone).
+    pub previous: RankingScores,
+    /// The searches with clicks it was trained on.
+    pub training_searches: usize,
+}
 
 /// One training example.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,6 +193,28 @@ pub(crate) mod tests {
     /// A random unit vector (coordinates uniform in ±1, normalised).
     pub(crate) fn random_unit(random: &mut SplitMix, dimension: usize) -> Embedding {
         Embedding::normalized((0..dimension).map(|_| random.unit() * 2.0 - 1.0).collect()).unwrap()
+    }
+
+    /// Counts of (swapped with, would-be first result clicked) observations.
+    pub(crate) fn tally(observations: &[(Option<u32>, bool)]) -> Vec<SwapCounts> {
+        let mut counts: Vec<SwapCounts> = Vec::new();
+        for (swapped_with, clicked) in observations {
+            let position = counts.iter().position(|c| c.swapped_with == *swapped_with);
+            let count = match position {
+                Some(i) => &mut counts[i],
+                None => {
+                    counts.push(SwapCounts {
+                        swapped_with: *swapped_with,
+                        searches: 0,
+                        clicked: 0,
+                    });
+                    counts.last_mut().unwrap()
+                }
+            };
+            count.searches += 1;
+            count.clicked += u64::from(*clicked);
+        }
+        counts
     }
 
     /// A world where what people want differs from what the base embedding says: queries lean
@@ -326,10 +378,7 @@ pub(crate) mod tests {
                     })
                     .collect();
                 let probe = swapped_with.unwrap_or(1) as usize - 1;
-                observations.push(SwapObservation {
-                    swapped_with,
-                    clicked: shown[probe].clicked,
-                });
+                observations.push((swapped_with, shown[probe].clicked));
                 if shown.iter().any(|r| r.clicked) {
                     searches.push(ClickedSearch {
                         queries: vec![query.clone()],
@@ -338,7 +387,8 @@ pub(crate) mod tests {
                 }
             }
         }
-        let estimated = Propensities::estimate(&observations, 10, &PropensitySettings::default());
+        let estimated =
+            Propensities::estimate(&tally(&observations), 10, &PropensitySettings::default());
         let held_out: Vec<ClickedSearch> = (0..200)
             .map(|_| truth(&world, &world.query(&mut random)))
             .filter(|s| s.shown.iter().any(|r| r.clicked))

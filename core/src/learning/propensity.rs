@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which searches are swapped for exploration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExplorationSettings {
     /// The share of first pages whose rank 1 is swapped (0.05; 0 turns exploration off).
@@ -29,6 +29,12 @@ impl Default for ExplorationSettings {
 }
 
 impl ExplorationSettings {
+    /// No exploration: every search is shown as ranked.
+    pub const OFF: Self = Self {
+        swap_share: 0.0,
+        max_rank: 10,
+    };
+
     /// The rank to swap with rank 1 in a first page of `shown` results, given a uniformly random
     /// `draw`; `None` when this search is not swapped.
     pub fn swap(&self, shown: usize, draw: u64) -> Option<u32> {
@@ -64,14 +70,17 @@ impl Default for PropensitySettings {
     }
 }
 
-/// What a logged search tells about position bias.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SwapObservation {
-    /// The rank its rank 1 was swapped with, if it was.
+/// What logged first pages tell about position bias: of the searches whose rank 1 was swapped
+/// with `swapped_with` (or not swapped, for `None`), how many there were and in how many the
+/// would-be first result was clicked (shown at `swapped_with`, or at rank 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapCounts {
+    /// The rank rank 1 was swapped with, if it was.
     pub swapped_with: Option<u32>,
-    /// Whether the result shown at `swapped_with` (when swapped) or at rank 1 (when not) was
-    /// clicked.
-    pub clicked: bool,
+    /// Searches.
+    pub searches: u64,
+    /// Of those, the ones whose would-be first result was clicked.
+    pub clicked: u64,
 }
 
 /// Examination propensity by rank, relative to rank 1 (which is 1).
@@ -106,28 +115,24 @@ impl Propensities {
         }
     }
 
-    /// Estimates propensities for ranks `1..=max_rank` from logged searches (see the module).
+    /// Estimates propensities for ranks `1..=max_rank` from logged first pages (see the module).
     /// A rank with fewer than `min_swaps` swapped searches, or with no click at rank 1 to compare
     /// against, takes the prior; the estimates are then made non-increasing with rank (a result
     /// further down is not seen more often) and clipped.
-    pub fn estimate(
-        observations: &[SwapObservation],
-        max_rank: u32,
-        settings: &PropensitySettings,
-    ) -> Self {
-        let rate = |filter: &dyn Fn(&SwapObservation) -> bool| {
-            let (mut seen, mut clicked) = (0u64, 0u64);
-            for observation in observations.iter().filter(|o| filter(o)) {
-                seen += 1;
-                clicked += u64::from(observation.clicked);
+    pub fn estimate(counts: &[SwapCounts], max_rank: u32, settings: &PropensitySettings) -> Self {
+        let rate = |swapped_with: Option<u32>| {
+            let (mut searches, mut clicked) = (0u64, 0u64);
+            for count in counts.iter().filter(|c| c.swapped_with == swapped_with) {
+                searches += count.searches;
+                clicked += count.clicked;
             }
-            (seen, clicked as f64 / seen.max(1) as f64)
+            (searches, clicked as f64 / searches.max(1) as f64)
         };
-        let (_, first_rate) = rate(&|o| o.swapped_with.is_none());
+        let (_, first_rate) = rate(None);
         let mut by_rank = vec![1.0];
         for rank in 2..=max_rank.max(1) {
             let prior = f64::from(rank).powf(-settings.prior_exponent);
-            let (swaps, rate_at_rank) = rate(&|o| o.swapped_with == Some(rank));
+            let (swaps, rate_at_rank) = rate(Some(rank));
             let estimate = if swaps >= u64::from(settings.min_swaps) && first_rate > 0.0 {
                 rate_at_rank / first_rate
             } else {
@@ -159,6 +164,7 @@ impl Propensities {
 mod tests {
     use super::*;
     use crate::learning::SplitMix;
+    use crate::learning::tests::tally;
 
     #[test]
     fn swaps_are_rare_uniform_and_stay_among_the_shown() {
@@ -198,19 +204,17 @@ mod tests {
             swap_share: 0.3,
             max_rank: 6,
         };
-        let observations: Vec<SwapObservation> = (0..60_000)
+        let observations: Vec<(Option<u32>, bool)> = (0..60_000)
             .map(|_| {
                 // The would-be first result is relevant with probability 0.6, wherever shown.
                 let relevant = random.unit() < 0.6;
                 let swapped_with = exploration.swap(10, random.next_u64());
                 let seen = random.unit() < truth(swapped_with.unwrap_or(1)) as f32;
-                SwapObservation {
-                    swapped_with,
-                    clicked: relevant && seen,
-                }
+                (swapped_with, relevant && seen)
             })
             .collect();
-        let estimated = Propensities::estimate(&observations, 6, &PropensitySettings::default());
+        let estimated =
+            Propensities::estimate(&tally(&observations), 6, &PropensitySettings::default());
         for rank in 1..=6 {
             let (got, want) = (estimated.at(rank), truth(rank).max(0.1));
             assert!((got - want).abs() < 0.04, "rank {rank}: {got} vs {want}");

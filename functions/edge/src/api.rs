@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glimpse_contracts::api::{ApiError, TokenHelp};
 use glimpse_core::flows::{self, FlowError, Ports};
+use glimpse_core::learning::ExplorationSettings;
 use glimpse_core::photo::{Photo, StagedUpload};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
@@ -188,6 +189,9 @@ impl Shape for Edge {
             index,
             text: &text,
             reranker: &reranker,
+            // The pool does not learn from clicks yet: nothing to explore for.
+            adapter: None,
+            exploration: ExplorationSettings::OFF,
         };
         let response = flows::search(ports, request).await?;
         if let Some(reason) = &response.rerank_fallback {

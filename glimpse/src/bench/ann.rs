@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use glimpse_core::flows::{self, Ports, RetrievalOrder};
+use glimpse_core::learning::ExplorationSettings;
 use glimpse_core::photo::{
     Facets, ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId,
 };
@@ -424,6 +425,8 @@ pub async fn search(
         index: &index,
         text: &local,
         reranker: &RetrievalOrder,
+        adapter: None,
+        exploration: ExplorationSettings::OFF,
     };
     let mut totals = Vec::with_capacity(searches);
     let mut stages: Vec<StageTimings> = Vec::with_capacity(searches);

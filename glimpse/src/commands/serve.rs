@@ -10,6 +10,7 @@ use clap::Args;
 use glimpse::embedded;
 use glimpse::server::{self, ServerConfig, Stats};
 use glimpse_core::flows;
+use glimpse_core::learning::LearningSettings;
 
 use super::{DataDirArgs, DecodingArgs, ModelArgs, open_engine, shutdown_signal};
 
@@ -70,6 +71,45 @@ pub struct ServeArgs {
     pub rescan_minutes: u64,
     #[command(flatten)]
     pub decoding: DecodingArgs,
+    #[command(flatten)]
+    pub learning: LearningArgs,
+}
+
+/// Learning from clicks.
+#[derive(Args)]
+pub struct LearningArgs {
+    /// Do not learn from clicks: no training runs and no exploration (an adapter trained before
+    /// still ranks, until deactivated).
+    #[arg(long, env = "GLIMPSE__NO_LEARNING")]
+    pub no_learning: bool,
+    /// Train a new query adapter after this many new clicks.
+    #[arg(long, env = "GLIMPSE__LEARN_EVERY_CLICKS", default_value_t = 100)]
+    pub learn_every_clicks: u64,
+    /// The share of searches whose first result is swapped with a lower one (from 0 to 0.5), to
+    /// learn how often people look at each rank and correct clicks for it.
+    #[arg(long, env = "GLIMPSE__EXPLORE_SHARE", default_value_t = 0.05)]
+    pub explore_share: f64,
+}
+
+impl LearningArgs {
+    /// The learning settings, `None` when learning is off.
+    pub fn settings(&self) -> Result<Option<LearningSettings>> {
+        if !(0.0..=0.5).contains(&self.explore_share) {
+            bail!(
+                "--explore-share must be from 0 to 0.5, not {}",
+                self.explore_share
+            );
+        }
+        if self.no_learning {
+            return Ok(None);
+        }
+        let mut settings = LearningSettings {
+            every_clicks: self.learn_every_clicks.max(1),
+            ..LearningSettings::default()
+        };
+        settings.exploration.swap_share = self.explore_share;
+        Ok(Some(settings))
+    }
 }
 
 /// The write token: configured, else the one kept in the data directory, else a new one (saved
@@ -133,7 +173,12 @@ pub fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     args.decoding.apply();
-    let engine = Arc::new(open_engine(&args.data, args.library, args.model.model).await?);
+    let learning = args.learning.settings()?;
+    let engine = Arc::new(
+        open_engine(&args.data, args.library, args.model.model)
+            .await?
+            .with_learning(learning),
+    );
     let token = write_token(engine.data_dir(), args.token)?;
     // Listening first: the page and the API answer while the library is scanned and indexed.
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -42,7 +42,8 @@ impl Background {
     }
 }
 
-/// Starts the indexing loop, the hourly pruning of the search log and, with a library, the
+/// Starts the indexing loop, the hourly pruning of the search log, the learning loop and, with a
+/// library, the
 /// initial scan, the watcher and the periodic rescan.
 pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetention) -> Background {
     let wake_indexer = Arc::new(Notify::new());
@@ -53,6 +54,7 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
         stopped,
     ));
     tokio::spawn(prune_loop(Arc::clone(&engine), retention));
+    tokio::spawn(learn_loop(Arc::clone(&engine)));
     let Some(library) = engine.library().map(|p| p.to_path_buf()) else {
         return Background {
             wake_indexer,
@@ -104,6 +106,26 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
         stop_indexer,
         indexer,
         _watcher: watcher,
+    }
+}
+
+/// How often the learning loop looks for another active adapter (activated by hand, or trained by
+/// another process) and for enough new clicks, when no click wakes it.
+const LEARN_POLL: Duration = Duration::from_secs(2);
+
+/// Keeps the active query adapter current (hot swap) and trains a new one whenever enough new
+/// clicks came in (one run at a time: a click during a run waits for the next round).
+async fn learn_loop(engine: Arc<Engine>) {
+    loop {
+        engine.wait_for_click(LEARN_POLL).await;
+        if let Err(error) = engine.refresh_adapter().await {
+            eprintln!("glimpse: cannot read the active query adapter: {error}");
+        }
+        match engine.learn_if_due().await {
+            Ok(None) => {}
+            Ok(Some(outcome)) => eprintln!("glimpse: learning from clicks: {}", outcome.summary()),
+            Err(error) => eprintln!("glimpse: learning from clicks failed: {error}"),
+        }
     }
 }
 

@@ -463,7 +463,10 @@ impl Shape for AppState {
             }
             Event::UploadRefused => self.stats.count_rejected_upload(),
             Event::Requeued => self.wake_indexer.notify_one(),
-            Event::Clicked => self.stats.count_click(),
+            Event::Clicked => {
+                self.stats.count_click();
+                self.engine.notice_click();
+            }
         }
     }
 }

@@ -23,6 +23,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::blocking::off_runtime;
 
+mod learning;
+
 /// The migrations, in order; `user_version` counts how many are applied.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -127,6 +129,28 @@ CREATE TABLE staged_uploads (
     started_at INTEGER NOT NULL
 );
 CREATE INDEX staged_uploads_by_age ON staged_uploads (started_at);
+"#,
+    // Learning from clicks: what ranked each search, exploration swaps, adapter versions and the
+    // training lease.
+    r#"
+ALTER TABLE searches ADD COLUMN adapter_version INTEGER;
+ALTER TABLE searches ADD COLUMN swapped_with INTEGER;
+CREATE INDEX search_results_clicks ON search_results (clicked_at) WHERE clicked;
+CREATE TABLE query_adapters (
+    encoder    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    adapter    TEXT NOT NULL,
+    evaluation TEXT NOT NULL,
+    trained_at INTEGER NOT NULL,
+    PRIMARY KEY (encoder, version)
+);
+CREATE TABLE training_lease (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    holder      TEXT,
+    lease_until INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    clicks      INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -956,12 +980,14 @@ impl Catalog for SqliteCatalog {
                 search.encoder.to_string().into(),
                 search.rerank_fallback.clone().into(),
                 now.into(),
+                search.adapter_version.map(i64::from).into(),
+                search.swapped_with.map(i64::from).into(),
             ];
             values.extend(search.timings.values().map(rusqlite::types::Value::from));
             transaction.execute(
                 &format!(
                     "INSERT INTO searches (id, text, parsed, encoder, rerank_fallback, created_at, \
-                     {}) VALUES ({})",
+                     adapter_version, swapped_with, {}) VALUES ({})",
                     timing_columns(),
                     vec!["?"; values.len()].join(", ")
                 ),
@@ -990,15 +1016,15 @@ impl Catalog for SqliteCatalog {
         let key = query_id.to_string();
         let found = self.with(|c| {
             let sql = format!(
-                "SELECT text, parsed, encoder, rerank_fallback, created_at, {} FROM searches \
-                 WHERE id = ?1",
+                "SELECT text, parsed, encoder, rerank_fallback, created_at, adapter_version, \
+                 swapped_with, {} FROM searches WHERE id = ?1",
                 timing_columns()
             );
             let Some(row) = c
                 .query_row(&sql, params![key], |row| {
                     let mut timings = [0.0; 6];
                     for (i, value) in timings.iter_mut().enumerate() {
-                        *value = row.get(5 + i)?;
+                        *value = row.get(7 + i)?;
                     }
                     Ok((
                         row.get::<_, String>(0)?,
@@ -1006,6 +1032,7 @@ impl Catalog for SqliteCatalog {
                         row.get::<_, String>(2)?,
                         row.get::<_, Option<String>>(3)?,
                         row.get::<_, i64>(4)?,
+                        (row.get::<_, Option<u32>>(5)?, row.get::<_, Option<u32>>(6)?),
                         StageTimings::from_values(timings),
                     ))
                 })
@@ -1033,7 +1060,18 @@ impl Catalog for SqliteCatalog {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((row, results)))
         })?;
-        let Some(((text, parsed, encoder, rerank_fallback, created_at, timings), results)) = found
+        let Some((
+            (
+                text,
+                parsed,
+                encoder,
+                rerank_fallback,
+                created_at,
+                (adapter_version, swapped_with),
+                timings,
+            ),
+            results,
+        )) = found
         else {
             return Ok(None);
         };
@@ -1045,6 +1083,8 @@ impl Catalog for SqliteCatalog {
                 encoder: encoder.parse().map_err(internal)?,
                 timings,
                 rerank_fallback,
+                adapter_version,
+                swapped_with,
             },
             created_at,
             results,
@@ -1159,6 +1199,13 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).unwrap();
         glimpse_core::contract::catalog_suite(&catalog).await;
+    }
+
+    #[tokio::test]
+    async fn honours_the_learning_store_contract() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).unwrap();
+        glimpse_core::contract::learning_store_suite(&catalog, &catalog).await;
     }
 
     #[tokio::test]
