@@ -413,7 +413,7 @@ fn softplus(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::learning::tests::random_unit;
+    use crate::learning::simulation::random_unit;
 
     fn triples(random: &mut SplitMix, dimension: usize, count: usize) -> Vec<Triple> {
         (0..count)

@@ -10,6 +10,7 @@ mod adapter;
 mod evaluation;
 mod propensity;
 mod retraining;
+pub mod simulation;
 
 use std::cmp::Ordering;
 
@@ -187,130 +188,14 @@ impl SplitMix {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::simulation::World;
     use super::*;
-
-    /// A random unit vector (coordinates uniform in ±1, normalised).
-    pub(crate) fn random_unit(random: &mut SplitMix, dimension: usize) -> Embedding {
-        Embedding::normalized((0..dimension).map(|_| random.unit() * 2.0 - 1.0).collect()).unwrap()
-    }
-
-    /// Counts of (swapped with, would-be first result clicked) observations.
-    pub(crate) fn tally(observations: &[(Option<u32>, bool)]) -> Vec<SwapCounts> {
-        let mut counts: Vec<SwapCounts> = Vec::new();
-        for (swapped_with, clicked) in observations {
-            let position = counts.iter().position(|c| c.swapped_with == *swapped_with);
-            let count = match position {
-                Some(i) => &mut counts[i],
-                None => {
-                    counts.push(SwapCounts {
-                        swapped_with: *swapped_with,
-                        searches: 0,
-                        clicked: 0,
-                    });
-                    counts.last_mut().unwrap()
-                }
-            };
-            count.searches += 1;
-            count.clicked += u64::from(*clicked);
-        }
-        counts
-    }
-
-    /// A world where what people want differs from what the base embedding says: queries lean
-    /// towards one of a few directions `b`, and for those people want images towards `a` instead
-    /// (`intent = q + 1.5·a·(b·q)`, a low-rank twist an adapter can learn).
-    struct World {
-        dimension: usize,
-        twist: Vec<(Vec<f32>, Vec<f32>)>,
-        images: Vec<Embedding>,
-    }
-
-    impl World {
-        fn new(random: &mut SplitMix, dimension: usize, images: usize) -> Self {
-            let twist = (0..2)
-                .map(|_| {
-                    let a = random_unit(random, dimension).into_vec();
-                    let b = random_unit(random, dimension).into_vec();
-                    (a, b)
-                })
-                .collect();
-            let images = (0..images)
-                .map(|_| random_unit(random, dimension))
-                .collect();
-            Self {
-                dimension,
-                twist,
-                images,
-            }
-        }
-
-        fn intent(&self, query: &Embedding) -> Embedding {
-            let mut target = query.as_slice().to_vec();
-            for (a, b) in &self.twist {
-                let along: f32 = b.iter().zip(query.as_slice()).map(|(x, y)| x * y).sum();
-                target
-                    .iter_mut()
-                    .zip(a)
-                    .for_each(|(t, x)| *t += 1.5 * x * along);
-            }
-            Embedding::normalized(target).unwrap()
-        }
-
-        /// The 10 images the base embedding ranks first for `query`, with whether each is
-        /// relevant (among the 3 best by intent of the 30 best by the base).
-        fn results(&self, query: &Embedding) -> Vec<(Embedding, bool)> {
-            let intent = self.intent(query);
-            let mut base: Vec<&Embedding> = self.images.iter().collect();
-            base.sort_by(|a, b| b.cosine(query).total_cmp(&a.cosine(query)));
-            base.truncate(30);
-            let mut by_intent = base.clone();
-            by_intent.sort_by(|a, b| b.cosine(&intent).total_cmp(&a.cosine(&intent)));
-            let relevant: Vec<&Embedding> = by_intent.into_iter().take(3).collect();
-            base.into_iter()
-                .take(10)
-                .map(|image| (image.clone(), relevant.contains(&image)))
-                .collect()
-        }
-
-        fn query(&self, random: &mut SplitMix) -> Embedding {
-            let noise = random_unit(random, self.dimension);
-            let (_, lean) = &self.twist[(random.next_u64() % self.twist.len() as u64) as usize];
-            let mixed = noise
-                .as_slice()
-                .iter()
-                .zip(lean)
-                .map(|(n, b)| n + b)
-                .collect();
-            Embedding::normalized(mixed).unwrap()
-        }
-    }
-
-    /// Ground truth as a search whose "clicks" are the relevant results, with no bias.
-    fn truth(world: &World, query: &Embedding) -> ClickedSearch {
-        ClickedSearch {
-            queries: vec![query.clone()],
-            shown: world
-                .results(query)
-                .into_iter()
-                .enumerate()
-                .map(|(i, (image, relevant))| ShownResult {
-                    rank: i as u32 + 1,
-                    image,
-                    clicked: relevant,
-                })
-                .collect(),
-        }
-    }
 
     #[test]
     fn fifty_steps_halve_the_loss_and_move_clicked_images_up() {
-        let mut random = SplitMix::new(21);
-        let world = World::new(&mut random, 32, 300);
-        let searches: Vec<ClickedSearch> = (0..200)
-            .map(|_| truth(&world, &world.query(&mut random)))
-            .filter(|s| s.shown.iter().any(|r| r.clicked))
-            .collect();
+        let mut world = World::new(21, 32, 300);
+        let searches = world.truths(200);
         // Separable: every result is labelled, relevant or not.
         let labelled: Vec<Triple> = searches
             .iter()
@@ -344,72 +229,20 @@ pub(crate) mod tests {
 
     #[test]
     fn correcting_for_position_bias_ranks_by_true_relevance_better() {
-        let mut random = SplitMix::new(33);
-        let world = World::new(&mut random, 32, 400);
-        let examination = |rank: u32| 1.0 / f64::from(rank).powf(1.5);
-        let exploration = ExplorationSettings {
-            swap_share: 0.1,
-            max_rank: 10,
-        };
-        let queries: Vec<Embedding> = (0..300).map(|_| world.query(&mut random)).collect();
-        let mut searches = Vec::new();
-        let mut observations = Vec::new();
-        for query in &queries {
-            let results = world.results(query);
-            for _ in 0..20 {
-                let mut shown = results.clone();
-                let swapped_with = exploration.swap(shown.len(), random.next_u64());
-                if let Some(k) = swapped_with {
-                    shown.swap(0, k as usize - 1);
-                }
-                let shown: Vec<ShownResult> = shown
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (image, relevant))| {
-                        let rank = i as u32 + 1;
-                        // Looked at by rank; then clicked when relevant, and now and then when not.
-                        let seen = f64::from(random.unit()) < examination(rank);
-                        let wanted = relevant || random.unit() < 0.1;
-                        ShownResult {
-                            rank,
-                            image,
-                            clicked: seen && wanted,
-                        }
-                    })
-                    .collect();
-                let probe = swapped_with.unwrap_or(1) as usize - 1;
-                observations.push((swapped_with, shown[probe].clicked));
-                if shown.iter().any(|r| r.clicked) {
-                    searches.push(ClickedSearch {
-                        queries: vec![query.clone()],
-                        shown,
-                    });
-                }
-            }
-        }
-        let estimated =
-            Propensities::estimate(&tally(&observations), 10, &PropensitySettings::default());
-        let held_out: Vec<ClickedSearch> = (0..200)
-            .map(|_| truth(&world, &world.query(&mut random)))
-            .filter(|s| s.shown.iter().any(|r| r.clicked))
-            .collect();
-        let settings = TrainingSettings {
-            learning_rate: 0.02,
-            ..TrainingSettings::default()
-        };
-        let trained = |propensities: &Propensities| {
-            let mut adapter = QueryAdapter::new(32, 8, 1.0, 2);
-            adapter.train(&triples(&searches, propensities), &settings);
-            evaluate(Some(&adapter), &held_out, &Propensities::uniform())
-        };
-        let base = evaluate(None, &held_out, &Propensities::uniform());
-        let uncorrected = trained(&Propensities::uniform());
-        let corrected = trained(&estimated);
-        eprintln!("base {base:?}\nuncorrected {uncorrected:?}\ncorrected {corrected:?}");
-        assert!(
-            corrected.ndcg_at_10 > uncorrected.ndcg_at_10 + 0.01,
-            "corrected {corrected:?}, uncorrected {uncorrected:?}"
+        let outcome = simulation::position_bias_experiment(
+            33,
+            &TrainingSettings {
+                learning_rate: 0.02,
+                ..TrainingSettings::default()
+            },
         );
-        assert!(uncorrected.ndcg_at_10 > base.ndcg_at_10);
+        assert!(
+            outcome.corrected.ndcg_at_10 > outcome.uncorrected.ndcg_at_10 + 0.01,
+            "{outcome:?}"
+        );
+        assert!(
+            outcome.uncorrected.ndcg_at_10 > outcome.base.ndcg_at_10,
+            "{outcome:?}"
+        );
     }
 }

@@ -164,7 +164,7 @@ impl Propensities {
 mod tests {
     use super::*;
     use crate::learning::SplitMix;
-    use crate::learning::tests::tally;
+    use crate::learning::simulation::tally;
 
     #[test]
     fn swaps_are_rare_uniform_and_stay_among_the_shown() {

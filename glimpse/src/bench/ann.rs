@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use glimpse_core::flows::{self, Ports, RetrievalOrder};
-use glimpse_core::learning::ExplorationSettings;
+use glimpse_core::learning::{AdapterVersion, Evaluation, ExplorationSettings, QueryAdapter};
 use glimpse_core::photo::{
     Facets, ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId,
 };
 use glimpse_core::ports::{IndexedPhoto, SearchFilter, VectorIndex};
-use glimpse_core::search::{SearchRequest, StageTimings};
+use glimpse_core::search::{MAX_TOP_K, SearchRequest, StageTimings};
 use glimpse_core::{Embedding, EncoderId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -369,13 +369,25 @@ const QUERIES: [&str; 12] = [
     "city skyline from the plane window",
 ];
 
+/// What `glimpse bench search` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchOptions {
+    /// Searches measured.
+    pub searches: usize,
+    /// Results per search.
+    pub top_k: usize,
+    /// Score with a rank-8 query adapter.
+    pub adapter: bool,
+}
+
 /// `glimpse bench search`: the whole search flow (parse, embed with the ViT-B/32-shaped text
 /// tower, retrieve, rerank pass-through, load photos, log) over an index of `options.vectors`.
 pub async fn search(
     options: &AnnOptions,
     encoder: std::sync::Arc<dyn ImageTextEncoder>,
-    searches: usize,
+    flow: &SearchOptions,
 ) -> Result<SearchReport, String> {
+    let searches = flow.searches;
     let directory = tempfile::tempdir().map_err(error)?;
     let local = LocalEncoder::new(std::sync::Arc::clone(&encoder));
     let id = encoder.id().clone();
@@ -420,18 +432,29 @@ pub async fn search(
     catalog.import(&photos).map_err(error)?;
     drop(photos);
     let build_s = started.elapsed().as_secs_f64();
+    // Its weights do not change its cost: a fresh one (U = 0) computes all that a trained one does.
+    let adapter = flow.adapter.then(|| AdapterVersion {
+        version: 1,
+        encoder: id.clone(),
+        adapter: QueryAdapter::new(options.dimension, 8, 1.0, 1),
+        evaluation: Evaluation::default(),
+        trained_at: 0,
+    });
     let ports = Ports {
         catalog: &catalog,
         index: &index,
         text: &local,
         reranker: &RetrievalOrder,
-        adapter: None,
+        adapter: adapter.as_ref(),
         exploration: ExplorationSettings::OFF,
     };
     let mut totals = Vec::with_capacity(searches);
     let mut stages: Vec<StageTimings> = Vec::with_capacity(searches);
     for round in 0..searches + QUERIES.len() {
-        let request = SearchRequest::new(QUERIES[round % QUERIES.len()]);
+        let request = SearchRequest {
+            top_k: flow.top_k.clamp(1, MAX_TOP_K),
+            ..SearchRequest::new(QUERIES[round % QUERIES.len()])
+        };
         let response = flows::search(ports, &request).await.map_err(error)?;
         if round >= QUERIES.len() {
             totals.push(response.timings.total_ms);

@@ -5,6 +5,7 @@
 //! runs on a machine that has never downloaded a model.
 
 pub mod ann;
+pub mod learner;
 pub mod pool;
 pub mod serve;
 

@@ -76,6 +76,12 @@ pub enum BenchCommand {
         /// Searches measured.
         #[arg(long, default_value_t = 500)]
         searches: usize,
+        /// Results per search.
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+        /// Score with a rank-8 query adapter (as learning from clicks does), to measure its cost.
+        #[arg(long)]
+        adapter: bool,
         /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
         #[arg(long)]
         model: Option<String>,
@@ -123,6 +129,16 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The CPU learner: training time for 10,000 click triples of 512 dimensions, and ranking
+    /// quality trained with and without position-bias correction on a simulated click log.
+    Learner {
+        /// Training runs timed (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
         /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
@@ -147,12 +163,16 @@ pub async fn bench_ann(args: AnnArgs) -> Result<()> {
     print_report(&report, args.json)
 }
 
-pub async fn bench_search(args: AnnArgs, searches: usize, model: Option<String>) -> Result<()> {
+pub async fn bench_search(
+    args: AnnArgs,
+    flow: bench::ann::SearchOptions,
+    model: Option<String>,
+) -> Result<()> {
     let encoder: Arc<dyn ImageTextEncoder> = match model {
         Some(spec) => Arc::new(load_encoder(&spec)?),
         None => Arc::new(bench::random_vit_b32(0)?),
     };
-    let report = bench::ann::search(&args.options(), encoder, searches)
+    let report = bench::ann::search(&args.options(), encoder, &flow)
         .await
         .map_err(anyhow::Error::msg)?;
     print_report(&report, args.json)
@@ -233,8 +253,17 @@ pub fn run(
         BenchCommand::Search {
             index,
             searches,
+            top_k,
+            adapter,
             model,
-        } => runtime()?.block_on(bench_search(index, searches, model)),
+        } => {
+            let flow = bench::ann::SearchOptions {
+                searches,
+                top_k,
+                adapter,
+            };
+            runtime()?.block_on(bench_search(index, flow, model))
+        }
         BenchCommand::Pool {
             config,
             photos,
@@ -271,6 +300,9 @@ pub fn run(
             };
             let report = bench::serve::run(&options).map_err(anyhow::Error::msg)?;
             print_report(&report, json)
+        }
+        BenchCommand::Learner { rounds, json } => {
+            print_report(&bench::learner::learner(rounds), json)
         }
         BenchCommand::Encode {
             model,
