@@ -896,7 +896,7 @@ pub async fn search(
     let swapped_with = match request.offset {
         0 => ports
             .exploration
-            .swap(ranked.len(), crate::random_id::fresh_u64()),
+            .swap(ranked.len(), exploration_draw(&request.query)),
         _ => None,
     };
     if let Some(rank) = swapped_with {
@@ -952,6 +952,24 @@ pub async fn search(
             reranker,
         },
     })
+}
+
+/// The exploration draw of a search: the same for the same query text all day (a person who
+/// repeats a search sees the same order, and pages stay consistent), and independent of its
+/// results, as the propensity estimate needs.
+fn exploration_draw(query: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() / 86_400);
+    let digest = Sha256::new()
+        .chain_update(day.to_le_bytes())
+        .chain_update(query.trim().to_lowercase().as_bytes())
+        .finalize();
+    digest
+        .iter()
+        .take(8)
+        .fold(0u64, |draw, byte| (draw << 8) | u64::from(*byte))
 }
 
 fn parsed_json(parsed: &ParsedQuery) -> String {

@@ -13,14 +13,6 @@ pub(crate) fn fresh() -> [u8; 16] {
     bytes
 }
 
-/// 64 fresh random bits (see [`fresh`]).
-pub(crate) fn fresh_u64() -> u64 {
-    let bytes = fresh();
-    u64::from_le_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ])
-}
-
 /// Writes the bits as 32 lowercase hex digits.
 pub(crate) fn write_hex(bytes: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use commands::DataDirArgs;
+use commands::adapters::AdaptersArgs;
 use commands::bench::BenchCommand;
 use commands::check::CheckArgs;
 use commands::embed::EmbedArgs;
@@ -44,6 +45,8 @@ enum Command {
     Check(CheckArgs),
     /// Put failed photos back in the indexing queue (after fixing what made them fail).
     Retry(RetryArgs),
+    /// List the query adapters learned from clicks, activate one (an older one too), or train.
+    Adapters(AdaptersArgs),
     /// List the worker pool's encoders, or choose the one it searches and indexes with.
     Encoders(EncodersArgs),
     /// Run a member of the worker pool: the internal API for the edge functions and, with the
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Command::Status(args) => runtime()?.block_on(commands::status::status(args)),
         Command::Check(args) => runtime()?.block_on(commands::check::check(args)),
         Command::Retry(args) => runtime()?.block_on(commands::retry::retry(args)),
+        Command::Adapters(args) => runtime()?.block_on(commands::adapters::adapters(args)),
         Command::Encoders(args) => runtime()?.block_on(commands::encoders::encoders(args)),
         Command::Worker(args) => runtime()?.block_on(commands::worker::worker(args)),
         Command::Embed(args) => commands::embed::embed(&args),

@@ -1,5 +1,5 @@
 //! Learning from clicks in `glimpse serve`, as a household uses it: searches and clicks over HTTP
-//! train a query adapter in the background, and the running server ranks with it at once.
+//! train a query adapter, and the running server ranks with it at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on broken fixtures
 
@@ -10,36 +10,37 @@ use std::time::{Duration, Instant};
 use common::{Server, fixture_count, fixture_library, ids};
 use serde_json::{Value, json};
 
+/// What a household looks for.
+const QUERIES: [&str; 3] = ["a red sled", "beach at dusk", "a cat asleep on a sofa"];
+
 /// The rank (from 1) of `photo` in a search response.
 fn rank_of(response: &Value, photo: &str) -> usize {
     ids(response).iter().position(|id| id == photo).unwrap() + 1
 }
 
-#[test]
-fn clicks_train_an_adapter_the_running_server_ranks_with() {
+/// A server over the fixture library, indexed, with `learning` arguments; the encoder's ranking
+/// of each query, and the photo wanted for each: the one the encoder ranks last.
+fn household(learning: &[&str]) -> (tempfile::TempDir, Server, Vec<Value>, Vec<String>) {
     let scratch = tempfile::tempdir().unwrap();
     let library = scratch.path().join("Pictures");
     fixture_library(&library);
-    let server = Server::start(
-        Some(&library),
-        &scratch.path().join("data"),
-        &["--learn-every-clicks", "10", "--explore-share", "0"],
-    );
-    let total = fixture_count();
-    server.wait_indexed(total as u64);
-    let queries = ["a red sled", "beach at dusk", "a cat asleep on a sofa"];
-    // The photo this household always wants for each query is the one the encoder ranks last.
-    let before: Vec<Value> = queries.iter().map(|q| server.search(q, 200)).collect();
+    let server = Server::start(Some(&library), &scratch.path().join("data"), learning);
+    server.wait_indexed(fixture_count() as u64);
+    let before: Vec<Value> = QUERIES.iter().map(|q| server.search(q, 200)).collect();
     for response in &before {
         assert_eq!(response["ranked_by"]["adapter_version"], Value::Null);
     }
-    let wanted: Vec<String> = before
+    let wanted = before
         .iter()
         .map(|r| ids(r).last().unwrap().clone())
         .collect();
+    (scratch, server, before, wanted)
+}
 
-    for _ in 0..15 {
-        for (query, photo) in queries.iter().zip(&wanted) {
+/// Searches each query `rounds` times and clicks its wanted photo wherever it is.
+fn click_wanted(server: &Server, wanted: &[String], rounds: usize) {
+    for _ in 0..rounds {
+        for (query, photo) in QUERIES.iter().zip(wanted) {
             let response = server.search(query, 200);
             let (status, body) = server.post_json(
                 &format!(
@@ -51,12 +52,18 @@ fn clicks_train_an_adapter_the_running_server_ranks_with() {
             assert_eq!(status, 200, "{body}");
         }
     }
+}
+
+#[test]
+fn clicks_train_an_adapter_the_running_server_ranks_with() {
+    let (_scratch, server, _, wanted) = household(&["--learn-every-clicks", "10"]);
+    click_wanted(&server, &wanted, 15);
 
     // Training runs in the background; the server picks the adapter up without a restart.
     let deadline = Instant::now() + Duration::from_secs(120);
     let learned = loop {
-        let response = server.search(queries[0], 200);
-        if response["ranked_by"]["adapter_version"] == 1 {
+        let response = server.search(QUERIES[0], 200);
+        if response["ranked_by"]["adapter_version"].as_u64().is_some() {
             break response;
         }
         assert!(
@@ -65,7 +72,8 @@ fn clicks_train_an_adapter_the_running_server_ranks_with() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let after: Vec<usize> = queries
+    let total = fixture_count();
+    let after: Vec<usize> = QUERIES
         .iter()
         .zip(&wanted)
         .map(|(query, photo)| rank_of(&server.search(query, 200), photo))
@@ -74,11 +82,133 @@ fn clicks_train_an_adapter_the_running_server_ranks_with() {
         after.iter().all(|rank| *rank < total),
         "every wanted photo moved up from rank {total}: {after:?}"
     );
-    // The search log says which adapter ranked a search.
+    // The search log says which adapter ranked a search; status and metrics say how it scored.
     let (status, logged) = server.get(&format!(
         "/api/search/{}",
         learned["query_id"].as_str().unwrap()
     ));
     assert_eq!(status, 200);
-    assert_eq!(logged["adapter_version"], 1, "{logged}");
+    assert_eq!(
+        logged["adapter_version"], learned["ranked_by"]["adapter_version"],
+        "{logged}"
+    );
+    let status = server.status();
+    assert!(
+        status["query_adapter"]["version"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(status["training_runs"]["shipped"].as_u64().unwrap() >= 1);
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(metrics.contains("glimpse_training_runs_total{outcome=\"shipped\"}"));
+    assert!(
+        metrics
+            .contains("glimpse_query_adapter_held_out_score{ranker=\"trained\",measure=\"mrr\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn adapters_are_listed_switched_and_trained_through_the_api() {
+    // No training by click count here: every run is asked for.
+    let (_scratch, server, before, wanted) = household(&["--learn-every-clicks", "1000000"]);
+    click_wanted(&server, &wanted, 10);
+    let (status, outcome) = server.post_json("/api/adapters/train", json!({}));
+    assert_eq!(status, 401, "training needs the token: {outcome}");
+    let (status, outcome) = server.post_authorised("/api/adapters/train", json!({}));
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["outcome"], "shipped", "{outcome}");
+    assert_eq!(outcome["version"], 1);
+    assert_eq!(
+        server.search(QUERIES[0], 200)["ranked_by"]["adapter_version"],
+        1
+    );
+    let (status, listed) = server.get("/api/adapters");
+    assert_eq!(status, 200);
+    assert_eq!(listed["active"], 1, "{listed}");
+    assert_eq!(listed["learning"], true);
+    assert_eq!(listed["versions"][0]["version"], 1);
+
+    // Off: the encoder's own ranking is back at the next search; on again.
+    let off = |version: Value| {
+        server.send_authorised("PUT", "/api/adapters/active", json!({ "version": version }))
+    };
+    let (status, listed) = off(Value::Null);
+    assert_eq!(
+        (status, listed["active"].clone()),
+        (200, Value::Null),
+        "{listed}"
+    );
+    let plain = server.search(QUERIES[0], 200);
+    assert_eq!(plain["ranked_by"]["adapter_version"], Value::Null);
+    assert_eq!(ids(&plain), ids(&before[0]));
+    assert_eq!(off(json!(1)).0, 200);
+    assert_eq!(
+        server.search(QUERIES[0], 200)["ranked_by"]["adapter_version"],
+        1
+    );
+    // A version never trained, or a body without one, changes nothing.
+    let (status, body) = off(json!(7));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server.send_authorised("PUT", "/api/adapters/active", json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        server.search(QUERIES[0], 200)["ranked_by"]["adapter_version"],
+        1
+    );
+
+    // A second run keeps its adapter only if it does at least as well; the first stays listed
+    // and can be activated again.
+    let (status, outcome) = server.post_authorised("/api/adapters/train", json!({}));
+    assert_eq!(status, 200, "{outcome}");
+    let (_, listed) = server.get("/api/adapters");
+    match outcome["outcome"].as_str().unwrap() {
+        "shipped" => assert_eq!(listed["active"], 2, "{listed}"),
+        "rejected" => assert_eq!(listed["active"], 1, "{listed}"),
+        other => panic!("unexpected outcome {other}: {outcome}"),
+    }
+    assert_eq!(off(json!(1)).0, 200);
+    assert_eq!(
+        server.search(QUERIES[0], 200)["ranked_by"]["adapter_version"],
+        1
+    );
+}
+
+#[test]
+fn exploration_swaps_a_share_of_first_pages_and_logs_it_the_same_all_day() {
+    let (_scratch, server, _, _) = household(&["--explore-share", "0.5"]);
+    let mut swapped = 0;
+    for n in 0..20 {
+        let query = format!("photo number {n}");
+        let response = server.search(&query, 10);
+        let (status, logged) = server.get(&format!(
+            "/api/search/{}",
+            response["query_id"].as_str().unwrap()
+        ));
+        assert_eq!(status, 200);
+        let scores: Vec<f64> = response["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect();
+        match logged["swapped_with"].as_u64() {
+            // The would-be first result is shown at rank k, and rank k's first.
+            Some(rank) => {
+                swapped += 1;
+                let k = rank as usize - 1;
+                assert!(scores[0] <= scores[k], "{scores:?}");
+                let mut ranked = scores.clone();
+                ranked.swap(0, k);
+                assert!(ranked.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+            }
+            None => assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}"),
+        }
+        // The same search shows the same order (all day).
+        assert_eq!(ids(&server.search(&query, 10)), ids(&response));
+    }
+    assert!((1..20).contains(&swapped), "{swapped} of 20 swapped");
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{ClickedSearch, Propensities, QueryAdapter};
 
 /// Ranking quality on a set of searches (each from 0 to 1; higher is better).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RankingScores {
     /// Mean over searches of NDCG@10, with each click's gain `1/p_rank`.
     pub ndcg_at_10: f64,

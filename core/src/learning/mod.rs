@@ -39,7 +39,7 @@ pub struct AdapterVersion {
 }
 
 /// What a training run measured on held-out searches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evaluation {
     /// The trained adapter's scores.
     pub trained: RankingScores,

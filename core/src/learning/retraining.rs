@@ -23,7 +23,8 @@ use crate::{Embedding, query};
 pub struct LearningSettings {
     /// A training run starts once this many new clicks came in since the last one (100).
     pub every_clicks: u64,
-    /// The share of clicked searches held out for evaluation (0.2), chosen by search id.
+    /// The share of clicked searches held out for evaluation (0.2, at least one), chosen by
+    /// search id.
     pub held_out_share: f64,
     /// Clicked searches needed, held out ones included, before training starts (20).
     pub min_searches: usize,
@@ -55,7 +56,7 @@ impl Default for LearningSettings {
 }
 
 /// How a training run ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TrainingOutcome {
     /// Another run holds the lease; this one did nothing.
@@ -82,6 +83,24 @@ pub enum TrainingOutcome {
 }
 
 impl TrainingOutcome {
+    /// Every outcome's [`name`](Self::name).
+    pub const NAMES: [&'static str; 4] = [
+        "already_running",
+        "not_enough_clicks",
+        "rejected",
+        "shipped",
+    ];
+
+    /// The outcome's name, for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::AlreadyRunning => Self::NAMES[0],
+            Self::NotEnoughClicks { .. } => Self::NAMES[1],
+            Self::Rejected { .. } => Self::NAMES[2],
+            Self::Shipped { .. } => Self::NAMES[3],
+        }
+    }
+
     /// One line for a log.
     pub fn summary(&self) -> String {
         let scores = |e: &Evaluation| {
@@ -224,7 +243,7 @@ async fn clicked_searches(
                 .map(|n| (n.id, n.vector)),
         );
     }
-    let (mut training, mut held_out) = (Vec::new(), Vec::new());
+    let mut found: Vec<(String, ClickedSearch)> = Vec::new();
     for entry in logged {
         let search = ClickedSearch {
             queries: texts_of(entry)
@@ -243,21 +262,16 @@ async fn clicked_searches(
                 })
                 .collect(),
         };
-        if search.queries.is_empty() || !search.shown.iter().any(|r| r.clicked) {
-            continue;
-        }
-        if held_out_by_id(&entry.search.query_id.to_string(), settings.held_out_share) {
-            held_out.push(search);
-        } else {
-            training.push(search);
+        if !search.queries.is_empty() && search.shown.iter().any(|r| r.clicked) {
+            found.push((entry.search.query_id.to_string(), search));
         }
     }
-    Ok((training, held_out))
-}
-
-/// Whether a search id falls in the held-out share (its first 8 hex digits, uniform).
-fn held_out_by_id(query_id: &str, share: f64) -> bool {
-    let head = query_id.get(..8).unwrap_or("0");
-    let value = u32::from_str_radix(head, 16).unwrap_or(0);
-    f64::from(value) < share * f64::from(u32::MAX)
+    // Search ids are random: the lowest ones are a random share, of the same size every time.
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let held = ((found.len() as f64 * settings.held_out_share).ceil() as usize).min(found.len());
+    let training = found.split_off(held);
+    Ok((
+        training.into_iter().map(|(_, s)| s).collect(),
+        found.into_iter().map(|(_, s)| s).collect(),
+    ))
 }

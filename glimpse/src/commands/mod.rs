@@ -1,5 +1,6 @@
 //! The `glimpse` subcommands, one module each, and what several of them share.
 
+pub mod adapters;
 pub mod bench;
 pub mod check;
 pub mod embed;

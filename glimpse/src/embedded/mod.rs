@@ -3,8 +3,10 @@
 //! and the indexing loop.
 
 pub mod background;
+mod learning;
 mod library;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,10 +14,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use glimpse_core::flows::{
     self, FlowError, IndexRound, Ports, Reconciliation, RetrievalOrder, RetryPolicy,
 };
-use glimpse_core::learning::{
-    self, AdapterVersion, ExplorationSettings, LearningSettings, TrainingOutcome,
-};
-use glimpse_core::ports::{Catalog, LearningStore, PortError, Requeue, VectorIndex};
+use glimpse_core::learning::{AdapterVersion, ExplorationSettings, LearningSettings};
+use glimpse_core::ports::{Catalog, PortError, Requeue, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_core::{CachedTextEmbedder, EncoderId};
 use serde::{Deserialize, Serialize};
@@ -125,6 +125,8 @@ pub struct Engine {
     learning: Option<LearningSettings>,
     /// Wakes the learning loop (a click came in).
     clicked: tokio::sync::Notify,
+    /// Training runs since start, by outcome name ("failed" for errors).
+    training_runs: Mutex<BTreeMap<&'static str, u64>>,
     _lock: File,
 }
 
@@ -237,6 +239,7 @@ impl Engine {
             adapter: RwLock::new(None),
             learning: None,
             clicked: tokio::sync::Notify::new(),
+            training_runs: Mutex::new(BTreeMap::new()),
             _lock: lock,
         };
         engine.refresh_adapter().await?;
@@ -261,13 +264,6 @@ impl Engine {
     /// The library folder, if any.
     pub fn library(&self) -> Option<&Path> {
         self.settings.library.as_deref()
-    }
-
-    /// Turns learning from clicks on (`Some`) or off: with it on, a share of searches explores
-    /// (see [`ExplorationSettings`]) and the learning loop trains adapters.
-    pub fn with_learning(mut self, learning: Option<LearningSettings>) -> Self {
-        self.learning = learning;
-        self
     }
 
     /// The adapters, for core's flows, with the active query adapter.
@@ -295,72 +291,6 @@ impl Engine {
             ..self.ports(adapter.as_deref())
         };
         flows::search(ports, request).await
-    }
-
-    /// The query adapter searches use now.
-    pub fn active_adapter(&self) -> Option<Arc<AdapterVersion>> {
-        self.adapter.read().ok().and_then(|a| a.clone())
-    }
-
-    /// Loads the catalog's active adapter for this engine's encoder when it is not the one in use
-    /// (another version was activated or trained): searches use it from then on, without a
-    /// restart. Returns the version in use.
-    pub async fn refresh_adapter(&self) -> Result<Option<u32>, EngineError> {
-        let encoder = self.index.encoder();
-        let held = self.active_adapter().map(|a| a.version);
-        let stored = self.catalog.active_adapter(encoder).await?;
-        let version = stored.as_ref().map(|a| a.version);
-        if version != held
-            && let Ok(mut adapter) = self.adapter.write()
-        {
-            *adapter = stored.map(Arc::new);
-        }
-        Ok(version)
-    }
-
-    /// Tells the learning loop a click came in.
-    pub fn notice_click(&self) {
-        self.clicked.notify_one();
-    }
-
-    /// Waits for a click or for `timeout`, whichever comes first.
-    pub async fn wait_for_click(&self, timeout: std::time::Duration) {
-        let _ = tokio::time::timeout(timeout, self.clicked.notified()).await;
-    }
-
-    /// Runs a training run when learning is on and enough clicks came in since the last run
-    /// started; `None` when none was due.
-    pub async fn learn_if_due(&self) -> Result<Option<TrainingOutcome>, EngineError> {
-        let Some(settings) = &self.learning else {
-            return Ok(None);
-        };
-        let before = self.catalog.clicks_at_last_training().await?.unwrap_or(0);
-        let clicks = self.catalog.click_count().await?;
-        if clicks.saturating_sub(before) < settings.every_clicks.max(1) {
-            return Ok(None);
-        }
-        self.retrain(settings).await.map(Some)
-    }
-
-    /// One training run now (single-flight with every other process on this catalog), then the
-    /// adapter it may have activated is loaded.
-    pub async fn retrain(
-        &self,
-        settings: &LearningSettings,
-    ) -> Result<TrainingOutcome, EngineError> {
-        let text = CachedTextEmbedder::new(&self.encoder, &self.query_cache);
-        let holder = format!("glimpse-{}", std::process::id());
-        let outcome = learning::retrain(
-            &self.catalog,
-            &text,
-            &self.index,
-            settings,
-            &holder,
-            now_seconds(),
-        )
-        .await?;
-        self.refresh_adapter().await?;
-        Ok(outcome)
     }
 
     /// The query embedding cache, for its counters.

@@ -3,6 +3,7 @@
 //! own endpoints — status, statistics, metrics, the library scan, the web page — with the guard
 //! that keeps other sites out.
 
+mod adapters;
 mod gates;
 mod operations;
 mod stats;
@@ -13,7 +14,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use glimpse_contracts::api;
 use glimpse_core::flows::FlowError;
@@ -29,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use self::gates::Gate;
-pub use self::stats::{Stats, percentiles};
+pub use self::stats::{Learning, Stats, percentiles};
 use crate::embedded::{Engine, EngineError, ScanReport};
 
 /// Longest side of a thumbnail, in pixels.
@@ -109,6 +110,9 @@ pub fn router(
         .route("/", get(web_page))
         .route("/assets/{file}", get(web_asset))
         .route("/api/library/scan", post(scan_library))
+        .route("/api/adapters", get(adapters::list))
+        .route("/api/adapters/active", put(adapters::activate))
+        .route("/api/adapters/train", post(adapters::train))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorise,
@@ -263,6 +267,13 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
         "index_repairs": engine.index_repairs(),
         "images_embedded": engine.encoder.images_embedded(),
         "last_check": engine.last_check(),
+        "learning": engine.learning(),
+        "query_adapter": engine.active_adapter().map(|a| json!({
+            "version": a.version,
+            "trained_at": a.trained_at,
+            "evaluation": a.evaluation,
+        })),
+        "training_runs": engine.training_runs(),
     })))
 }
 
@@ -288,6 +299,10 @@ async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         vectors,
         state.engine.library_available(),
         state.engine.query_cache(),
+        &Learning {
+            adapter: state.engine.active_adapter().as_deref(),
+            training_runs: state.engine.training_runs(),
+        },
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

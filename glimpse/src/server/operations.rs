@@ -6,8 +6,10 @@ use glimpse_http::Access;
 use glimpse_http::openapi::{Document, Operation};
 use serde_json::json;
 
+use super::adapters::{Activation, Adapters};
 use super::{ScanRequest, WEB_ASSETS};
 use crate::embedded::ScanReport;
+use glimpse_core::learning::TrainingOutcome;
 
 /// Adds the server's own operations to `document`, and the guard's refusals to every operation.
 pub(super) fn own_operations(document: &mut Document) {
@@ -57,9 +59,58 @@ pub(super) fn own_operations(document: &mut Document) {
     .errors(&[StatusCode::BAD_REQUEST, StatusCode::CONFLICT])
     .backend_errors();
     document.add("/api/library/scan", &Method::POST, Access::Write, scan);
+    learning_operations(document);
     // A request must name this server as its host; a write must not come from another site.
     document.errors_everywhere(&[StatusCode::MISDIRECTED_REQUEST], false);
     document.errors_everywhere(&[StatusCode::FORBIDDEN], true);
+}
+
+fn learning_operations(document: &mut Document) {
+    let adapters = document.schema::<Adapters>();
+    let list = Operation::new(
+        "The query adapters learned from clicks: whether this server learns, the version \
+         searches are scored with, and every stored version with its held-out scores.",
+        "learning",
+    )
+    .json_reply(StatusCode::OK, "The adapters.", adapters.clone())
+    .backend_errors();
+    document.add("/api/adapters", &Method::GET, Access::Read, list);
+    let activate = Operation::new(
+        "Score searches with a stored version from the next search on (an older one too), or \
+         with none (null: the encoder's embeddings alone).",
+        "learning",
+    )
+    .json_body(Activation::schema())
+    .json_reply(
+        StatusCode::OK,
+        "The adapters, with the new active one.",
+        adapters,
+    )
+    .errors(&[
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    ])
+    .backend_errors();
+    document.add(
+        "/api/adapters/active",
+        &Method::PUT,
+        Access::Write,
+        activate,
+    );
+    let train = Operation::new(
+        "Train a query adapter from the search log now, as every --learn-every-clicks clicks do: \
+         it is kept and activated only if it ranks held-out clicked searches at least as well as \
+         the active one. One run at a time (already_running while one is under way).",
+        "learning",
+    )
+    .json_reply(
+        StatusCode::OK,
+        "How the run ended.",
+        document.schema::<TrainingOutcome>(),
+    )
+    .backend_errors();
+    document.add("/api/adapters/train", &Method::POST, Access::Write, train);
 }
 
 fn status_schema(document: &mut Document) -> serde_json::Value {

@@ -131,6 +131,10 @@ impl Server {
             .arg(data_dir)
             .args(["--model", &model(), "--listen", "127.0.0.1:0"])
             .args(extra);
+        // Results in the order ranked, unless a test explores on purpose.
+        if !extra.contains(&"--explore-share") {
+            command.args(["--explore-share", "0"]);
+        }
         let (child, base) = spawn_listening(&mut command, "Glimpse is serving ");
         let configured = extra
             .windows(2)
@@ -172,8 +176,13 @@ impl Server {
 
     /// A POST with the token, and a JSON body.
     pub fn post_authorised(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send_authorised("POST", path, body)
+    }
+
+    /// A request with the token, and a JSON body.
+    pub fn send_authorised(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         response(
-            ureq::post(&self.url(path))
+            ureq::request(method, &self.url(path))
                 .set("Authorization", &format!("Bearer {}", self.token))
                 .send_json(body),
         )
