@@ -27,6 +27,43 @@ where
     read(deserializer, WholeNumber { text: true }).map(Some)
 }
 
+/// [`deserialize`] for a field that may be `null` (`None`); without `#[serde(default)]` it must be
+/// there.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct Nullable;
+
+    impl<'de> Visitor<'de> for Nullable {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number, 0 or more, or null")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(self, inner: D2) -> Result<Self::Value, D2::Error> {
+            read(inner, WholeNumber { text: false }).map(Some)
+        }
+    }
+
+    match deserializer.deserialize_option(Nullable)? {
+        None => Ok(None),
+        Some(number) => T::try_from(number)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{number} is too large"))),
+    }
+}
+
 fn read<'de, D, T>(deserializer: D, visitor: WholeNumber) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -121,6 +158,27 @@ mod tests {
             r#"{"top_k": "7"}"#,
         ] {
             assert!(serde_json::from_str::<Page>(json).is_err(), "{json}");
+        }
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Choice {
+        #[serde(deserialize_with = "super::nullable")]
+        version: Option<u32>,
+    }
+
+    #[test]
+    fn nullable_numbers_are_whole_numbers_or_null_and_must_be_there() {
+        for (json, version) in [
+            (r#"{"version": 3}"#, Some(3)),
+            (r#"{"version": 3.0}"#, Some(3)),
+            (r#"{"version": null}"#, None),
+        ] {
+            let choice: Choice = serde_json::from_str(json).expect(json);
+            assert_eq!(choice.version, version, "{json}");
+        }
+        for json in [r#"{}"#, r#"{"version": 2.5}"#, r#"{"version": "3"}"#] {
+            assert!(serde_json::from_str::<Choice>(json).is_err(), "{json}");
         }
     }
 

@@ -48,7 +48,7 @@ impl From<AdapterVersion> for AdapterSummary {
 pub(super) struct Activation {
     /// The version to score searches with; null for none (the encoder's embeddings alone). It
     /// must be there: an empty object turns nothing off by accident.
-    #[serde(deserialize_with = "Option::deserialize")]
+    #[serde(deserialize_with = "glimpse_core::whole_number::nullable")]
     version: Option<u32>,
 }
 
