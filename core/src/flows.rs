@@ -841,9 +841,8 @@ pub async fn search(
     let adapter = ports
         .adapter
         .filter(|active| active.encoder == *ports.index.encoder());
-    let scoring: Vec<Term> = match adapter {
-        None => terms.clone(),
-        Some(active) => terms
+    let adapted: Option<Vec<Term>> = adapter.map(|active| {
+        terms
             .iter()
             .enumerate()
             .map(|(i, term)| {
@@ -853,11 +852,12 @@ pub async fn search(
                     term.clone()
                 }
             })
-            .collect(),
-    };
+            .collect()
+    });
+    let scoring = adapted.as_deref().unwrap_or(&terms);
     let filter = search_filter(&parsed, like_ids);
     let candidates = retrieve(ports.index, &terms, &filter, depth).await?;
-    let mut scored = score(&scoring, candidates, request.min_score);
+    let mut scored = score(scoring, candidates, request.min_score);
     scored.truncate(depth);
     // Reranking reorders the first RERANK_CANDIDATES only: a page past them skips it.
     let reranked = request.offset < RERANK_CANDIDATES;

@@ -42,6 +42,27 @@ macro_rules! serde_as_text {
 }
 pub(crate) use serde_as_text;
 
+/// Implements `JsonSchema` for a marker type (`#[schemars(with = "…")]`) whose schema, the
+/// expression given, is written inline wherever it is used.
+macro_rules! inline_schema {
+    ($type:ident, $schema:expr) => {
+        impl schemars::JsonSchema for $type {
+            fn schema_name() -> String {
+                stringify!($type).to_owned()
+            }
+
+            fn is_referenceable() -> bool {
+                false
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
+                $schema
+            }
+        }
+    };
+}
+pub(crate) use inline_schema;
+
 /// The JSON Schema of a string under `validation`, of `format` if any, described by
 /// `description`.
 pub(crate) fn text_schema(

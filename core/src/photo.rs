@@ -81,53 +81,33 @@ pub const TEXT_PATTERN: &str = "^[^\\x00]*$";
 /// The JSON Schema of an album name: text without NUL ([`TEXT_PATTERN`]).
 pub struct AlbumName;
 
-impl schemars::JsonSchema for AlbumName {
-    fn schema_name() -> String {
-        "AlbumName".to_owned()
-    }
-
-    fn is_referenceable() -> bool {
-        false
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
-        crate::text_schema(
-            schemars::schema::StringValidation {
-                pattern: Some(TEXT_PATTERN.to_owned()),
-                ..Default::default()
-            },
-            None,
-            "The album to file the photo in (blank for none); no NUL character.",
-        )
-    }
-}
+crate::inline_schema!(AlbumName, {
+    crate::text_schema(
+        schemars::schema::StringValidation {
+            pattern: Some(TEXT_PATTERN.to_owned()),
+            ..Default::default()
+        },
+        None,
+        "The album to file the photo in (blank for none); no NUL character.",
+    )
+});
 
 /// The JSON Schema of a media type Glimpse indexes: one of [`ImageFormat::media_type`]'s.
 pub struct IndexedMediaType;
 
-impl schemars::JsonSchema for IndexedMediaType {
-    fn schema_name() -> String {
-        "IndexedMediaType".to_owned()
+crate::inline_schema!(IndexedMediaType, {
+    schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::String.into()),
+        enum_values: Some(
+            ImageFormat::ALL
+                .iter()
+                .map(|format| format.media_type().into())
+                .collect(),
+        ),
+        ..Default::default()
     }
-
-    fn is_referenceable() -> bool {
-        false
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
-        schemars::schema::SchemaObject {
-            instance_type: Some(schemars::schema::InstanceType::String.into()),
-            enum_values: Some(
-                ImageFormat::ALL
-                    .iter()
-                    .map(|format| format.media_type().into())
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-        .into()
-    }
-}
+    .into()
+});
 
 /// Where a photo's original is kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

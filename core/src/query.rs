@@ -251,52 +251,32 @@ pub const FILTERS_FORMAT: &str = "glimpse-filters";
 /// characters without NUL in [`SEARCH_FORMAT`].
 pub struct SearchText;
 
-impl schemars::JsonSchema for SearchText {
-    fn schema_name() -> String {
-        "SearchText".to_owned()
-    }
-
-    fn is_referenceable() -> bool {
-        false
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
-        query_schema(
-            1,
-            Some(r"^[^\x00]*[^\s\x00][^\x00]*$"),
-            SEARCH_FORMAT,
-            "A query in Glimpse's query language: words (kids on a red sled), -word and \
-         -\"a phrase\" to leave out, 2:\"a phrase\" to weigh, album:, camera:, after:YYYY[-MM[-DD]], \
-         before:…, like:<photo id>; at least one thing to look for, at most 32 terms. A query that \
-         does not parse is a 400 `invalid_query` that says where (`position`) and how to fix it \
-         (`hint`).",
-        )
-    }
-}
+crate::inline_schema!(SearchText, {
+    query_schema(
+        1,
+        Some(r"^[^\x00]*[^\s\x00][^\x00]*$"),
+        SEARCH_FORMAT,
+        "A query in Glimpse's query language: words (kids on a red sled), -word and \
+     -\"a phrase\" to leave out, 2:\"a phrase\" to weigh, album:, camera:, after:YYYY[-MM[-DD]], \
+     before:…, like:<photo id>; at least one thing to look for, at most 32 terms. A query that \
+     does not parse is a 400 `invalid_query` that says where (`position`) and how to fix it \
+     (`hint`).",
+    )
+});
 
 /// The JSON Schema of a browse's filters: [`FILTERS_FORMAT`], blank for every photo.
 pub struct FiltersText;
 
-impl schemars::JsonSchema for FiltersText {
-    fn schema_name() -> String {
-        "FiltersText".to_owned()
-    }
-
-    fn is_referenceable() -> bool {
-        false
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::schema::Schema {
-        query_schema(
-            0,
-            None,
-            FILTERS_FORMAT,
-            "Filters in Glimpse's query language: album:, camera:, after:YYYY[-MM[-DD]], before:…; \
-         no words to rank by. Filters that do not parse are a 400 `invalid_query` that says where \
-         (`position`) and how to fix them (`hint`).",
-        )
-    }
-}
+crate::inline_schema!(FiltersText, {
+    query_schema(
+        0,
+        None,
+        FILTERS_FORMAT,
+        "Filters in Glimpse's query language: album:, camera:, after:YYYY[-MM[-DD]], before:…; \
+     no words to rank by. Filters that do not parse are a 400 `invalid_query` that says where \
+     (`position`) and how to fix them (`hint`).",
+    )
+});
 
 fn query_schema(
     min_length: u32,
