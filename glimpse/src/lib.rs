@@ -9,4 +9,5 @@ pub mod adapters;
 pub mod bench;
 pub mod blocking;
 pub mod embedded;
+pub mod memory;
 pub mod server;

@@ -205,17 +205,37 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
     let data = scratch.path().join("data");
     let (data, root) = (data.to_str().unwrap(), scratch.path().join("Pictures"));
     let odd = reference().join("checkpoints/clip-odd");
-    let index_with = |model: &Path| {
-        run_ok(&[
+    let index_with = |model: &Path, more: &[&str]| {
+        let mut args = vec![
             "index",
             root.to_str().unwrap(),
             "--data-dir",
             data,
             "--model",
             model.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(more);
+        run_ok(&args)
     };
-    let summary = index_with(&odd);
+    let refused = glimpse(&[
+        "index",
+        root.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--memory-budget",
+        "lots",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("write it like 2GB"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let summary = index_with(&odd, &["--memory-budget", "1.5GB"]);
+    assert!(
+        summary.contains("Memory: glimpse index (pid") && summary.contains("of a 1.5 GB budget"),
+        "{summary}"
+    );
     assert!(
         summary.contains("Scanned 5 image files: 4 new"),
         "{summary}"
@@ -257,10 +277,15 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
         "{status}"
     );
     assert!(status.contains("clip-odd"), "{status}");
+    assert!(status.contains("memory budget:  1.5 GB"), "{status}");
+    assert!(
+        status.contains("memory:         glimpse index (pid"),
+        "{status}"
+    );
 
     // Another encoder: the index is rebuilt for it and every photo is indexed again.
     let gelu = reference().join("checkpoints/clip-gelu");
-    let summary = index_with(&gelu);
+    let summary = index_with(&gelu, &[]);
     assert!(
         summary.contains("Indexed 3 photos this run (1 failed)"),
         "{summary}"
@@ -269,4 +294,6 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
     assert_eq!(json["results"].as_array().unwrap().len(), 3);
     let status = run_ok(&["status", "--data-dir", data]);
     assert!(status.contains("clip-gelu"), "{status}");
+    // The budget is remembered, like the model.
+    assert!(status.contains("memory budget:  1.5 GB"), "{status}");
 }

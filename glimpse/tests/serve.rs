@@ -25,6 +25,14 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
         status["last_scan"]["skipped"], 1,
         "the text file is counted and skipped"
     );
+    // What the server holds, against the default budget of 2 GB.
+    let memory = &status["memory"];
+    assert_eq!(memory["budget"], 2u64 << 30, "{memory}");
+    let resident = memory["resident"].as_u64().unwrap();
+    assert!(
+        resident > 0 && memory["peak"].as_u64().unwrap() >= resident,
+        "{memory}"
+    );
 
     // Ranked results with stage timings, best first.
     let all = server.search("a red sled", 200);
@@ -277,6 +285,8 @@ fn indexes_a_library_and_answers_searches_with_filters_negation_examples_and_cli
         ),
         (hits + 1, misses)
     );
+    assert_eq!(counter("glimpse_memory_budget_bytes"), 2 << 30);
+    assert!(counter("process_resident_memory_bytes") > 0);
     let (_, openapi) = server.get("/api/openapi.json");
     for path in [
         "/api/albums",

@@ -3,15 +3,17 @@
 //! dimension it was built with.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
 use glimpse_core::ports::{self, IndexedPhoto, Neighbour, PortError, SearchFilter, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use qdrant_edge::{
-    CountRequest, EdgeConfigBuilder, EdgeShard, Filter, NamedQuery, PointId, PointInsertOperations,
-    PointOperations, QuantizationSearchParams, QueryEnum, QueryRequest, RetrieveRequest,
-    ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, VectorInternal,
+    CountRequest, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, Filter, NamedQuery, PointId,
+    PointInsertOperations, PointOperations, QuantizationSearchParams, QueryEnum, QueryRequest,
+    RetrieveRequest, ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, VectorInternal,
     VectorStructInternal, WithPayloadInterface, WithVector,
 };
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::blocking::off_runtime;
+use crate::memory::MemoryBudget;
 
 /// The file that records which encoder built an index.
 const STAMP_FILE: &str = "glimpse-index.json";
@@ -67,6 +70,16 @@ pub enum IndexOpenError {
 /// set puts them back in order.
 const QUANTIZED_OVERSAMPLING: f64 = 3.0;
 
+/// The part of a memory budget kept for the model and the built index (int8 vectors and graph,
+/// about 0.7 KB per photo at 512 dimensions).
+const RESERVED_BYTES: u64 = 1 << 30;
+/// Bytes a segment build holds per vector, in f32 vectors' worth: the segment builder's copy and
+/// the source segments' pages it reads, each about twice the vectors' size (measured at 1M × 512
+/// in docs/BENCHMARKS.md).
+const BUILD_COPIES: u64 = 4;
+/// The smallest slice: below this, graphs are built too often for indexing to keep up.
+const MIN_SLICE: usize = 20_000;
+
 /// How the HNSW graph and the vector storage are set up (fixed when the index is created, except
 /// `search_ef`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,6 +93,16 @@ pub struct IndexTuning {
     /// Keep int8 scalar-quantised vectors in RAM (quantile 0.99) and the originals on disk,
     /// memory-mapped, for rescoring: about a quarter of the memory of f32 vectors in RAM.
     pub quantized: bool,
+    /// Upserts build the graph of the vectors that came in since the last build once there are
+    /// this many (the unindexed segment, its write-ahead log and the graph builder all grow with
+    /// it); `None` leaves every build to [`LocalIndex::optimize`].
+    pub build_every: Option<usize>,
+    /// The largest segment, in vectors: a merge stops there (it holds the segments it reads and
+    /// the one it writes at once). `None`: the engine's default, 256 MB of vectors per indexing
+    /// thread.
+    pub max_segment_vectors: Option<usize>,
+    /// Threads that build a graph (0: the engine's choice, every core).
+    pub indexing_threads: usize,
 }
 
 impl Default for IndexTuning {
@@ -89,11 +112,32 @@ impl Default for IndexTuning {
             ef_construct: 100,
             search_ef: 128,
             quantized: true,
+            build_every: None,
+            max_segment_vectors: None,
+            indexing_threads: 0,
         }
     }
 }
 
 impl IndexTuning {
+    /// The tuning whose builds fit in `budget`: vectors come in and are built into the graph in
+    /// slices, and merges stop at a segment size whose build fits in what the budget leaves
+    /// beside the model and the built index. Larger segments search faster (a search visits
+    /// every segment); see docs/BENCHMARKS.md for the trade-off.
+    pub fn within(budget: MemoryBudget, dimension: usize) -> Self {
+        let vector_bytes = (dimension * size_of::<f32>()) as u64;
+        let for_building = budget.bytes().saturating_sub(RESERVED_BYTES);
+        let segment = for_building / (vector_bytes * BUILD_COPIES);
+        let segment = usize::try_from(segment)
+            .unwrap_or(usize::MAX)
+            .max(2 * MIN_SLICE);
+        Self {
+            build_every: Some(segment / 2),
+            max_segment_vectors: Some(segment),
+            ..Self::default()
+        }
+    }
+
     fn vector_params(&self, dimension: usize) -> Result<qdrant_edge::EdgeVectorParams, String> {
         let mut params = json!({
             "size": dimension,
@@ -102,6 +146,7 @@ impl IndexTuning {
                 "m": self.m,
                 "ef_construct": self.ef_construct,
                 "full_scan_threshold": 10_000,
+                "max_indexing_threads": self.indexing_threads,
             },
         });
         if self.quantized {
@@ -110,6 +155,16 @@ impl IndexTuning {
                 json!({"scalar": {"type": "int8", "quantile": 0.99, "always_ram": true}});
         }
         serde_json::from_value(params).map_err(|e| e.to_string())
+    }
+
+    /// The settings an existing index takes over when it is opened (the rest is fixed).
+    fn optimizers(&self, dimension: usize) -> EdgeOptimizersConfig {
+        EdgeOptimizersConfig {
+            max_segment_size: self
+                .max_segment_vectors
+                .map(|vectors| (vectors * dimension * size_of::<f32>()).div_ceil(1024)),
+            ..EdgeOptimizersConfig::default()
+        }
     }
 
     fn search_params(&self) -> SearchParams {
@@ -129,6 +184,10 @@ impl IndexTuning {
 pub struct LocalIndex {
     shard: EdgeShard,
     tuning: IndexTuning,
+    /// Vectors upserted since the graph was last built.
+    unbuilt: AtomicUsize,
+    /// Held while the optimiser runs: one build at a time.
+    building: Mutex<()>,
     encoder: EncoderId,
     dimension: usize,
 }
@@ -251,7 +310,10 @@ impl LocalIndex {
             }
             // A damaged shard may make the engine panic rather than fail: either way the index
             // cannot be opened.
-            std::panic::catch_unwind(|| EdgeShard::load(&shard_path, None))
+            let tunables = EdgeConfigBuilder::new()
+                .optimizers(tuning.optimizers(dimension))
+                .build();
+            std::panic::catch_unwind(|| EdgeShard::load(&shard_path, Some(tunables)))
                 .map_err(|_| storage_error(directory, "its files are damaged"))?
                 .map_err(|e| storage_error(directory, e))?
         } else {
@@ -261,6 +323,7 @@ impl LocalIndex {
                 .map_err(|e| storage_error(directory, e))?;
             let config = EdgeConfigBuilder::new()
                 .vector(qdrant_edge::DEFAULT_VECTOR_NAME, params)
+                .optimizers(tuning.optimizers(dimension))
                 .build();
             let shard =
                 EdgeShard::new(&shard_path, config).map_err(|e| storage_error(directory, e))?;
@@ -274,6 +337,8 @@ impl LocalIndex {
         Ok(Self {
             shard,
             tuning,
+            unbuilt: AtomicUsize::new(0),
+            building: Mutex::new(()),
             encoder: encoder.clone(),
             dimension,
         })
@@ -295,9 +360,25 @@ impl LocalIndex {
     /// Builds the HNSW graph and merges segments where worthwhile, then persists everything.
     /// Slow on large changes: call it off the request path, when indexing goes idle.
     pub fn optimize(&self) -> Result<bool, PortError> {
+        let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+        self.optimize_while_building()
+    }
+
+    fn optimize_while_building(&self) -> Result<bool, PortError> {
+        self.unbuilt.store(0, Ordering::Relaxed);
         let changed = self.shard.optimize().map_err(port_error)?;
         self.shard.flush().map_err(port_error)?;
         Ok(changed)
+    }
+
+    /// Searches from now on keep `ef` candidates.
+    pub fn set_search_ef(&mut self, ef: usize) {
+        self.tuning.search_ef = ef;
+    }
+
+    /// How many segments the index has now.
+    pub fn segments(&self) -> Result<usize, PortError> {
+        Ok(self.shard.info().map_err(port_error)?.segments_count)
     }
 
     /// Runs `work` on the shard, off the async runtime's worker threads.
@@ -339,11 +420,24 @@ impl VectorIndex for LocalIndex {
                     .into(),
             );
         }
+        let added = points.len();
         self.on_shard(|shard| {
             shard.update(UpdateOperation::PointOperation(
                 PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
             ))
-        })
+        })?;
+        let unbuilt = self.unbuilt.fetch_add(added, Ordering::Relaxed) + added;
+        if self
+            .tuning
+            .build_every
+            .is_some_and(|every| unbuilt >= every)
+        {
+            // Another upsert that is building already takes these vectors along.
+            if let Ok(_building) = self.building.try_lock() {
+                off_runtime(|| self.optimize_while_building())?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete(&self, ids: &[PhotoId]) -> Result<(), PortError> {
@@ -444,6 +538,89 @@ mod tests {
         let index =
             LocalIndex::open(directory.path(), &encoder, 4, IndexTuning::default()).unwrap();
         glimpse_core::contract::vector_index_suite(&index).await;
+    }
+
+    #[test]
+    fn a_larger_budget_builds_larger_segments_in_larger_slices() {
+        let segment = |budget: MemoryBudget| IndexTuning::within(budget, 512).max_segment_vectors;
+        let default = IndexTuning::within(MemoryBudget::DEFAULT, 512);
+        assert_eq!(default.max_segment_vectors, Some(131_072));
+        assert_eq!(default.build_every, Some(65_536));
+        assert_eq!(segment(MemoryBudget::MIN), Some(2 * MIN_SLICE));
+        assert!(segment("4GB".parse().unwrap()) > default.max_segment_vectors);
+        assert!(
+            IndexTuning::within(MemoryBudget::DEFAULT, 1024).max_segment_vectors
+                < default.max_segment_vectors,
+            "larger vectors, smaller segments"
+        );
+    }
+
+    /// Photo `n` with a vector of its own: hashed components, far from every other photo's.
+    fn photo(n: u64) -> IndexedPhoto {
+        let values = (0..SLICED_DIMENSION as u64)
+            .map(|i| {
+                let mut x = (n * 64 + i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                x ^= x >> 29;
+                x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                x ^= x >> 32;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        IndexedPhoto {
+            id: PhotoId::from_u64(n),
+            vector: Embedding::normalized(values).unwrap(),
+            facets: glimpse_core::photo::Facets {
+                album: None,
+                camera: None,
+                dated_at: 0,
+            },
+        }
+    }
+
+    const SLICED_DIMENSION: usize = 32;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn builds_in_slices_while_two_writers_upsert_and_loses_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let encoder: EncoderId = "clip:test/slices@1".parse().unwrap();
+        let tuning = IndexTuning {
+            build_every: Some(200),
+            max_segment_vectors: Some(400),
+            ..IndexTuning::default()
+        };
+        let index = std::sync::Arc::new(
+            LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, tuning).unwrap(),
+        );
+        let writers: Vec<_> = (0..2u64)
+            .map(|writer| {
+                let index = std::sync::Arc::clone(&index);
+                tokio::spawn(async move {
+                    for batch in 0..25u64 {
+                        let first = writer * 1000 + batch * 40;
+                        index
+                            .upsert((first..first + 40).map(photo).collect())
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        assert_eq!(index.count().await.unwrap(), 2000);
+        for n in [0, 255, 1001, 1999] {
+            let query = photo(n).vector;
+            let found = index
+                .nearest(&query, &SearchFilter::default(), 1)
+                .await
+                .unwrap();
+            assert_eq!(found[0].id, PhotoId::from_u64(n));
+        }
+        drop(index);
+        let reopened =
+            LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, tuning).unwrap();
+        assert_eq!(reopened.count().await.unwrap(), 2000);
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@
 
 use std::collections::BinaryHeap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -25,11 +27,12 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use crate::adapters::{IndexTuning, LocalIndex, SqliteCatalog};
+use crate::memory::ProcessMemory;
 use crate::server::percentiles;
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::encoder::ImageTextEncoder;
 
-/// Vectors generated and upserted at a time.
+/// Vectors generated at a time.
 const BATCH: usize = 10_000;
 /// Exact neighbours compared for recall.
 const RECALL_AT: usize = 10;
@@ -49,6 +52,10 @@ pub struct AnnOptions {
     pub queries: usize,
     /// Index set-up.
     pub tuning: IndexTuning,
+    /// Vectors per upsert (the library indexer upserts what one indexing round encoded).
+    pub upsert_batch: usize,
+    /// Search candidate lists measured besides the tuning's.
+    pub other_ef: Vec<usize>,
     /// Seed of the generator.
     pub seed: u64,
 }
@@ -66,8 +73,22 @@ pub struct AnnReport {
     pub build_s: f64,
     /// Resident memory of the process after the queries, MB.
     pub rss_mb: f64,
+    /// Anonymous memory (heap) after the queries, MB.
+    pub anonymous_mb: f64,
     /// Peak resident memory of the process, MB.
     pub peak_rss_mb: f64,
+    /// The most anonymous memory seen while building (sampled every 20 ms), MB.
+    pub build_peak_anonymous_mb: f64,
+    /// The most resident pages of mapped files seen while building, MB.
+    pub build_peak_file_mb: f64,
+    /// Segments of the index after the build.
+    pub segments: usize,
+    /// Vectors per upsert.
+    pub upsert_batch: usize,
+    /// Vectors whose graph is built at a time while upserting (0: all at the end).
+    pub build_every: usize,
+    /// The largest segment, in vectors (0: the engine's default).
+    pub max_segment_vectors: usize,
     /// Latency of one top-10 query, ms.
     pub p50_ms: f64,
     /// 95th percentile, ms.
@@ -76,6 +97,8 @@ pub struct AnnReport {
     pub p99_ms: f64,
     /// Mean fraction of the exact top 10 found.
     pub recall_at_10: f64,
+    /// The same queries with other search candidate lists.
+    pub other_ef: Vec<EfPoint>,
     /// Queries measured.
     pub queries: usize,
     /// Graph degree.
@@ -86,6 +109,19 @@ pub struct AnnReport {
     pub search_ef: usize,
     /// int8 vectors in RAM, originals on disk.
     pub quantized: bool,
+}
+
+/// Latency and recall at one search candidate list.
+#[derive(Clone, Debug, Serialize)]
+pub struct EfPoint {
+    /// The candidate list.
+    pub ef: usize,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// Mean fraction of the exact top 10 found.
+    pub recall_at_10: f64,
 }
 
 /// Seeded generator of embedding-shaped vectors.
@@ -151,17 +187,44 @@ fn normalise(vector: &mut [f32]) {
     vector.iter_mut().for_each(|v| *v /= norm);
 }
 
-/// Memory figures of this process from /proc, MB: (current, peak).
-fn resident_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The most anonymous and file-backed memory the process holds while it runs, sampled on a
+/// thread (a peak between two samples 20 ms apart can be missed; VmHWM catches the total).
+struct MemoryWatch {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<ProcessMemory>,
+}
+
+impl MemoryWatch {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let sampler = std::thread::spawn(move || {
+            let mut highest = ProcessMemory::default();
+            loop {
+                if let Some(now) = ProcessMemory::now() {
+                    highest.anonymous = highest.anonymous.max(now.anonymous);
+                    highest.file = highest.file.max(now.file);
+                    highest.resident = highest.resident.max(now.resident);
+                    highest.peak = now.peak;
+                }
+                if stopped.load(Ordering::Relaxed) {
+                    return highest;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Self { stop, sampler }
+    }
+
+    /// The highest of each figure.
+    fn finish(self) -> ProcessMemory {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().unwrap_or_default()
+    }
 }
 
 /// Exact top-10 ids of every query, over the stream of generated batches.
@@ -252,7 +315,7 @@ async fn build(
         exact
             .add(generated as u64, &batch, options.dimension)
             .map_err(error)?;
-        let points = batch
+        let mut points = batch
             .into_iter()
             .enumerate()
             .map(|(i, vector)| {
@@ -263,27 +326,23 @@ async fn build(
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        index.upsert(points).await.map_err(error)?;
+        while !points.is_empty() {
+            let rest = points.split_off(options.upsert_batch.clamp(1, points.len()));
+            index.upsert(points).await.map_err(error)?;
+            points = rest;
+        }
         generated += size;
     }
     index.optimize().map_err(error)?;
     Ok((index, exact, started.elapsed().as_secs_f64()))
 }
 
-/// `glimpse bench ann`.
-pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
-    let directory = tempfile::tempdir().map_err(error)?;
-    let encoder: EncoderId = "bench:synthetic/vectors@1".parse().map_err(error)?;
-    let mut generator = Generator::new(options);
-    let queries: Vec<Vec<f32>> = (0..options.queries).map(|_| generator.next()).collect();
-    let (index, exact, build_s) = build(
-        directory.path(),
-        options,
-        &encoder,
-        &queries,
-        &mut generator,
-    )
-    .await?;
+/// Runs every query twice and times the second pass: (latencies in ms, mean recall@10).
+async fn measure(
+    index: &LocalIndex,
+    queries: &[Vec<f32>],
+    exact: &ExactTopK,
+) -> Result<(Vec<f64>, f64), String> {
     let filter = SearchFilter::default();
     let mut latencies = Vec::with_capacity(queries.len());
     let mut recall = 0.0;
@@ -307,7 +366,40 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
             }
         }
     }
-    let (rss_mb, peak_rss_mb) = resident_mb();
+    Ok((latencies, recall / queries.len().max(1) as f64))
+}
+
+/// `glimpse bench ann`.
+pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
+    let directory = tempfile::tempdir().map_err(error)?;
+    let encoder: EncoderId = "bench:synthetic/vectors@1".parse().map_err(error)?;
+    let mut generator = Generator::new(options);
+    let queries: Vec<Vec<f32>> = (0..options.queries).map(|_| generator.next()).collect();
+    let watch = MemoryWatch::start();
+    let (index, exact, build_s) = build(
+        directory.path(),
+        options,
+        &encoder,
+        &queries,
+        &mut generator,
+    )
+    .await?;
+    let building = watch.finish();
+    let (latencies, recall_at_10) = measure(&index, &queries, &exact).await?;
+    let mut other_ef = Vec::with_capacity(options.other_ef.len());
+    let mut index = index;
+    for &ef in &options.other_ef {
+        index.set_search_ef(ef);
+        let (latencies, recall_at_10) = measure(&index, &queries, &exact).await?;
+        let [p50_ms, p95_ms, _] = percentiles(latencies);
+        other_ef.push(EfPoint {
+            ef,
+            p50_ms,
+            p95_ms,
+            recall_at_10,
+        });
+    }
+    let memory = ProcessMemory::now().unwrap_or_default();
     let [p50_ms, p95_ms, p99_ms] = percentiles(latencies);
     Ok(AnnReport {
         vectors: options.vectors,
@@ -318,12 +410,20 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
             "clustered"
         },
         build_s,
-        rss_mb,
-        peak_rss_mb,
+        rss_mb: mb(memory.resident),
+        anonymous_mb: mb(memory.anonymous),
+        peak_rss_mb: mb(memory.peak),
+        build_peak_anonymous_mb: mb(building.anonymous),
+        build_peak_file_mb: mb(building.file),
+        segments: index.segments().map_err(error)?,
+        upsert_batch: options.upsert_batch,
+        build_every: options.tuning.build_every.unwrap_or_default(),
+        max_segment_vectors: options.tuning.max_segment_vectors.unwrap_or_default(),
         p50_ms,
         p95_ms,
         p99_ms,
-        recall_at_10: recall / queries.len().max(1) as f64,
+        recall_at_10,
+        other_ef,
         queries: queries.len(),
         m: options.tuning.m,
         ef_construct: options.tuning.ef_construct,
@@ -351,6 +451,10 @@ pub struct SearchReport {
     pub build_s: f64,
     /// Resident memory after the searches, MB.
     pub rss_mb: f64,
+    /// Anonymous memory (heap) after the searches, MB.
+    pub anonymous_mb: f64,
+    /// The most resident memory at once, build included, MB.
+    pub peak_rss_mb: f64,
 }
 
 /// Queries of the kind people type, with the language's features.
@@ -384,12 +488,12 @@ pub struct SearchOptions {
 /// tower, retrieve, rerank pass-through, load photos, log) over an index of `options.vectors`.
 pub async fn search(
     options: &AnnOptions,
-    encoder: std::sync::Arc<dyn ImageTextEncoder>,
+    encoder: Arc<dyn ImageTextEncoder>,
     flow: &SearchOptions,
 ) -> Result<SearchReport, String> {
     let searches = flow.searches;
     let directory = tempfile::tempdir().map_err(error)?;
-    let local = LocalEncoder::new(std::sync::Arc::clone(&encoder));
+    let local = LocalEncoder::new(Arc::clone(&encoder));
     let id = encoder.id().clone();
     let options = AnnOptions {
         dimension: encoder.dimension(),
@@ -448,6 +552,8 @@ pub async fn search(
         adapter: adapter.as_ref(),
         exploration: ExplorationSettings::OFF,
     };
+    // As `glimpse serve` once nothing is left to index: searches need only the text tower.
+    encoder.release_image_tower();
     let mut totals = Vec::with_capacity(searches);
     let mut stages: Vec<StageTimings> = Vec::with_capacity(searches);
     for round in 0..searches + QUERIES.len() {
@@ -461,7 +567,7 @@ pub async fn search(
             stages.push(response.timings);
         }
     }
-    let (rss_mb, _) = resident_mb();
+    let memory = ProcessMemory::now().unwrap_or_default();
     let [p50_ms, p95_ms, p99_ms] = percentiles(totals);
     let stage_p50_ms = StageTimings::STAGES
         .iter()
@@ -481,6 +587,8 @@ pub async fn search(
         p99_ms,
         stage_p50_ms,
         build_s,
-        rss_mb,
+        rss_mb: mb(memory.resident),
+        anonymous_mb: mb(memory.anonymous),
+        peak_rss_mb: mb(memory.peak),
     })
 }

@@ -148,11 +148,19 @@ fn byte_level_clip_tokenizer(max_tokens: usize) -> Result<TextTokenizer, Encoder
 /// ViT-B/32 (the default encoder's architecture) with seeded random weights.
 pub fn random_vit_b32(seed: u64) -> Result<ClipEncoder, EncoderError> {
     let config = ClipConfig::vit_base_patch32();
-    let vb = VarBuilder::from_backend(Box::new(SeededWeights(seed)), DType::F32, Device::Cpu);
+    let weights =
+        move || VarBuilder::from_backend(Box::new(SeededWeights(seed)), DType::F32, Device::Cpu);
     let id = EncoderId::new("clip", "random/vit-base-patch32", format!("seed-{seed}"))
         .map_err(|e| EncoderError::Internal(e.to_string()))?;
     let tokenizer = byte_level_clip_tokenizer(config.text_config.max_position_embeddings)?;
-    ClipEncoder::new(vb, &config, tokenizer, ImageProcessorConfig::default(), id)
+    let encoder = ClipEncoder::new(
+        weights(),
+        &config,
+        tokenizer,
+        ImageProcessorConfig::default(),
+        id,
+    )?;
+    Ok(encoder.releasable(config, move || Ok(weights())))
 }
 
 /// A synthetic 12-megapixel (4000×3000) photo-like JPEG at quality 90: smooth gradients, hard

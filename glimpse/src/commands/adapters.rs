@@ -28,7 +28,7 @@ pub enum AdaptersAction {
 }
 
 pub async fn adapters(args: AdaptersArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None).await?;
+    let engine = open_engine(&args.data, None, None, None).await?;
     match args.action {
         AdaptersAction::List => {
             let active = engine.active_adapter().map(|a| a.version);

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
+use glimpse::adapters::IndexTuning;
 use glimpse::bench;
+use glimpse::memory::MemoryBudget;
 use glimpse_worker::encoder::{ImageTextEncoder, JpegDecode};
 use glimpse_worker::worker::settings::WorkerSettings;
 
@@ -41,6 +43,26 @@ pub struct AnnArgs {
     /// Keep f32 vectors in RAM instead of int8 in RAM + f32 on disk.
     #[arg(long)]
     pub no_quantization: bool,
+    /// Vectors per upsert (the library indexer upserts one indexing round at a time, 16).
+    #[arg(long, default_value_t = 10_000)]
+    pub upsert_batch: usize,
+    /// The memory budget the index is tuned for, as `glimpse serve --memory-budget`.
+    #[arg(long, default_value_t = MemoryBudget::DEFAULT)]
+    pub memory_budget: MemoryBudget,
+    /// Build the graph of every this many new vectors while upserting (default: what the
+    /// budget implies; 0: all at the end).
+    #[arg(long)]
+    pub build_every: Option<usize>,
+    /// The largest segment, in vectors (default: what the budget implies; 0: the engine's
+    /// default).
+    #[arg(long)]
+    pub max_segment_vectors: Option<usize>,
+    /// Search candidate lists measured too, after --ef (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub other_ef: Vec<usize>,
+    /// Threads that build a graph (0: every core).
+    #[arg(long, default_value_t = 0)]
+    pub indexing_threads: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -48,18 +70,29 @@ pub struct AnnArgs {
 
 impl AnnArgs {
     fn options(&self) -> bench::ann::AnnOptions {
+        let budgeted = IndexTuning::within(self.memory_budget, self.dim);
+        let chosen = |given: Option<usize>, implied: Option<usize>| match given {
+            Some(0) => None,
+            Some(given) => Some(given),
+            None => implied,
+        };
         bench::ann::AnnOptions {
             vectors: self.vectors,
             dimension: self.dim,
             per_cluster: self.per_cluster,
             uniform: self.uniform,
             queries: self.queries,
-            tuning: glimpse::adapters::IndexTuning {
+            tuning: IndexTuning {
                 m: self.m,
                 ef_construct: self.ef_construct,
                 search_ef: self.ef,
                 quantized: !self.no_quantization,
+                build_every: chosen(self.build_every, budgeted.build_every),
+                max_segment_vectors: chosen(self.max_segment_vectors, budgeted.max_segment_vectors),
+                indexing_threads: self.indexing_threads,
             },
+            upsert_batch: self.upsert_batch,
+            other_ef: self.other_ef.clone(),
             seed: 7,
         }
     }

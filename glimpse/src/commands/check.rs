@@ -29,7 +29,7 @@ pub async fn check(args: CheckArgs) -> Result<()> {
     let report = match &args.config {
         Some(config) => check_pool(config, args.repair).await?,
         None => {
-            let engine = open_engine(&args.data, None, None).await?;
+            let engine = open_engine(&args.data, None, None, None).await?;
             engine.check(args.repair).await?
         }
     };

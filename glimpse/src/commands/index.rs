@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use glimpse_core::flows;
 
-use super::{DataDirArgs, DecodingArgs, ModelArgs, open_engine};
+use super::{DataDirArgs, MemoryArgs, ModelArgs, open_engine};
 
 #[derive(Args)]
 pub struct IndexArgs {
@@ -18,7 +18,7 @@ pub struct IndexArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub decoding: DecodingArgs,
+    pub memory: MemoryArgs,
     /// Also remove the photos of a library (or folder) that reads empty. Without it, an empty
     /// library is taken for a disk that is not mounted and nothing is removed; use this when you
     /// emptied it on purpose.
@@ -27,8 +27,14 @@ pub struct IndexArgs {
 }
 
 pub async fn index(args: IndexArgs) -> Result<()> {
-    args.decoding.apply();
-    let engine = open_engine(&args.data, Some(args.library), args.model.model).await?;
+    args.memory.apply(&args.data)?;
+    let engine = open_engine(
+        &args.data,
+        Some(args.library),
+        args.model.model,
+        args.memory.memory_budget,
+    )
+    .await?;
     let check = engine.check_at_start().await?;
     if !check.consistent() {
         println!(
@@ -104,5 +110,7 @@ pub async fn index(args: IndexArgs) -> Result<()> {
             photo.last_error.unwrap_or_default()
         );
     }
+    let memory = engine.record_memory("glimpse index")?;
+    println!("Memory: {}", memory.summary());
     Ok(())
 }

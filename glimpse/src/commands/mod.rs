@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use glimpse::embedded::{Engine, OpenOptions};
+use glimpse::memory::MemoryBudget;
 use glimpse_worker::adapters::QdrantSettings;
 use glimpse_worker::adapters::postgres::PostgresCatalog;
 use glimpse_worker::encoder::ClipEncoder;
@@ -39,18 +40,39 @@ pub struct ModelArgs {
 }
 
 #[derive(Args)]
-pub struct DecodingArgs {
-    /// Memory that image decoding may use at once, in MB: decodes wait their turn within it, and
-    /// an image that needs more is refused (failed with the reason) instead of exhausting memory.
-    #[arg(long, env = "GLIMPSE__DECODE_MEMORY_MB", default_value_t = 1024)]
-    pub decode_memory_mb: u64,
+pub struct MemoryArgs {
+    /// The memory Glimpse may use, like 2GB or 1.5GB: the index is built in slices that fit in
+    /// it, image decoding gets a quarter of it, and `glimpse status` reports against it.
+    /// Remembered in the data directory; default: the remembered one, else 2GB.
+    #[arg(long, env = "GLIMPSE__MEMORY_BUDGET")]
+    pub memory_budget: Option<MemoryBudget>,
+    /// Memory that image decoding may use at once, in MB (default: a quarter of the budget):
+    /// decodes wait their turn within it, and an image that needs more is refused (failed with
+    /// the reason) instead of exhausting memory.
+    #[arg(long, env = "GLIMPSE__DECODE_MEMORY_MB")]
+    pub decode_memory_mb: Option<u64>,
 }
 
-impl DecodingArgs {
-    fn apply(&self) {
-        glimpse_worker::encoder::decode_budget::set_decode_memory_mb(self.decode_memory_mb);
+impl MemoryArgs {
+    /// Sets the decoding memory from the budget this run will use (given, else remembered in
+    /// `data`, else the default).
+    fn apply(&self, data: &DataDirArgs) -> Result<()> {
+        let budget = match self.memory_budget {
+            Some(budget) => budget,
+            None => Engine::settings(&data.data_dir)?
+                .memory_budget
+                .unwrap_or_default(),
+        };
+        let decode_memory_mb = self
+            .decode_memory_mb
+            .unwrap_or(budget.bytes() / DECODING_SHARE / (1024 * 1024));
+        glimpse_worker::encoder::decode_budget::set_decode_memory_mb(decode_memory_mb);
+        Ok(())
     }
 }
+
+/// The part of the memory budget image decoding gets by default.
+const DECODING_SHARE: u64 = 4;
 
 pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME")) {
@@ -66,12 +88,14 @@ pub async fn open_engine(
     data: &DataDirArgs,
     library: Option<PathBuf>,
     model: Option<String>,
+    memory_budget: Option<MemoryBudget>,
 ) -> Result<Engine> {
     Engine::open(OpenOptions {
         data_dir: data.data_dir.clone(),
         library,
         model,
         rebuild_on_encoder_change: true,
+        memory_budget,
     })
     .await
     .map_err(anyhow::Error::from)

@@ -19,7 +19,7 @@ pub struct RetryArgs {
 }
 
 pub async fn retry(args: RetryArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None).await?;
+    let engine = open_engine(&args.data, None, None, None).await?;
     let requeued = if args.failed {
         engine.retry_failed().await?
     } else {

@@ -26,7 +26,7 @@ pub struct SearchArgs {
 }
 
 pub async fn search(args: SearchArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None).await?;
+    let engine = open_engine(&args.data, None, None, None).await?;
     let request = SearchRequest {
         query: args.query,
         top_k: args.top_k,

@@ -12,7 +12,7 @@ use glimpse::server::{self, ServerConfig, Stats};
 use glimpse_core::flows;
 use glimpse_core::learning::LearningSettings;
 
-use super::{DataDirArgs, DecodingArgs, ModelArgs, open_engine, shutdown_signal};
+use super::{DataDirArgs, MemoryArgs, ModelArgs, open_engine, shutdown_signal};
 
 /// How long a stopping server waits for the indexing round in progress to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GLIMPSE__RESCAN_MINUTES", default_value_t = 10)]
     pub rescan_minutes: u64,
     #[command(flatten)]
-    pub decoding: DecodingArgs,
+    pub memory: MemoryArgs,
     #[command(flatten)]
     pub learning: LearningArgs,
 }
@@ -172,12 +172,17 @@ pub fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    args.decoding.apply();
+    args.memory.apply(&args.data)?;
     let learning = args.learning.settings()?;
     let engine = Arc::new(
-        open_engine(&args.data, args.library, args.model.model)
-            .await?
-            .with_learning(learning),
+        open_engine(
+            &args.data,
+            args.library,
+            args.model.model,
+            args.memory.memory_budget,
+        )
+        .await?
+        .with_learning(learning),
     );
     let token = write_token(engine.data_dir(), args.token)?;
     // Listening first: the page and the API answer while the library is scanned and indexed.

@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use glimpse::adapters::SqliteCatalog;
 use glimpse::embedded::Engine;
+use glimpse::memory::MemoryRecord;
 use glimpse_core::ports::Catalog;
 use glimpse_worker::hub;
 
@@ -35,6 +36,18 @@ pub async fn status(args: DataDirArgs) -> Result<()> {
         "photos:         {} ({} indexed, {} pending, {} failed)",
         counts.photos, counts.indexed, counts.pending, counts.failed
     );
+    println!(
+        "memory budget:  {}",
+        settings.memory_budget.unwrap_or_default()
+    );
+    match MemoryRecord::load(&args.data_dir) {
+        Some(record) => println!(
+            "memory:         {}, {} s ago",
+            record.summary(),
+            (glimpse::adapters::sqlite::now_seconds() - record.at).max(0)
+        ),
+        None => println!("memory:         not recorded yet"),
+    }
     for photo in catalog.failed_photos(5)? {
         println!(
             "  failed {}: {}",

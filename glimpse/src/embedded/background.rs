@@ -55,6 +55,7 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
     ));
     tokio::spawn(prune_loop(Arc::clone(&engine), retention));
     tokio::spawn(learn_loop(Arc::clone(&engine)));
+    tokio::spawn(memory_loop(Arc::clone(&engine)));
     let Some(library) = engine.library().map(|p| p.to_path_buf()) else {
         return Background {
             wake_indexer,
@@ -129,6 +130,33 @@ async fn learn_loop(engine: Arc<Engine>) {
     }
 }
 
+/// How often `glimpse serve` records what it holds for `glimpse status`.
+const MEMORY_RECORD_EVERY: Duration = Duration::from_secs(30);
+
+/// Records the server's memory every half minute, and says so in the log when it holds more
+/// than its budget (once each time it goes over).
+async fn memory_loop(engine: Arc<Engine>) {
+    let mut every = tokio::time::interval(MEMORY_RECORD_EVERY);
+    let mut over = false;
+    loop {
+        every.tick().await;
+        match engine.record_memory("glimpse serve") {
+            Ok(record) => {
+                let now_over = record.memory.resident > record.budget.bytes();
+                if now_over && !over {
+                    eprintln!(
+                        "glimpse: over the memory budget: {}; pass a larger --memory-budget if \
+                         this machine has the room",
+                        record.summary()
+                    );
+                }
+                over = now_over;
+            }
+            Err(error) => eprintln!("glimpse: cannot record memory use: {error}"),
+        }
+    }
+}
+
 async fn prune_loop(engine: Arc<Engine>, retention: LogRetention) {
     let mut every = tokio::time::interval(LogRetention::PRUNE_EVERY);
     loop {
@@ -163,9 +191,13 @@ async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>, mut stop: watch::Rec
             Err(error) => eprintln!("glimpse: indexing round failed: {error}"),
         }
         if changed_since_optimize {
-            let engine = Arc::clone(&engine);
-            match tokio::task::spawn_blocking(move || engine.index.optimize()).await {
-                Ok(Ok(_)) => changed_since_optimize = false,
+            let optimizing = Arc::clone(&engine);
+            match tokio::task::spawn_blocking(move || optimizing.index.optimize()).await {
+                Ok(Ok(_)) => {
+                    changed_since_optimize = false;
+                    // Nothing left to index: searches need only the text tower.
+                    engine.encoder.release_image_tower();
+                }
                 Ok(Err(error)) => eprintln!("glimpse: index optimisation failed: {error}"),
                 Err(error) => eprintln!("glimpse: index optimisation panicked: {error}"),
             }

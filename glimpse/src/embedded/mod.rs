@@ -25,6 +25,7 @@ use crate::adapters::sqlite::now_seconds;
 use crate::adapters::{
     IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, MemoryQueryCache, SqliteCatalog,
 };
+use crate::memory::{MemoryBudget, MemoryRecord};
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::crash_points::crash_point;
 use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
@@ -40,6 +41,9 @@ pub struct Settings {
     pub library: Option<PathBuf>,
     /// The model: a directory or a Hub repository id.
     pub model: Option<String>,
+    /// The memory Glimpse may use (the default when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 const SETTINGS_FILE: &str = "settings.json";
@@ -94,6 +98,8 @@ pub struct OpenOptions {
     pub model: Option<String>,
     /// Rebuild the index when it was built by another encoder (else that is an error).
     pub rebuild_on_encoder_change: bool,
+    /// The memory budget; `None` keeps the remembered one, else the default.
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 /// The embedded engine.
@@ -180,6 +186,7 @@ impl Engine {
         let settings = Settings {
             library,
             model: model.or(remembered.model),
+            memory_budget: options.memory_budget.or(remembered.memory_budget),
         };
         let spec = settings.model.as_deref().unwrap_or(hub::DEFAULT_MODEL);
         let model = hub::resolve(spec)?;
@@ -213,8 +220,9 @@ impl Engine {
         save_settings(&data_dir, &settings)?;
         let id = glimpse_core::ports::TextEmbedder::encoder(&encoder).clone();
         let dimension = encoder.dimension();
+        let budget = settings.memory_budget.unwrap_or_default();
         let (index, index_repairs) =
-            open_index(&data_dir, &catalog, &id, dimension, rebuild).await?;
+            open_index(&data_dir, &catalog, &id, dimension, rebuild, budget).await?;
         catalog.register_encoder(&id, dimension).await?;
         // One engine, one encoder: the one it opened with is the one that indexes.
         catalog.activate_encoder(&id).await?;
@@ -264,6 +272,21 @@ impl Engine {
     /// The library folder, if any.
     pub fn library(&self) -> Option<&Path> {
         self.settings.library.as_deref()
+    }
+
+    /// The memory Glimpse may use.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        self.settings.memory_budget.unwrap_or_default()
+    }
+
+    /// Records what this process holds now, for `glimpse status` (`process` names it, as in
+    /// "glimpse serve"), and returns it.
+    pub fn record_memory(&self, process: &str) -> Result<MemoryRecord, EngineError> {
+        let record = MemoryRecord::now(process, self.memory_budget(), now_seconds());
+        record
+            .save(&self.data_dir)
+            .map_err(|e| storage(&self.data_dir, e))?;
+        Ok(record)
     }
 
     /// The adapters, for core's flows, with the active query adapter.
@@ -425,9 +448,10 @@ async fn open_index(
     id: &EncoderId,
     dimension: usize,
     rebuild: bool,
+    budget: MemoryBudget,
 ) -> Result<(LocalIndex, Vec<String>), EngineError> {
     let directory = data_dir.join("index");
-    let tuning = IndexTuning::default();
+    let tuning = IndexTuning::within(budget, dimension);
     let mut repairs = Vec::new();
     let resuming = catalog.engine_state(REBUILD_KEY)?.as_deref() == Some(&*id.to_string());
     let existed = LocalIndex::exists(&directory);

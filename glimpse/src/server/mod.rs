@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use self::gates::Gate;
 pub use self::stats::{Learning, Stats, percentiles};
 use crate::embedded::{Engine, EngineError, ScanReport};
+use crate::memory::{MemoryBudget, ProcessMemory};
 
 /// Longest side of a thumbnail, in pixels.
 const THUMBNAIL_SIZE: u32 = 320;
@@ -274,7 +275,20 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
             "evaluation": a.evaluation,
         })),
         "training_runs": engine.training_runs(),
+        "memory": memory_status(engine.memory_budget()),
     })))
+}
+
+/// What the server holds, against its budget, in bytes.
+fn memory_status(budget: MemoryBudget) -> Value {
+    let memory = ProcessMemory::now().unwrap_or_default();
+    json!({
+        "budget": budget.bytes(),
+        "resident": memory.resident,
+        "anonymous": memory.anonymous,
+        "file": memory.file,
+        "peak": memory.peak,
+    })
 }
 
 async fn stats_report(State(state): Shared) -> Json<Value> {
@@ -294,7 +308,7 @@ async fn stats_report(State(state): Shared) -> Json<Value> {
 async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let counts = state.engine.counts().await?;
     let vectors = state.engine.indexed_vectors().await?;
-    let text = state.stats.prometheus(
+    let mut text = state.stats.prometheus(
         &counts,
         vectors,
         state.engine.library_available(),
@@ -304,6 +318,7 @@ async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
             training_runs: state.engine.training_runs(),
         },
     );
+    stats::write_memory(&mut text, state.engine.memory_budget());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -141,6 +141,16 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
             "index_repairs": {"type": "array", "items": {"type": "string"}},
             "images_embedded": count,
             "last_check": {"type": ["object", "null"]},
+            "memory": {
+                "type": "object",
+                "description": "What the server holds now, against its --memory-budget, in \
+                                bytes: anonymous memory (heap) plus the resident pages of \
+                                mapped index files (which the kernel drops under pressure).",
+                "properties": {
+                    "budget": count, "resident": count, "anonymous": count, "file": count,
+                    "peak": count,
+                },
+            },
         },
     })
 }

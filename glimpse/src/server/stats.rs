@@ -12,6 +12,7 @@ use glimpse_core::search::{SearchResponse, StageTimings};
 use serde_json::{Value, json};
 
 use crate::adapters::MemoryQueryCache;
+use crate::memory::{MemoryBudget, ProcessMemory};
 
 /// Searches the percentiles are computed over.
 pub const WINDOW: usize = 10_000;
@@ -231,6 +232,23 @@ impl Stats {
         }
         out
     }
+}
+
+/// What `/metrics` says about the process's memory and its budget.
+pub fn write_memory(out: &mut String, budget: MemoryBudget) {
+    let memory = ProcessMemory::now().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+         # HELP glimpse_peak_resident_memory_bytes The most that was resident at once since start.\n\
+         # TYPE glimpse_peak_resident_memory_bytes gauge\nglimpse_peak_resident_memory_bytes {}\n\
+         # HELP glimpse_memory_budget_bytes The memory budget (--memory-budget).\n\
+         # TYPE glimpse_memory_budget_bytes gauge\nglimpse_memory_budget_bytes {}",
+        memory.resident,
+        memory.peak,
+        budget.bytes()
+    );
 }
 
 /// What `/metrics` says about learning from clicks.

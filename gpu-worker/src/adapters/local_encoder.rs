@@ -34,6 +34,12 @@ impl LocalEncoder {
         self.encoder.dimension()
     }
 
+    /// Frees the image tower until the next image (see
+    /// [`ImageTextEncoder::release_image_tower`]).
+    pub fn release_image_tower(&self) -> bool {
+        self.encoder.release_image_tower()
+    }
+
     /// How many images this process has run through the image tower (embedded, or refused by
     /// the decoder), all clones together.
     pub fn images_embedded(&self) -> u64 {
@@ -137,5 +143,24 @@ mod tests {
         .unwrap();
         let dimension = encoder.dimension();
         glimpse_core::contract::image_embedder_suite(&encoder, jpeg, dimension).await;
+    }
+
+    #[test]
+    fn a_released_image_tower_is_read_again_and_embeds_the_same() {
+        let encoder = encoder();
+        let jpeg = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/images/noise.jpg"),
+        )
+        .unwrap();
+        let before = encoder.encoder.embed_images(&[&jpeg]).unwrap();
+        assert!(encoder.release_image_tower());
+        assert!(!encoder.release_image_tower(), "released already");
+        let texts = encoder.encoder.embed_texts(&["a red sled"]).unwrap();
+        assert_eq!(texts.len(), 1, "the text tower stays");
+        assert_eq!(encoder.encoder.embed_images(&[&jpeg]).unwrap(), before);
+        assert!(
+            encoder.release_image_tower(),
+            "read again, so released again"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! out.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -11,7 +12,7 @@ use super::{
     EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, JpegDecode,
     PreparedImage, TextTokenizer,
 };
-use crate::models::clip::{ClipConfig, ClipModel};
+use crate::models::clip::{ClipConfig, ClipTextModel, ClipVisionModel};
 
 /// Queries whose lengths differ by at most this many tokens share a batch (padded to the longest;
 /// attention is causal and pooling happens at each query's own end token, so padding changes
@@ -23,7 +24,11 @@ const MAX_BATCH: usize = 64;
 /// A CLIP checkpoint ready to encode.
 pub struct ClipEncoder {
     id: EncoderId,
-    model: ClipModel,
+    text: ClipTextModel,
+    /// The image tower, `None` while released (see [`ClipEncoder::release_image_tower`]).
+    vision: Mutex<Option<Arc<ClipVisionModel>>>,
+    /// How the image tower is read again once released; `None` keeps it loaded.
+    reload: Option<Reload>,
     tokenizer: TextTokenizer,
     processor: ImageProcessor,
     pad_token: u32,
@@ -87,12 +92,42 @@ impl ClipEncoder {
             )));
         }
         let (device, dtype) = compute_device()?;
-        // SAFETY: the file is mapped read-only; Glimpse never writes model files while a model is
-        // loaded, and a model directory replaced underneath a running process is unsupported.
-        #[allow(unsafe_code)]
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &device) }
-            .map_err(|e| EncoderError::BadModel(format!("{}: {e}", weights.display())))?;
-        Self::new(vb, &config, tokenizer, processor, id)
+        let vb = map_weights(&weights, dtype, &device)?;
+        let encoder = Self::new(vb, &config, tokenizer, processor, id)?;
+        Ok(encoder.releasable(config, move || map_weights(&weights, dtype, &device)))
+    }
+
+    /// Lets [`ImageTextEncoder::release_image_tower`] free the image tower: `weights` gives its
+    /// weights again when the next image needs it.
+    pub fn releasable(
+        mut self,
+        config: ClipConfig,
+        weights: impl Fn() -> Result<VarBuilder<'static>, EncoderError> + Send + Sync + 'static,
+    ) -> Self {
+        self.reload = Some(Reload {
+            config,
+            weights: Box::new(weights),
+        });
+        self
+    }
+
+    /// The image tower, read again if it was released.
+    fn image_tower(&self) -> Result<Arc<ClipVisionModel>, EncoderError> {
+        let mut vision = self.vision.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tower) = vision.as_ref() {
+            return Ok(Arc::clone(tower));
+        }
+        let Some(reload) = &self.reload else {
+            return Err(EncoderError::Internal(
+                "the image tower was released but cannot be read again".into(),
+            ));
+        };
+        let tower = ClipVisionModel::new((reload.weights)()?, &reload.config).map_err(|e| {
+            EncoderError::BadModel(format!("the model's weights changed on disk: {e}"))
+        })?;
+        let tower = Arc::new(tower);
+        *vision = Some(Arc::clone(&tower));
+        Ok(tower)
     }
 
     /// Builds an encoder from weights already behind a [`VarBuilder`] (a checkpoint, or random
@@ -106,9 +141,10 @@ impl ClipEncoder {
     ) -> Result<Self, EncoderError> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
-        let model = ClipModel::new(vb, config).map_err(|e| {
-            EncoderError::BadModel(format!("the weights do not match config.json: {e}"))
-        })?;
+        let mismatch =
+            |e| EncoderError::BadModel(format!("the weights do not match config.json: {e}"));
+        let text = ClipTextModel::new(vb.clone(), config).map_err(mismatch)?;
+        let vision = ClipVisionModel::new(vb, config).map_err(mismatch)?;
         let image_size = config.vision_config.image_size;
         let processor = ImageProcessor::new(processor);
         let (out_h, out_w) = processor
@@ -122,7 +158,9 @@ impl ClipEncoder {
         }
         Ok(Self {
             id,
-            model,
+            text,
+            vision: Mutex::new(Some(Arc::new(vision))),
+            reload: None,
             tokenizer,
             processor,
             pad_token: config.text_config.eos_token_id,
@@ -163,7 +201,7 @@ impl ClipEncoder {
                 flat.resize(flat.len() + longest - sequences[i].len(), self.pad_token);
             }
             let ids = Tensor::from_vec(flat, (batch.len(), longest), &self.device)?;
-            let features = self.model.text.forward(&ids)?.to_dtype(DType::F32)?;
+            let features = self.text.forward(&ids)?.to_dtype(DType::F32)?;
             for (&i, row) in batch.iter().zip(features.to_vec2::<f32>()?) {
                 results[i] = Some(to_embedding(row)?);
             }
@@ -174,6 +212,25 @@ impl ClipEncoder {
             .map(|e| e.ok_or_else(|| EncoderError::Internal("a text was not encoded".into())))
             .collect()
     }
+}
+
+/// How a released image tower is read again.
+struct Reload {
+    config: ClipConfig,
+    weights: Box<dyn Fn() -> Result<VarBuilder<'static>, EncoderError> + Send + Sync>,
+}
+
+/// Maps a safetensors file for loading.
+fn map_weights(
+    weights: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>, EncoderError> {
+    // SAFETY: the file is mapped read-only; Glimpse never writes model files while a model is
+    // loaded, and a model directory replaced underneath a running process is unsupported.
+    #[allow(unsafe_code)]
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
+        .map_err(|e| EncoderError::BadModel(format!("{}: {e}", weights.display())))
 }
 
 fn to_embedding(values: Vec<f32>) -> Result<Embedding, EncoderError> {
@@ -202,8 +259,17 @@ impl ImageTextEncoder for ClipEncoder {
         self.processor.prepare(encoded)
     }
 
+    fn release_image_tower(&self) -> bool {
+        if self.reload.is_none() {
+            return false;
+        }
+        let mut vision = self.vision.lock().unwrap_or_else(PoisonError::into_inner);
+        vision.take().is_some()
+    }
+
     fn embed_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Embedding>, EncoderError> {
         let side = self.image_size;
+        let vision = self.image_tower()?;
         let mut embeddings = Vec::with_capacity(images.len());
         for chunk in images.chunks(MAX_BATCH) {
             let mut flat = Vec::with_capacity(chunk.len() * 3 * side * side);
@@ -218,7 +284,7 @@ impl ImageTextEncoder for ClipEncoder {
             }
             let pixels = Tensor::from_vec(flat, (chunk.len(), 3, side, side), &self.device)?
                 .to_dtype(self.dtype)?;
-            let features = self.model.vision.forward(&pixels)?.to_dtype(DType::F32)?;
+            let features = vision.forward(&pixels)?.to_dtype(DType::F32)?;
             for row in features.to_vec2::<f32>()? {
                 embeddings.push(to_embedding(row)?);
             }

@@ -60,6 +60,13 @@ pub trait ImageTextEncoder: Send + Sync {
     /// One unit vector per prepared image, in order, encoded as one batch.
     fn embed_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Embedding>, EncoderError>;
 
+    /// Frees the image tower's memory until the next image needs it (it is then read again from
+    /// its file), for a process that searches far more often than it indexes. Returns whether
+    /// memory was freed: `false` when it was released already, or cannot be read again.
+    fn release_image_tower(&self) -> bool {
+        false
+    }
+
     /// Prepares `encoded` images on parallel threads, then encodes them as one batch. The first
     /// image that cannot be decoded fails the call; use [`Self::prepare_image`] to handle images
     /// one by one.

@@ -516,22 +516,3 @@ impl ClipVisionModel {
             .forward(&self.post_layernorm.forward(&class_rows.contiguous()?)?)
     }
 }
-
-/// Both towers of a CLIP checkpoint.
-#[derive(Clone, Debug)]
-pub struct ClipModel {
-    /// Token ids → text features.
-    pub text: ClipTextModel,
-    /// Pixels → image features.
-    pub vision: ClipVisionModel,
-}
-
-impl ClipModel {
-    /// Loads both towers; shapes are checked against `cfg` here, not at the first request.
-    pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
-        Ok(Self {
-            text: ClipTextModel::new(vb.clone(), cfg)?,
-            vision: ClipVisionModel::new(vb, cfg)?,
-        })
-    }
-}
