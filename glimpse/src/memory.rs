@@ -175,17 +175,26 @@ impl std::str::FromStr for MemoryBudget {
             "m" | "mb" | "mib" => MIB,
             _ => return Err(not_a_size()),
         };
-        let bytes = number * unit as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        // Whole megabytes, so that the budget reads back exactly as it is written.
+        let megabytes = (number * (unit / MIB) as f64).round();
+        if !megabytes.is_finite() || megabytes >= (u64::MAX / MIB) as f64 {
             return Err(not_a_size());
         }
-        Self::new(bytes as u64)
+        Self::new(megabytes as u64 * MIB)
     }
 }
 
 impl std::fmt::Display for MemoryBudget {
+    /// Exactly: `2 GB`, `1.5 GB`, `900 MB` (it is saved this way and read back).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", megabytes(self.bytes))
+        let bytes = self.bytes;
+        if bytes.is_multiple_of(GIB) {
+            write!(f, "{} GB", bytes / GIB)
+        } else if let Some(tenths) = bytes.checked_mul(10).filter(|b| b.is_multiple_of(GIB)) {
+            write!(f, "{}.{} GB", bytes / GIB, tenths / GIB % 10)
+        } else {
+            write!(f, "{} MB", bytes / MIB)
+        }
     }
 }
 
@@ -242,9 +251,12 @@ mod tests {
             "900M".parse::<MemoryBudget>().unwrap().to_string(),
             "900 MB"
         );
-        let round_trip: MemoryBudget =
-            serde_json::from_value(serde_json::to_value(MemoryBudget::DEFAULT).unwrap()).unwrap();
-        assert_eq!(round_trip, MemoryBudget::DEFAULT);
+        for text in ["2GB", "1.5GB", "1500MB", "1.3GB", "0.9 GB", "9999999999GB"] {
+            let budget: MemoryBudget = text.parse().unwrap();
+            let saved = serde_json::to_value(budget).unwrap();
+            let read_back: MemoryBudget = serde_json::from_value(saved).unwrap();
+            assert_eq!(read_back, budget, "{text} reads back as written");
+        }
     }
 
     #[test]
