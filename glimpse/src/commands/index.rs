@@ -27,7 +27,6 @@ pub struct IndexArgs {
 }
 
 pub async fn index(args: IndexArgs) -> Result<()> {
-    args.memory.apply(&args.data)?;
     let engine = open_engine(
         &args.data,
         Some(args.library),
@@ -35,6 +34,7 @@ pub async fn index(args: IndexArgs) -> Result<()> {
         args.memory.memory_budget,
     )
     .await?;
+    args.memory.apply(&engine);
     let check = engine.check_at_start().await?;
     if !check.consistent() {
         println!(

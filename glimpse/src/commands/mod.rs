@@ -54,20 +54,13 @@ pub struct MemoryArgs {
 }
 
 impl MemoryArgs {
-    /// Sets the decoding memory from the budget this run will use (given, else remembered in
-    /// `data`, else the default).
-    fn apply(&self, data: &DataDirArgs) -> Result<()> {
-        let budget = match self.memory_budget {
-            Some(budget) => budget,
-            None => Engine::settings(&data.data_dir)?
-                .memory_budget
-                .unwrap_or_default(),
-        };
+    /// Sets the decoding memory from the budget `engine` runs under; call it before the first
+    /// photo is indexed.
+    fn apply(&self, engine: &Engine) {
         let decode_memory_mb = self
             .decode_memory_mb
-            .unwrap_or(budget.bytes() / DECODING_SHARE / (1024 * 1024));
+            .unwrap_or(engine.memory_budget().bytes() / DECODING_SHARE / (1024 * 1024));
         glimpse_worker::encoder::decode_budget::set_decode_memory_mb(decode_memory_mb);
-        Ok(())
     }
 }
 

@@ -172,7 +172,6 @@ pub fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    args.memory.apply(&args.data)?;
     let learning = args.learning.settings()?;
     let engine = Arc::new(
         open_engine(
@@ -184,6 +183,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .await?
         .with_learning(learning),
     );
+    args.memory.apply(&engine);
     let token = write_token(engine.data_dir(), args.token)?;
     // Listening first: the page and the API answer while the library is scanned and indexed.
     let listener = tokio::net::TcpListener::bind(args.listen)
