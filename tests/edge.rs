@@ -1,7 +1,7 @@
 //! The edge functions end to end: the built Spin components (functions/, wasm32-wasip2) in the
-//! test host (tests/spin_host), configured by the real functions/spin.toml, against the machine's
-//! Postgres, the s3s-fs S3 server, a `glimpse worker` process and — when `QDRANT_URL` is set —
-//! Qdrant.
+//! test host (tests/spin_host), configured by the real spin.toml at the repository root, against
+//! the machine's Postgres, the s3s-fs S3 server, a `glimpse worker` process and — when
+//! `QDRANT_URL` is set — Qdrant.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -34,7 +34,7 @@ fn repository() -> PathBuf {
 }
 
 fn manifest() -> PathBuf {
-    repository().join("functions/spin.toml")
+    repository().join("spin.toml")
 }
 
 fn model() -> String {

@@ -14,8 +14,8 @@ use crate::photo::{
     UploadId,
 };
 use crate::ports::{
-    Added, BlobStore, Catalog, ClaimedJob, IndexedPhoto, JobClaim, JobOutcome, PortError, Requeue,
-    RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
+    Added, BlobStore, Catalog, CatalogCounts, ClaimedJob, IndexedPhoto, JobClaim, JobOutcome,
+    PortError, Requeue, RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
@@ -1118,6 +1118,26 @@ impl Reranker for RetrievalOrder {
         let sum: f32 = exps.iter().sum();
         Ok(exps.into_iter().map(|e| e / sum).collect())
     }
+}
+
+/// What either shape says of its photos at `GET /api/status`: how many there are by indexing
+/// state, and whether indexing is done. `photos.pending` is the work waiting for the workers: what
+/// wakes a worker pool scaled to zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct IndexingStatus {
+    /// The photos by indexing state.
+    pub photos: CatalogCounts,
+    /// Whether no photo waits for its features.
+    pub indexing_done: bool,
+}
+
+/// The catalog's [`IndexingStatus`].
+pub async fn indexing_status(catalog: &dyn Catalog) -> Result<IndexingStatus, FlowError> {
+    let photos = catalog.counts().await?;
+    Ok(IndexingStatus {
+        photos,
+        indexing_done: photos.pending == 0,
+    })
 }
 
 /// A page of photos in date order (newest first) passing the filters of `query`, which must not

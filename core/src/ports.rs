@@ -249,7 +249,7 @@ pub enum Requeue {
 }
 
 /// Photo counts by indexing state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CatalogCounts {
     /// All photos.
     pub photos: u64,

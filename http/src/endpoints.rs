@@ -10,6 +10,8 @@ pub enum Endpoint<'a> {
     Health,
     /// `GET /api/openapi.json`: the shape's OpenAPI document.
     OpenApi,
+    /// `GET /api/status`: the photos by indexing state (what waits for the workers).
+    Status,
     /// `GET /api/albums`: albums with their photo counts.
     Albums,
     /// `GET /api/photos` (browse), `POST /api/photos` (upload in the body).
@@ -49,9 +51,10 @@ pub enum Access {
 
 impl Endpoint<'static> {
     /// Every endpoint, ids as the path templates' parameters.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Health,
         Self::OpenApi,
+        Self::Status,
         Self::Albums,
         Self::Photos,
         Self::Photo(ID),
@@ -76,6 +79,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Self::Health => "/healthz".to_owned(),
             Self::OpenApi => "/api/openapi.json".to_owned(),
+            Self::Status => "/api/status".to_owned(),
             Self::Albums => "/api/albums".to_owned(),
             Self::Photos => "/api/photos".to_owned(),
             Self::Photo(id) => format!("/api/photos/{id}"),
@@ -99,6 +103,7 @@ impl<'a> Endpoint<'a> {
         let parts: Vec<&str> = path.strip_prefix("/api/")?.split('/').collect();
         Some(match parts.as_slice() {
             ["openapi.json"] => Self::OpenApi,
+            ["status"] => Self::Status,
             ["albums"] => Self::Albums,
             ["photos"] => Self::Photos,
             ["photos", id] => Self::Photo(id),
@@ -120,6 +125,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Self::Health
             | Self::OpenApi
+            | Self::Status
             | Self::Albums
             | Self::Original(_)
             | Self::Thumbnail(_)
@@ -182,7 +188,7 @@ mod tests {
             "/api/",
             "/api/photos/a/b/c",
             "/apiphotos",
-            "/api/status",
+            "/api/stats",
         ] {
             assert_eq!(Endpoint::of(path), None, "{path}");
         }

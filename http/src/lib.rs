@@ -320,6 +320,9 @@ where
     let query = parts.uri.query().unwrap_or_default();
     let headers = &parts.headers;
     match (method, endpoint) {
+        (&Method::GET, Endpoint::Status) => {
+            ok(&flows::indexing_status(shape.catalog().await?).await?)
+        }
         (&Method::GET, Endpoint::Albums) => {
             let albums = shape.catalog().await?.albums().await?;
             ok(&AlbumList { albums })

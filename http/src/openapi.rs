@@ -7,7 +7,7 @@
 
 use glimpse_contracts::api::{BrowseParams, SearchParams, SimilarParams};
 use glimpse_core::browse::BrowsePage;
-use glimpse_core::flows::UploadDeclaration;
+use glimpse_core::flows::{IndexingStatus, UploadDeclaration};
 use glimpse_core::photo::{AlbumName, ImageFormat, Photo, PhotoId, UploadId};
 use glimpse_core::search::{QueryId, SearchLogEntry, SearchRequest, SearchResponse};
 use http::{Method, StatusCode};
@@ -451,6 +451,17 @@ fn operation(
             "OpenAPI 3.1.",
             json!({"type": "object"}),
         ),
+        (Endpoint::Status, _) => Operation::new(
+            "The photos by indexing state: `photos.pending` is the work waiting for the workers \
+             (uploads are kept and queued while no worker runs).",
+            "operations",
+        )
+        .json_reply(
+            StatusCode::OK,
+            "The status.",
+            document.schema::<IndexingStatus>(),
+        )
+        .backend_errors(),
         (Endpoint::Albums, _) => Operation::new(
             "Every album with its photo count, by name (albums differing only in case are one).",
             "photos",

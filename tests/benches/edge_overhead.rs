@@ -123,7 +123,7 @@ async fn bench() {
     let id: PhotoId = stored.id;
     catalog.add_photo(&stored).await.unwrap();
 
-    let host = SpinHost::start(&repository().join("functions/spin.toml"), &variables(&name))
+    let host = SpinHost::start(&repository().join("spin.toml"), &variables(&name))
         .await
         .unwrap();
     let path = format!("/api/photos/{id}");

@@ -34,7 +34,7 @@ const CLIENT_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     /// `/api/photos`, `/api/photos/{id}`, `/api/photos/{id}/original`, `/api/photos/{id}/retry`,
-    /// `/api/albums`, `/healthz`, `/api/openapi.json`.
+    /// `/api/albums`, `/api/status`, `/healthz`, `/api/openapi.json`.
     Photos,
     /// `/api/uploads`, `/api/uploads/{id}`.
     Uploads,
@@ -50,6 +50,7 @@ impl Component {
         match endpoint {
             Endpoint::Health
             | Endpoint::OpenApi
+            | Endpoint::Status
             | Endpoint::Albums
             | Endpoint::Photos
             | Endpoint::Photo(_)

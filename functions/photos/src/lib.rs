@@ -1,6 +1,7 @@
 //! The photos component: `/api/photos` (browse; upload of bodies up to `max_upload_mb`),
 //! `/api/albums`, `/api/photos/{id}` (read, delete), `/api/photos/{id}/original` (302 to storage),
-//! `/healthz`, `/api/openapi.json` (the edge's OpenAPI document).
+//! `/api/status` (photos by indexing state: the work waiting for the pool), `/healthz`,
+//! `/api/openapi.json` (the edge's OpenAPI document).
 
 use spin_sdk::http::Request;
 use spin_sdk::http_service;

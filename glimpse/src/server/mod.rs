@@ -413,8 +413,10 @@ async fn scan_library(
 /// The embedded engine as the public API sees it.
 #[async_trait::async_trait]
 impl Shape for AppState {
-    fn offers(&self, _endpoint: &glimpse_http::Endpoint<'_>) -> bool {
-        true
+    fn offers(&self, endpoint: &glimpse_http::Endpoint<'_>) -> bool {
+        // Its own `/api/status` says more (the library, memory, learning; own_operations
+        // documents it).
+        !matches!(endpoint, glimpse_http::Endpoint::Status)
     }
 
     fn originals_by_redirect(&self) -> bool {

@@ -10,6 +10,7 @@ use super::adapters::{Activation, Adapters};
 use super::{ScanRequest, WEB_ASSETS};
 use crate::embedded::ScanReport;
 use glimpse_core::learning::TrainingOutcome;
+use glimpse_core::ports::CatalogCounts;
 
 /// Adds the server's own operations to `document`, and the guard's refusals to every operation.
 pub(super) fn own_operations(document: &mut Document) {
@@ -129,12 +130,7 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
                                 removed meanwhile. null without a library.",
             },
             "library_problem": {"type": ["string", "null"]},
-            "photos": {
-                "type": "object",
-                "properties": {
-                    "photos": count, "pending": count, "indexed": count, "failed": count,
-                },
-            },
+            "photos": document.schema::<CatalogCounts>(),
             "index_vectors": count,
             "indexing_done": {"type": "boolean"},
             "last_scan": {"anyOf": [document.schema::<ScanReport>(), {"type": "null"}]},

@@ -1,0 +1,41 @@
+output "host" {
+  description = "Host name of the server."
+  value       = local.host
+}
+
+output "port" {
+  description = "Its port."
+  value       = tonumber(local.port)
+}
+
+output "address" {
+  description = "host:port, as the edge's database_host wants it."
+  value       = "${local.host}:${local.port}"
+}
+
+output "database" {
+  description = "The database."
+  value       = local.database
+}
+
+output "username" {
+  description = "The user Glimpse connects as."
+  value       = local.user
+}
+
+output "password" {
+  description = "Its password."
+  value       = local.password
+  sensitive   = true
+}
+
+output "url" {
+  description = "postgres://user:password@host:port/database, as the workers' [database] url wants it (TLS is the workers' default)."
+  value       = "postgres://${local.user}:${local.password}@${local.host}:${local.port}/${local.database}"
+  sensitive   = true
+}
+
+output "security_group_id" {
+  description = "The created instance's security group (null with existing_url)."
+  value       = local.create ? aws_security_group.catalog[0].id : null
+}
