@@ -30,7 +30,7 @@ output "password" {
 }
 
 output "url" {
-  description = "postgres://user:password@host:port/database, as the workers' [database] url wants it (TLS is the workers' default)."
+  description = "postgres://user:password@host:port/database, as the workers' [database] url wants it."
   value       = "postgres://${local.user}:${local.password}@${local.host}:${local.port}/${local.database}"
   sensitive   = true
 }
