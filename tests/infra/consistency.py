@@ -75,9 +75,10 @@ def check_layout(parsed):
         for name, body in blocks(content, "output").items():
             if not unquote(body.get("description", "")):
                 problem(f"{where}: output {name} has no description")
-            secret = re.search(r"password|secret|token|api_key|url$", name)
-            if secret and name.endswith("url") and "database" not in str(path):
-                secret = None
+            # The database's URL holds its password.
+            secret = re.search(r"password|secret|token|api_key", name) or (
+                name.endswith("url") and path.parent.name == "database"
+            )
             if secret and body.get("sensitive") is not True:
                 problem(f"{where}: output {name} looks secret but is not sensitive")
 

@@ -446,8 +446,8 @@ resource "aws_secretsmanager_secret_version" "api_token" {
 
   lifecycle {
     precondition {
-      condition     = var.status_url != null && var.api_token != null
-      error_message = "Scaling on pending work needs status_url (the edge's /api/status) and api_token."
+      condition     = var.api_token != null
+      error_message = "Scaling on pending work needs api_token (to read the edge's status)."
     }
   }
 }
@@ -560,7 +560,7 @@ resource "aws_lambda_function" "scaler" {
 
   environment {
     variables = {
-      STATUS_URL       = coalesce(var.status_url, "unset")
+      STATUS_URL       = var.status_url
       TOKEN_SECRET_ARN = aws_secretsmanager_secret.api_token[0].arn
       METRIC_NAMESPACE = local.metric_namespace
       POOL_NAME        = var.name
@@ -573,6 +573,13 @@ resource "aws_lambda_function" "scaler" {
 
   tags       = var.tags
   depends_on = [aws_cloudwatch_log_group.scaler, aws_iam_role_policy.scaler]
+
+  lifecycle {
+    precondition {
+      condition     = var.status_url != null
+      error_message = "Scaling on pending work needs status_url (the edge's /api/status)."
+    }
+  }
 }
 
 resource "aws_cloudwatch_event_rule" "every_minute" {
