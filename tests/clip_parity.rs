@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use glimpse_core::EncoderId;
 use glimpse_worker::encoder::{
-    ClipEncoder, EncoderError, ImageTextEncoder, PreparedImage, TextTokenizer, embed_pipelined,
+    ClipEncoder, EncoderError, ImageTextEncoder, Precision, PreparedImage, TextTokenizer,
+    embed_pipelined,
 };
 use serde::Deserialize;
 
@@ -67,7 +68,7 @@ fn checkpoint(name: &str) -> PathBuf {
 
 fn encoder(name: &str) -> ClipEncoder {
     let id = EncoderId::new("clip", format!("test/{name}"), "fixture").unwrap();
-    ClipEncoder::load(&checkpoint(name), id).unwrap()
+    ClipEncoder::load(&checkpoint(name), id, Precision::F32).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -195,6 +196,54 @@ fn check_image_parity(name: &str) {
     println!("{}", report.join("\n"));
 }
 
+/// The bf16 path against transformers' f32 embeddings, on the reference pixels (so only the
+/// precision differs): every cosine at least the gate that lets bf16 be the default.
+fn check_bf16_accuracy(name: &str) {
+    let id = EncoderId::new("clip", format!("test/{name}"), "fixture").unwrap();
+    let encoder = match ClipEncoder::load(&checkpoint(name), id, Precision::Bf16) {
+        Ok(encoder) => encoder,
+        Err(EncoderError::BadModel(reason)) if reason.contains("AVX-512 BF16") => {
+            eprintln!("SKIPPED {name}: {reason}");
+            return;
+        }
+        Err(e) => panic!("{name}: {e}"),
+    };
+    let fixture = Fixture::load(name);
+    let mut lowest = (f32::INFINITY, f32::INFINITY);
+    for (i, query) in fixture.expected.queries.iter().enumerate() {
+        let ours = encoder.embed_texts(&[&query.text]).unwrap();
+        let expected = fixture.vector(&format!("text_embeds.{i}"));
+        lowest.0 = lowest.0.min(cosine(ours[0].as_slice(), &expected));
+    }
+    for i in 0..fixture.expected.images.len() {
+        let key = format!("pixel_values.{i}");
+        let (_, height, width) = fixture.tensors[&key].dims3().unwrap();
+        let ours = encoder
+            .embed_prepared(&[PreparedImage {
+                pixels: fixture.vector(&key),
+                height: height as u32,
+                width: width as u32,
+            }])
+            .unwrap();
+        let expected = fixture.vector(&format!("image_embeds.{i}"));
+        lowest.1 = lowest.1.min(cosine(ours[0].as_slice(), &expected));
+    }
+    println!(
+        "{name} bf16 vs transformers f32: lowest text cosine {:.6}, lowest image cosine {:.6}",
+        lowest.0, lowest.1
+    );
+    assert!(
+        lowest.0 >= 0.9995 && lowest.1 >= 0.9995,
+        "{name}: {lowest:?}"
+    );
+}
+
+#[test]
+fn bf16_stays_within_its_accuracy_gate_on_both_checkpoints() {
+    check_bf16_accuracy("clip-odd");
+    check_bf16_accuracy("clip-gelu");
+}
+
 #[test]
 fn odd_sized_checkpoint_text_matches_transformers() {
     check_text_parity("clip-odd");
@@ -248,7 +297,7 @@ fn weights_that_do_not_match_the_config_fail_at_load_with_the_reason() {
     config["text_config"]["intermediate_size"] = 65.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let id = EncoderId::new("clip", "test/bad", "x").unwrap();
-    let error = ClipEncoder::load(&dir, id).unwrap_err();
+    let error = ClipEncoder::load(&dir, id, Precision::F32).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         matches!(&error, EncoderError::BadModel(m) if m.contains("do not match config.json")),

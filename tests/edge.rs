@@ -165,8 +165,12 @@ impl Backends {
             .await
             .unwrap();
         let model = glimpse_worker::hub::resolve(&model()).unwrap();
-        let encoder =
-            glimpse_worker::encoder::ClipEncoder::load(&model.directory, model.id).unwrap();
+        let encoder = glimpse_worker::encoder::ClipEncoder::load(
+            &model.directory,
+            model.id,
+            glimpse_worker::encoder::Precision::Auto,
+        )
+        .unwrap();
         catalog
             .register_encoder(encoder.id(), encoder.dimension())
             .await

@@ -30,6 +30,8 @@ fn embed_prints_one_json_line_per_input_with_encoder_and_dimension() {
         "embed",
         "--model",
         model.to_str().unwrap(),
+        "--precision",
+        "f32",
         "--text",
         "a dog",
         "--image",
@@ -75,6 +77,23 @@ fn embed_prints_one_json_line_per_input_with_encoder_and_dimension() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(diff <= 1e-4, "differs from transformers by {diff}");
+
+    // The default precision (bf16 where the CPU has it) stays within its accuracy gate.
+    let output = glimpse(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "a dog",
+    ]);
+    assert!(output.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let fast: Vec<f32> = serde_json::from_value(line["vector"].clone()).unwrap();
+    let cosine: f32 = fast.iter().zip(&expected).map(|(a, b)| a * b).sum();
+    assert!(
+        cosine >= 0.9995,
+        "default precision: cosine {cosine} with transformers"
+    );
 }
 
 /// Runs `glimpse embed` with the default (Hub) model and an empty Hugging Face cache; returns

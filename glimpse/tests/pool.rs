@@ -20,7 +20,7 @@ use glimpse_core::flows::{self, LogRetention, RetryPolicy};
 use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
 use glimpse_core::{Embedding, EncoderId};
 use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, postgres};
-use glimpse_worker::encoder::ClipEncoder;
+use glimpse_worker::encoder::{ClipEncoder, Precision};
 use glimpse_worker::hub;
 use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, Housekeeping};
 use tokio::sync::{Notify, watch};
@@ -75,7 +75,7 @@ impl Pool {
 fn encoder() -> LocalEncoder {
     let model = hub::resolve(&model()).unwrap();
     LocalEncoder::new(Arc::new(
-        ClipEncoder::load(&model.directory, model.id).unwrap(),
+        ClipEncoder::load(&model.directory, model.id, Precision::Auto).unwrap(),
     ))
 }
 

@@ -134,13 +134,17 @@ struct Generator {
 
 impl Generator {
     fn new(options: &AnnOptions) -> Self {
-        let mut rng = StdRng::seed_from_u64(options.seed);
         let clusters = if options.uniform {
             0
         } else {
             options.vectors.div_ceil(options.per_cluster.max(1))
         };
-        let dimension = options.dimension;
+        Self::seeded(options.seed, clusters, options.dimension)
+    }
+
+    /// Members of `clusters` clusters (uniform unit vectors if 0).
+    fn seeded(seed: u64, clusters: usize, dimension: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
         let centroids = (0..clusters)
             .map(|_| unit_gaussian(&mut rng, dimension, 1.0))
             .collect();
@@ -281,6 +285,40 @@ impl ExactTopK {
     fn ids(&self, query: usize) -> Vec<u64> {
         self.heaps[query].iter().map(|e| (e.0).1).collect()
     }
+}
+
+/// Mean fraction of the exact top 10 that two encodings of the same queries share, over
+/// `vectors` generated embedding-shaped vectors (clusters of 100, as `glimpse bench ann` builds
+/// by default): how much a faster encoding changes what searches return.
+pub fn top10_agreement(
+    reference: &[Vec<f32>],
+    candidate: &[Vec<f32>],
+    vectors: usize,
+) -> Result<f64, String> {
+    let dimension = match reference.first() {
+        Some(first) if reference.len() == candidate.len() => first.len(),
+        _ => return Err("top-10 agreement needs the same queries, at least one".into()),
+    };
+    let queries: Vec<Vec<f32>> = reference.iter().chain(candidate).cloned().collect();
+    let mut exact = ExactTopK::new(&queries, dimension).map_err(error)?;
+    let mut generator = Generator::seeded(0, vectors.div_ceil(100), dimension);
+    let mut generated = 0;
+    while generated < vectors {
+        let size = BATCH.min(vectors - generated);
+        let batch: Vec<Vec<f32>> = (0..size).map(|_| generator.next()).collect();
+        exact
+            .add(generated as u64, &batch, dimension)
+            .map_err(error)?;
+        generated += size;
+    }
+    let shared: usize = (0..reference.len())
+        .map(|query| {
+            let wanted = exact.ids(query);
+            let got = exact.ids(reference.len() + query);
+            got.iter().filter(|id| wanted.contains(id)).count()
+        })
+        .sum();
+    Ok(shared as f64 / (reference.len() * RECALL_AT.min(vectors)) as f64)
 }
 
 fn error(e: impl std::fmt::Display) -> String {
@@ -458,7 +496,7 @@ pub struct SearchReport {
 }
 
 /// Queries of the kind people type, with the language's features.
-const QUERIES: [&str; 12] = [
+pub(crate) const QUERIES: [&str; 12] = [
     "kids on a red sled",
     "beach at dusk -people",
     "whiteboard from the march offsite",

@@ -1,10 +1,11 @@
 //! `glimpse bench serve`: a `glimpse serve` process under load, measured from outside over HTTP,
 //! so the same run measures any build (this one, or an older binary for a before/after).
 //!
-//! Two phases on a generated library of small photos: search latency while the server scans
-//! the library for the first time (a scan must not stall the API), then a bounded soak of mixed
+//! Three phases on a generated library of small photos: search latency while the server scans
+//! the library for the first time (a scan must not stall the API); a bounded soak of mixed
 //! search, browse and thumbnail traffic from several clients, with throughput, latency and
-//! errors.
+//! errors; and a closed loop of searches only from the same clients, each search a text never
+//! asked before (so the query-embedding cache cannot answer it).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,6 +81,22 @@ pub struct ServeReport {
     pub soak_errors: usize,
     /// Soak latency by kind of request (`search`, `browse`, `thumbnail`).
     pub soak: BTreeMap<String, Latency>,
+    /// The closed loop of new searches: each client sends its next search when the last is
+    /// answered, for as long as the soak.
+    pub closed_loop: ClosedLoop,
+}
+
+/// Searches from several clients in a closed loop.
+#[derive(Debug, Serialize)]
+pub struct ClosedLoop {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Searches answered per second, all clients together.
+    pub searches_per_second: f64,
+    /// Searches that failed (transport error or a status other than 2xx).
+    pub errors: usize,
+    /// Latency of the answered searches.
+    pub latency: Latency,
 }
 
 /// `count` small distinct PNGs, 100 to a folder.
@@ -297,6 +314,7 @@ pub fn run(options: &ServeBenchOptions) -> Result<ServeReport, String> {
             .collect()
     });
     let elapsed = soak_started.elapsed().as_secs_f64();
+    let closed_loop = closed_loop(&address, options.clients.max(1), options.soak);
     let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut errors = 0;
     let mut answered = 0;
@@ -321,5 +339,53 @@ pub fn run(options: &ServeBenchOptions) -> Result<ServeReport, String> {
             .into_iter()
             .map(|(kind, samples)| (kind, Latency::of(samples)))
             .collect(),
+        closed_loop,
     })
+}
+
+/// `clients` threads searching back to back for `duration`, every search a new text.
+fn closed_loop(address: &str, clients: usize, duration: Duration) -> ClosedLoop {
+    const WORDS: [&str; 8] = [
+        "dog", "beach", "sled", "sunset", "kitchen", "mountain", "birthday", "train",
+    ];
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let outcomes: Vec<Result<f64, ()>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|client| {
+                scope.spawn(move || {
+                    let mut outcomes = Vec::new();
+                    let mut n = 0usize;
+                    while Instant::now() < deadline {
+                        let text = format!(
+                            "{}+{}+{client}x{n}",
+                            WORDS[n % WORDS.len()],
+                            WORDS[(n / WORDS.len() + client) % WORDS.len()]
+                        );
+                        let began = Instant::now();
+                        outcomes.push(
+                            match get(address, &format!("/api/search?q={text}&top_k=20")) {
+                                Ok((200..=299, _)) => Ok(began.elapsed().as_secs_f64() * 1000.0),
+                                _ => Err(()),
+                            },
+                        );
+                        n += 1;
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let answered: Vec<f64> = outcomes.iter().filter_map(|o| o.ok()).collect();
+    ClosedLoop {
+        clients,
+        searches_per_second: answered.len() as f64 / elapsed.max(1e-9),
+        errors: outcomes.len() - answered.len(),
+        latency: Latency::of(answered),
+    }
 }

@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{DataDirArgs, open_engine};
+use super::{DataDirArgs, ModelArgs, open_engine};
 
 #[derive(Args)]
 pub struct AdaptersArgs {
@@ -28,7 +28,7 @@ pub enum AdaptersAction {
 }
 
 pub async fn adapters(args: AdaptersArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None, None).await?;
+    let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
     match args.action {
         AdaptersAction::List => {
             let active = engine.active_adapter().map(|a| a.version);

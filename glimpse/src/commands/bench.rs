@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use glimpse::adapters::IndexTuning;
 use glimpse::bench;
 use glimpse::memory::MemoryBudget;
-use glimpse_worker::encoder::{ImageTextEncoder, JpegDecode};
+use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, Precision};
 use glimpse_worker::worker::settings::WorkerSettings;
 
 use super::{load_encoder, print_report};
@@ -98,6 +98,26 @@ impl AnnArgs {
     }
 }
 
+/// The encoder a benchmark runs.
+#[derive(Args)]
+pub struct BenchModel {
+    /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
+    #[arg(long)]
+    model: Option<String>,
+    /// How precisely the CPU runs the model: auto, f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: Precision,
+}
+
+impl BenchModel {
+    fn load(&self) -> Result<ClipEncoder> {
+        match &self.model {
+            Some(spec) => load_encoder(spec, self.precision),
+            None => Ok(bench::random_vit_b32(0, self.precision)?),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// The vector index: build time, memory, latency and recall@10 on synthetic embeddings.
@@ -115,9 +135,8 @@ pub enum BenchCommand {
         /// Score with a rank-8 query adapter (as learning from clicks does), to measure its cost.
         #[arg(long)]
         adapter: bool,
-        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        model: BenchModel,
     },
     /// One pool worker's indexing throughput end to end, and the job queue's cost per job, on
     /// the worker's configured Postgres, S3 and Qdrant (in a scratch schema, collection and keys
@@ -132,9 +151,8 @@ pub enum BenchCommand {
         /// Jobs claimed and finished for the queue's own cost.
         #[arg(long, default_value_t = 2000)]
         queue_jobs: usize,
-        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        model: BenchModel,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -162,6 +180,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `glimpse index` on a folder of distinct 12 MP JPEGs with the ViT-B/32-shaped model (seeded
+    /// random weights), end to end, run as a process and timed from outside.
+    Index {
+        /// The `glimpse` binary to measure (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Photos in the generated library.
+        #[arg(long, default_value_t = 96)]
+        photos: usize,
+        /// The precision `glimpse index` runs at: auto, f32 or bf16.
+        #[arg(long, default_value = "auto")]
+        precision: Precision,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// The CPU learner: training time for 10,000 click triples of 512 dimensions, and ranking
     /// quality trained with and without position-bias correction on a simulated click log.
     Learner {
@@ -174,18 +208,18 @@ pub enum BenchCommand {
     },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
-        /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        model: BenchModel,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
         /// Repeat every measurement this many times more (steadier figures, longer run).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
-        /// Decode JPEGs in PIL's draft mode (DCT-domain downscaling; faster, not bit-equal).
-        #[arg(long)]
-        jpeg_draft: bool,
+        /// Vectors of the generated library in which the top 10 of the f32 and the measured
+        /// precision are compared (unless --precision f32).
+        #[arg(long, default_value_t = 1_000_000)]
+        library_vectors: usize,
     },
 }
 
@@ -199,12 +233,9 @@ pub async fn bench_ann(args: AnnArgs) -> Result<()> {
 pub async fn bench_search(
     args: AnnArgs,
     flow: bench::ann::SearchOptions,
-    model: Option<String>,
+    model: BenchModel,
 ) -> Result<()> {
-    let encoder: Arc<dyn ImageTextEncoder> = match model {
-        Some(spec) => Arc::new(load_encoder(&spec)?),
-        None => Arc::new(bench::random_vit_b32(0)?),
-    };
+    let encoder: Arc<dyn ImageTextEncoder> = Arc::new(model.load()?);
     let report = bench::ann::search(&args.options(), encoder, &flow)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -214,7 +245,7 @@ pub async fn bench_search(
 pub async fn bench_pool(
     config: Option<PathBuf>,
     options: bench::pool::PoolBenchOptions,
-    model: Option<String>,
+    model: BenchModel,
     json_output: bool,
 ) -> Result<()> {
     let settings = WorkerSettings::load(config.as_deref(), std::env::vars())?;
@@ -224,10 +255,7 @@ pub async fn bench_pool(
              (a --config file or GLIMPSE__DATABASE__URL, GLIMPSE__S3__…, GLIMPSE__QDRANT__URL)"
         );
     };
-    let encoder: Arc<dyn ImageTextEncoder> = match model {
-        Some(spec) => Arc::new(load_encoder(&spec)?),
-        None => Arc::new(bench::random_vit_b32(0)?),
-    };
+    let encoder: Arc<dyn ImageTextEncoder> = Arc::new(model.load()?);
     let options = bench::pool::PoolBenchOptions {
         batch: settings.worker.batch,
         ..options
@@ -239,25 +267,31 @@ pub async fn bench_pool(
 }
 
 pub fn bench_encode(
-    model: Option<&str>,
+    model: &BenchModel,
     json_output: bool,
     rounds: usize,
-    jpeg_draft: bool,
+    library_vectors: usize,
 ) -> Result<()> {
-    let encoder = match model {
-        Some(spec) => load_encoder(spec)?,
-        None => bench::random_vit_b32(0)?,
-    };
-    let encoder = if jpeg_draft {
-        encoder.with_jpeg_decode(JpegDecode::Draft)
-    } else {
-        encoder
-    };
+    let encoder = model.load()?;
     let report = bench::encode(&encoder, rounds)?;
+    let accuracy = if model.precision == Precision::F32 {
+        None
+    } else {
+        let reference = BenchModel {
+            model: model.model.clone(),
+            precision: Precision::F32,
+        }
+        .load()?;
+        let accuracy = bench::accuracy(&encoder, &reference, 8, library_vectors)
+            .map_err(anyhow::Error::msg)?;
+        Some(accuracy)
+    };
     if json_output {
-        println!("{}", serde_json::to_string(&report)?);
+        let line = serde_json::json!({"precision": model.precision, "speed": report, "accuracy_vs_f32": accuracy});
+        println!("{line}");
         return Ok(());
     }
+    println!("precision: {}", model.precision);
     println!("encoder: {}", report.encoder);
     for (tokens, ms) in &report.text_p50_ms {
         println!("text, {tokens:>2} tokens, batch 1: p50 {ms:.2} ms");
@@ -273,6 +307,9 @@ pub fn bench_encode(
         "image, encoder only, batch 32: {:.2} images/s",
         report.encode_only_per_s
     );
+    if let Some(accuracy) = accuracy {
+        println!("against f32: {}", serde_json::to_string_pretty(&accuracy)?);
+    }
     Ok(())
 }
 
@@ -334,6 +371,25 @@ pub fn run(
             let report = bench::serve::run(&options).map_err(anyhow::Error::msg)?;
             print_report(&report, json)
         }
+        BenchCommand::Index {
+            binary,
+            photos,
+            precision,
+            json,
+        } => {
+            let options = bench::index::IndexBenchOptions {
+                binary: match binary {
+                    Some(binary) => binary,
+                    None => std::env::current_exe()?,
+                },
+                photos: photos.max(1),
+                precision,
+            };
+            print_report(
+                &bench::index::run(&options).map_err(anyhow::Error::msg)?,
+                json,
+            )
+        }
         BenchCommand::Learner { rounds, json } => {
             print_report(&bench::learner::learner(rounds), json)
         }
@@ -341,7 +397,7 @@ pub fn run(
             model,
             json,
             rounds,
-            jpeg_draft,
-        } => bench_encode(model.as_deref(), json, rounds, jpeg_draft),
+            library_vectors,
+        } => bench_encode(&model, json, rounds, library_vectors),
     }
 }

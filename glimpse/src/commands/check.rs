@@ -7,7 +7,7 @@ use clap::Args;
 use glimpse_core::flows;
 use glimpse_worker::adapters::QdrantIndex;
 
-use super::{DataDirArgs, connect_pool, open_engine};
+use super::{DataDirArgs, ModelArgs, connect_pool, open_engine};
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -29,7 +29,7 @@ pub async fn check(args: CheckArgs) -> Result<()> {
     let report = match &args.config {
         Some(config) => check_pool(config, args.repair).await?,
         None => {
-            let engine = open_engine(&args.data, None, None, None).await?;
+            let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
             engine.check(args.repair).await?
         }
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use glimpse_worker::encoder::ImageTextEncoder;
+use glimpse_worker::encoder::{ImageTextEncoder, Precision};
 use glimpse_worker::hub;
 use serde_json::json;
 
@@ -15,6 +15,9 @@ pub struct EmbedArgs {
     /// A model directory (Hugging Face layout) or a Hub repository id, optionally `@revision`.
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     pub model: String,
+    /// How precisely the CPU runs the model: auto, f32 or bf16 (see `glimpse serve --help`).
+    #[arg(long, env = "GLIMPSE__PRECISION", default_value = "auto")]
+    pub precision: Precision,
     /// A text to embed (repeatable).
     #[arg(long)]
     pub text: Vec<String>,
@@ -27,7 +30,7 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
     if args.text.is_empty() && args.image.is_empty() {
         bail!("nothing to embed: give --text \"…\" or --image FILE (either may be repeated)");
     }
-    let encoder = load_encoder(&args.model)?;
+    let encoder = load_encoder(&args.model, args.precision)?;
     let (id, dimension) = (encoder.id().to_string(), encoder.dimension());
     let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
     for (text, vector) in texts.iter().zip(encoder.embed_texts(&texts)?) {

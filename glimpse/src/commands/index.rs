@@ -30,7 +30,7 @@ pub async fn index(args: IndexArgs) -> Result<()> {
     let engine = open_engine(
         &args.data,
         Some(args.library),
-        args.model.model,
+        args.model,
         args.memory.memory_budget,
     )
     .await?;

@@ -20,7 +20,7 @@ use glimpse::embedded::{Engine, OpenOptions};
 use glimpse::memory::MemoryBudget;
 use glimpse_worker::adapters::QdrantSettings;
 use glimpse_worker::adapters::postgres::PostgresCatalog;
-use glimpse_worker::encoder::ClipEncoder;
+use glimpse_worker::encoder::{ClipEncoder, Precision};
 use glimpse_worker::hub;
 use glimpse_worker::worker::settings::WorkerSettings;
 
@@ -31,12 +31,17 @@ pub struct DataDirArgs {
     pub data_dir: PathBuf,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone, Default)]
 pub struct ModelArgs {
     /// A model directory (Hugging Face layout) or Hub repository id, optionally `@revision`;
     /// default: the one this data directory used last, else openai/clip-vit-base-patch32.
     #[arg(long, env = "GLIMPSE__MODEL")]
     pub model: Option<String>,
+    /// How precisely the CPU runs the model: auto (bf16 where the CPU has AVX-512 BF16, else
+    /// f32), f32 (embeddings equal to transformers') or bf16. Remembered in the data directory;
+    /// default: the remembered one, else auto.
+    #[arg(long, env = "GLIMPSE__PRECISION")]
+    pub precision: Option<Precision>,
 }
 
 #[derive(Args)]
@@ -80,13 +85,14 @@ pub fn default_data_dir() -> PathBuf {
 pub async fn open_engine(
     data: &DataDirArgs,
     library: Option<PathBuf>,
-    model: Option<String>,
+    model: ModelArgs,
     memory_budget: Option<MemoryBudget>,
 ) -> Result<Engine> {
     Engine::open(OpenOptions {
         data_dir: data.data_dir.clone(),
         library,
-        model,
+        model: model.model,
+        precision: model.precision,
         rebuild_on_encoder_change: true,
         memory_budget,
     })
@@ -110,9 +116,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub fn load_encoder(spec: &str) -> Result<ClipEncoder> {
+pub fn load_encoder(spec: &str, precision: Precision) -> Result<ClipEncoder> {
     let model = hub::resolve(spec)?;
-    ClipEncoder::load(&model.directory, model.id)
+    ClipEncoder::load(&model.directory, model.id, precision)
         .with_context(|| format!("loading the model in {}", model.directory.display()))
 }
 

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use glimpse_core::flows;
 
-use super::{DataDirArgs, open_engine};
+use super::{DataDirArgs, ModelArgs, open_engine};
 
 #[derive(Args)]
 #[group(id = "which", required = true, args = ["failed", "photos"])]
@@ -19,7 +19,7 @@ pub struct RetryArgs {
 }
 
 pub async fn retry(args: RetryArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None, None).await?;
+    let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
     let requeued = if args.failed {
         engine.retry_failed().await?
     } else {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use glimpse_core::search::SearchRequest;
 
-use super::{DataDirArgs, open_engine};
+use super::{DataDirArgs, ModelArgs, open_engine};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -26,7 +26,7 @@ pub struct SearchArgs {
 }
 
 pub async fn search(args: SearchArgs) -> Result<()> {
-    let engine = open_engine(&args.data, None, None, None).await?;
+    let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
     let request = SearchRequest {
         query: args.query,
         top_k: args.top_k,

@@ -177,7 +177,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         open_engine(
             &args.data,
             args.library,
-            args.model.model,
+            args.model,
             args.memory.memory_budget,
         )
         .await?

@@ -37,9 +37,9 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     }
     let listen = args.listen.unwrap_or(settings.worker.listen);
     glimpse_worker::encoder::decode_budget::set_decode_memory_mb(settings.worker.decode_memory_mb);
-    let model = settings.model.clone();
+    let (model, precision) = (settings.model.clone(), settings.precision);
     let clip: Arc<dyn ImageTextEncoder> =
-        Arc::new(tokio::task::spawn_blocking(move || load_encoder(&model)).await??);
+        Arc::new(tokio::task::spawn_blocking(move || load_encoder(&model, precision)).await??);
     let encoder = LocalEncoder::new(Arc::clone(&clip));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = match settings.backends() {

@@ -28,7 +28,7 @@ use crate::adapters::{
 use crate::memory::{MemoryBudget, MemoryRecord};
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::crash_points::crash_point;
-use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder};
+use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder, Precision};
 use glimpse_worker::hub;
 
 /// Jobs claimed per indexing round.
@@ -44,6 +44,9 @@ pub struct Settings {
     /// The memory Glimpse may use (the default when not set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_budget: Option<MemoryBudget>,
+    /// How precisely the CPU runs the model (auto when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 const SETTINGS_FILE: &str = "settings.json";
@@ -100,6 +103,8 @@ pub struct OpenOptions {
     pub rebuild_on_encoder_change: bool,
     /// The memory budget; `None` keeps the remembered one, else the default.
     pub memory_budget: Option<MemoryBudget>,
+    /// The precision; `None` keeps the remembered one, else auto.
+    pub precision: Option<Precision>,
 }
 
 /// The embedded engine.
@@ -187,11 +192,15 @@ impl Engine {
             library,
             model: model.or(remembered.model),
             memory_budget: options.memory_budget.or(remembered.memory_budget),
+            precision: options.precision.or(remembered.precision),
         };
         let spec = settings.model.as_deref().unwrap_or(hub::DEFAULT_MODEL);
         let model = hub::resolve(spec)?;
-        let clip: Arc<dyn ImageTextEncoder> =
-            Arc::new(ClipEncoder::load(&model.directory, model.id)?);
+        let clip: Arc<dyn ImageTextEncoder> = Arc::new(ClipEncoder::load(
+            &model.directory,
+            model.id,
+            settings.precision.unwrap_or_default(),
+        )?);
         Self::with_encoder(
             data_dir.clone(),
             settings,

@@ -118,13 +118,15 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::encoder::ClipEncoder;
+    use crate::encoder::{ClipEncoder, Precision};
 
     fn encoder() -> LocalEncoder {
         let directory =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/checkpoints/clip-odd");
         let id: EncoderId = "clip:test/clip-odd@1".parse().unwrap();
-        LocalEncoder::new(Arc::new(ClipEncoder::load(&directory, id).unwrap()))
+        LocalEncoder::new(Arc::new(
+            ClipEncoder::load(&directory, id, Precision::Auto).unwrap(),
+        ))
     }
 
     #[tokio::test]

@@ -12,12 +12,16 @@ use super::{
     EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, JpegDecode,
     PreparedImage, TextTokenizer,
 };
-use crate::models::clip::{ClipConfig, ClipTextModel, ClipVisionModel};
+use crate::models::clip::{
+    ClipConfig, ClipTextModel, ClipVisionModel, LinearWeights, bf16_supported,
+};
 
-/// Queries whose lengths differ by at most this many tokens share a batch (padded to the longest;
-/// attention is causal and pooling happens at each query's own end token, so padding changes
-/// nothing but costs work).
-const LENGTH_SLACK: usize = 4;
+/// What one more pass through the text tower costs, in padded token rows: a pass streams every
+/// weight once whatever its size (about 3 ms on two cores in bf16, 5 in f32), and each token row
+/// adds a few tenths of a millisecond. Texts share a pass, padded to the longest (attention is
+/// causal and pooling happens at each text's own end token, so padding changes nothing but
+/// costs work), unless the padding would cost more than another pass.
+const PASS_COST_IN_ROWS: usize = 16;
 /// The most texts or images encoded in one forward pass.
 const MAX_BATCH: usize = 64;
 
@@ -35,7 +39,7 @@ pub struct ClipEncoder {
     dimension: usize,
     image_size: usize,
     device: Device,
-    /// f32 on the CPU, bf16 on a GPU.
+    /// What the image tower takes its pixels in: f32, or bf16 on a GPU.
     dtype: DType,
 }
 
@@ -49,17 +53,90 @@ impl std::fmt::Debug for ClipEncoder {
     }
 }
 
-/// Where the model runs: the first CUDA GPU in bf16 when built with the `cuda` feature and one
-/// is present, else the CPU in f32 (the kernels of [`crate::models::kernels`]).
-fn compute_device() -> Result<(Device, DType), EncoderError> {
-    #[cfg(feature = "cuda")]
-    {
-        let device = Device::cuda_if_available(0)?;
-        if device.is_cuda() {
-            return Ok((device, DType::BF16));
+/// How exactly an encoder follows the reference (transformers in f32, every JPEG pixel decoded),
+/// traded for speed; what each costs is measured in docs/BENCHMARKS.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 where the CPU has AVX-512 BF16 dot products, else f32; large JPEGs decoded at a
+    /// reduced scale ([`JpegDecode::Draft`]).
+    #[default]
+    Auto,
+    /// f32 throughout and every JPEG pixel decoded: embeddings equal to transformers' (what the
+    /// parity tests check).
+    F32,
+    /// bf16 weights and dot products with f32 sums, and draft JPEG decoding; refused on a CPU
+    /// without AVX-512 BF16.
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown precision {other:?}: use auto, f32 or bf16"
+            )),
         }
     }
-    Ok((Device::Cpu, DType::F32))
+}
+
+impl Precision {
+    /// How JPEG photos are decoded.
+    pub fn jpeg_decode(self) -> JpegDecode {
+        match self {
+            Self::F32 => JpegDecode::Full,
+            Self::Auto | Self::Bf16 => JpegDecode::Draft,
+        }
+    }
+
+    /// How the linear layers keep their weights on `device`.
+    pub fn linear_weights(self, device: &Device) -> Result<LinearWeights, EncoderError> {
+        if !device.is_cpu() {
+            return Ok(LinearWeights::AsLoaded);
+        }
+        match self {
+            Self::F32 => Ok(LinearWeights::AsLoaded),
+            Self::Auto if bf16_supported() => Ok(LinearWeights::PackedBf16),
+            Self::Auto => Ok(LinearWeights::AsLoaded),
+            Self::Bf16 if bf16_supported() => Ok(LinearWeights::PackedBf16),
+            Self::Bf16 => Err(EncoderError::BadModel(
+                "precision bf16 needs a CPU with AVX-512 BF16 and this one has none: use auto or \
+                 f32"
+                .into(),
+            )),
+        }
+    }
+}
+
+/// Where the model runs and in what: the first CUDA GPU when built with the `cuda` feature and
+/// one is usable (bf16, or f32 at [`Precision::F32`]), else the CPU, whose weights are f32 as
+/// loaded (and packed per [`Precision::linear_weights`]).
+fn compute_device(precision: Precision) -> (Device, DType) {
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(device) if precision == Precision::F32 => return (device, DType::F32),
+        Ok(device) => return (device, DType::BF16),
+        // A CUDA build on a machine without a usable GPU (or driver) still runs, on the CPU.
+        Err(e) => eprintln!("No usable CUDA GPU ({e}): the model runs on the CPU."),
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = precision;
+    (Device::Cpu, DType::F32)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EncoderError> {
@@ -71,9 +148,14 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EncoderEr
 
 impl ClipEncoder {
     /// Loads a Hugging Face CLIP checkpoint directory: `config.json`, `model.safetensors`,
-    /// `tokenizer.json` and `preprocessor_config.json` (defaults apply when it is absent).
-    pub fn load(directory: &Path, id: EncoderId) -> Result<Self, EncoderError> {
-        let config: ClipConfig = read_json(&directory.join("config.json"))?;
+    /// `tokenizer.json` and `preprocessor_config.json` (defaults apply when it is absent), to
+    /// run at `precision`.
+    pub fn load(
+        directory: &Path,
+        id: EncoderId,
+        precision: Precision,
+    ) -> Result<Self, EncoderError> {
+        let mut config: ClipConfig = read_json(&directory.join("config.json"))?;
         let preprocessor = directory.join("preprocessor_config.json");
         let processor = if preprocessor.exists() {
             read_json(&preprocessor)?
@@ -91,9 +173,11 @@ impl ClipEncoder {
                 directory.display()
             )));
         }
-        let (device, dtype) = compute_device()?;
+        let (device, dtype) = compute_device(precision);
+        config.linear_weights = precision.linear_weights(&device)?;
         let vb = map_weights(&weights, dtype, &device)?;
-        let encoder = Self::new(vb, &config, tokenizer, processor, id)?;
+        let encoder = Self::new(vb, &config, tokenizer, processor, id)?
+            .with_jpeg_decode(precision.jpeg_decode());
         Ok(encoder.releasable(config, move || map_weights(&weights, dtype, &device)))
     }
 
@@ -178,21 +262,16 @@ impl ClipEncoder {
         self
     }
 
-    /// Encodes token sequences (each from start to end token, as the tokenizer makes them) in
-    /// batches of similar length. Exposed for benchmarks and for callers that tokenize ahead.
+    /// Encodes token sequences (each from start to end token, as the tokenizer makes them): the
+    /// texts of a query in one pass, many texts in passes of similar length (see
+    /// [`PASS_COST_IN_ROWS`]). Exposed for benchmarks and for callers that tokenize ahead.
     pub fn embed_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Embedding>, EncoderError> {
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| sequences[i].len());
         let mut results: Vec<Option<Embedding>> = vec![None; sequences.len()];
         let mut start = 0;
         while start < order.len() {
-            let shortest = sequences[order[start]].len();
-            let end = order[start..]
-                .iter()
-                .take(MAX_BATCH)
-                .take_while(|&&i| sequences[i].len() <= shortest + LENGTH_SLACK)
-                .count()
-                + start;
+            let end = start + shared_pass(&order[start..], |i| sequences[i].len());
             let batch = &order[start..end];
             let longest = sequences[batch[batch.len() - 1]].len();
             let mut flat = Vec::with_capacity(batch.len() * longest);
@@ -201,7 +280,9 @@ impl ClipEncoder {
                 flat.resize(flat.len() + longest - sequences[i].len(), self.pad_token);
             }
             let ids = Tensor::from_vec(flat, (batch.len(), longest), &self.device)?;
-            let features = self.text.forward(&ids)?.to_dtype(DType::F32)?;
+            // On a thread of the pool: the products inside hand half their work to the other
+            // threads instead of waking the pool and waiting for it, once per product.
+            let features = rayon::scope(|_| self.text.forward(&ids))?.to_dtype(DType::F32)?;
             for (&i, row) in batch.iter().zip(features.to_vec2::<f32>()?) {
                 results[i] = Some(to_embedding(row)?);
             }
@@ -212,6 +293,23 @@ impl ClipEncoder {
             .map(|e| e.ok_or_else(|| EncoderError::Internal("a text was not encoded".into())))
             .collect()
     }
+}
+
+/// How many of `order` (sorted by length, not empty) go in the next pass: while padding the
+/// rows taken so far to the next length costs less than a pass of its own, and at most
+/// [`MAX_BATCH`].
+fn shared_pass(order: &[usize], length: impl Fn(usize) -> usize) -> usize {
+    let mut longest = length(order[0]);
+    let mut taken = 1;
+    for &next in order.iter().skip(1).take(MAX_BATCH - 1) {
+        let padding = taken * (length(next) - longest);
+        if padding > PASS_COST_IN_ROWS {
+            break;
+        }
+        longest = length(next);
+        taken += 1;
+    }
+    taken
 }
 
 /// How a released image tower is read again.
@@ -290,5 +388,87 @@ impl ImageTextEncoder for ClipEncoder {
             }
         }
         Ok(embeddings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_texts_of_a_query_share_one_pass_and_far_apart_lengths_do_not() {
+        // "people", "beach at dusk", "sunset over water -people -boats" as token counts.
+        let query = [3, 5, 7];
+        assert_eq!(shared_pass(&[0, 1, 2], |i| query[i]), 3);
+        // A pass of 77-token rows for a 5-token text would cost more than a second pass.
+        let apart = [5, 77];
+        assert_eq!(shared_pass(&[0, 1], |i| apart[i]), 1);
+        // Padding grows with the rows already taken: 10 texts of 4 tokens, then one of 6.
+        let many = [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6];
+        let order: Vec<usize> = (0..many.len()).collect();
+        assert_eq!(shared_pass(&order, |i| many[i]), 10);
+        let same = [4; 100];
+        let order: Vec<usize> = (0..same.len()).collect();
+        assert_eq!(shared_pass(&order, |i| same[i]), MAX_BATCH);
+    }
+
+    /// On a GPU (a `cuda` build on a machine with one; `tests/gpu/run.sh`): transformers'
+    /// embeddings of the fixtures at cosine ≥ 0.99999 in f32, and within the bf16 accuracy gate
+    /// (≥ 0.9995) in bf16.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_gpu_encodes_the_fixtures_like_transformers() {
+        if let Err(e) = Device::new_cuda(0) {
+            eprintln!("SKIPPED: no usable CUDA GPU ({e})");
+            return;
+        }
+        let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference");
+        let expected: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(reference.join("expected/clip-odd.json")).unwrap(),
+        )
+        .unwrap();
+        let tensors = candle_core::safetensors::load(
+            reference.join("expected/clip-odd.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let vector =
+            |key: &str| -> Vec<f32> { tensors[key].flatten_all().unwrap().to_vec1().unwrap() };
+        let cosine = |a: &[f32], b: &[f32]| -> f32 {
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))
+        };
+        for (precision, lowest_cosine) in [(Precision::F32, 0.99999), (Precision::Bf16, 0.9995)] {
+            let id: EncoderId = "clip:test/clip-odd@gpu".parse().unwrap();
+            let encoder =
+                ClipEncoder::load(&reference.join("checkpoints/clip-odd"), id, precision).unwrap();
+            assert!(encoder.device.is_cuda());
+            for (i, query) in expected["queries"].as_array().unwrap().iter().enumerate() {
+                let text = query["text"].as_str().unwrap();
+                let ours = encoder.embed_texts(&[text]).unwrap();
+                let want = vector(&format!("text_embeds.{i}"));
+                let got = cosine(ours[0].as_slice(), &want);
+                assert!(
+                    got >= lowest_cosine,
+                    "{precision}: {text:?} at cosine {got}"
+                );
+            }
+            for i in 0..expected["images"].as_array().map_or(0, Vec::len) {
+                let key = format!("pixel_values.{i}");
+                let (_, height, width) = tensors[&key].dims3().unwrap();
+                let ours = encoder
+                    .embed_prepared(&[PreparedImage {
+                        pixels: vector(&key),
+                        height: height as u32,
+                        width: width as u32,
+                    }])
+                    .unwrap();
+                let got = cosine(ours[0].as_slice(), &vector(&format!("image_embeds.{i}")));
+                assert!(
+                    got >= lowest_cosine,
+                    "{precision}: image {i} at cosine {got}"
+                );
+            }
+        }
     }
 }

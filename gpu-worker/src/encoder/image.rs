@@ -220,7 +220,7 @@ pub enum JpegDecode {
     /// PIL's `draft` mode: the decoder scales by 1/2, 1/4 or 1/8 in the DCT domain as long as the
     /// shorter side stays at least twice the resize target, then the usual bicubic resize runs.
     /// About 1.6× faster on 12-megapixel photos, at a small, measured deviation from the
-    /// reference (docs/BENCHMARKS.md). Opt-in.
+    /// reference (docs/BENCHMARKS.md). What [`crate::encoder::Precision::Auto`] does.
     Draft,
 }
 

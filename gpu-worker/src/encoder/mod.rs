@@ -5,7 +5,7 @@ pub mod decode_budget;
 mod image;
 mod text;
 
-pub use self::clip::ClipEncoder;
+pub use self::clip::{ClipEncoder, Precision};
 pub use self::image::{
     ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec, decode_rgb,
 };

@@ -12,6 +12,7 @@ use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::bf16::{self, PackedLinear};
 use super::kernels;
 
 /// The activation in the MLP blocks (`hidden_act` in config.json).
@@ -130,58 +131,77 @@ pub struct ClipConfig {
     /// Dimension of the shared embedding space.
     #[serde(default = "default_projection_dim")]
     pub projection_dim: usize,
+    /// How the linear layers keep their weights (a choice of the caller, not of config.json).
+    #[serde(skip)]
+    pub linear_weights: LinearWeights,
 }
 
 fn default_projection_dim() -> usize {
     512
 }
 
-impl ClipConfig {
-    /// `openai/clip-vit-base-patch32`: the default encoder.
-    pub fn vit_base_patch32() -> Self {
-        Self {
-            text_config: ClipTextConfig {
-                eos_token_id: 2,
-                ..ClipTextConfig::default()
-            },
-            vision_config: ClipVisionConfig::default(),
-            projection_dim: 512,
-        }
-    }
+/// How the linear layers keep their weights on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinearWeights {
+    /// As loaded (f32 on the CPU, whatever the device holds elsewhere): equal to transformers.
+    #[default]
+    AsLoaded,
+    /// bf16 panels multiplied by AVX-512 BF16 dot products; only where
+    /// [`bf16_supported`] holds.
+    PackedBf16,
+}
+
+/// Whether this CPU can run [`LinearWeights::PackedBf16`].
+pub fn bf16_supported() -> bool {
+    bf16::cpu_supported()
 }
 
 /// A linear layer over a flat `(rows, in)` matrix: one GEMM whatever the batch, bias included.
-/// The weight is kept transposed, `(in, out)` and contiguous, which the GEMM streams without a
-/// strided gather.
 #[derive(Clone, Debug)]
-struct Dense {
-    weight_t: Tensor,
-    bias: Tensor,
+enum Dense {
+    /// The weight transposed, `(in, out)` and contiguous, which the GEMM streams without a
+    /// strided gather.
+    AsLoaded {
+        weight_t: Tensor,
+        bias: Tensor,
+    },
+    PackedBf16(PackedLinear),
 }
 
 impl Dense {
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        weights: LinearWeights,
+    ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             vb.get(out_dim, "bias")?
         } else {
             Tensor::zeros(out_dim, weight.dtype(), weight.device())?
         };
-        Self::new(&weight, bias)
+        Self::new(&weight, bias, weights)
     }
 
     /// `weight`: `(out, in)` as stored in checkpoints.
-    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
-        Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
+    fn new(weight: &Tensor, bias: Tensor, weights: LinearWeights) -> Result<Self> {
+        Ok(match weights {
+            LinearWeights::AsLoaded => Self::AsLoaded {
+                weight_t: weight.t()?.contiguous()?,
+                bias,
+            },
+            LinearWeights::PackedBf16 => Self::PackedBf16(PackedLinear::new(weight, &bias)?),
         })
     }
 }
 
 impl Module for Dense {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        kernels::affine(xs, &self.weight_t, &self.bias)
+        match self {
+            Self::AsLoaded { weight_t, bias } => kernels::affine(xs, weight_t, bias),
+            Self::PackedBf16(packed) => packed.forward(xs),
+        }
     }
 }
 
@@ -201,7 +221,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, width: usize, heads: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, width: usize, heads: usize, weights: LinearWeights) -> Result<Self> {
         if heads == 0 || !width.is_multiple_of(heads) {
             candle_core::bail!("hidden size {width} is not divisible by {heads} attention heads");
         }
@@ -219,10 +239,11 @@ impl Attention {
         let qkv = Dense::new(
             &Tensor::cat(&[q.0, k.0, v.0], 0)?,
             Tensor::cat(&[q.1, k.1, v.1], 0)?,
+            weights,
         )?;
         Ok(Self {
             qkv,
-            out_proj: Dense::load(&vb.pp("out_proj"), width, width, true)?,
+            out_proj: Dense::load(&vb.pp("out_proj"), (width, width), true, weights)?,
             heads,
         })
     }
@@ -251,16 +272,23 @@ struct LayerShape {
     heads: usize,
     eps: f64,
     act: HiddenAct,
+    weights: LinearWeights,
 }
 
 impl LayerShape {
-    fn new((width, intermediate, heads): (usize, usize, usize), eps: f64, act: HiddenAct) -> Self {
+    fn new(
+        (width, intermediate, heads): (usize, usize, usize),
+        eps: f64,
+        act: HiddenAct,
+        weights: LinearWeights,
+    ) -> Self {
         Self {
             width,
             intermediate,
             heads,
             eps,
             act,
+            weights,
         }
     }
 }
@@ -270,10 +298,20 @@ impl EncoderLayer {
         let mlp = vb.pp("mlp");
         Ok(Self {
             layer_norm1: layer_norm(vb.pp("layer_norm1"), shape.width, shape.eps)?,
-            self_attn: Attention::new(vb.pp("self_attn"), shape.width, shape.heads)?,
+            self_attn: Attention::new(vb.pp("self_attn"), shape.width, shape.heads, shape.weights)?,
             layer_norm2: layer_norm(vb.pp("layer_norm2"), shape.width, shape.eps)?,
-            fc1: Dense::load(&mlp.pp("fc1"), shape.width, shape.intermediate, true)?,
-            fc2: Dense::load(&mlp.pp("fc2"), shape.intermediate, shape.width, true)?,
+            fc1: Dense::load(
+                &mlp.pp("fc1"),
+                (shape.width, shape.intermediate),
+                true,
+                shape.weights,
+            )?,
+            fc2: Dense::load(
+                &mlp.pp("fc2"),
+                (shape.intermediate, shape.width),
+                true,
+                shape.weights,
+            )?,
             act: shape.act,
         })
     }
@@ -332,6 +370,7 @@ impl ClipTextModel {
             (c.hidden_size, c.intermediate_size, c.num_attention_heads),
             c.layer_norm_eps,
             c.hidden_act,
+            cfg.linear_weights,
         );
         let n = c.max_position_embeddings;
         Ok(Self {
@@ -349,9 +388,9 @@ impl ClipTextModel {
             )?,
             text_projection: Dense::load(
                 &vb.pp("text_projection"),
-                c.hidden_size,
-                cfg.projection_dim,
+                (c.hidden_size, cfg.projection_dim),
                 false,
+                cfg.linear_weights,
             )?,
             max_tokens: n,
             eos_token_id: c.eos_token_id,
@@ -443,6 +482,7 @@ impl ClipVisionModel {
             (c.hidden_size, c.intermediate_size, c.num_attention_heads),
             c.layer_norm_eps,
             c.hidden_act,
+            cfg.linear_weights,
         );
         let patch = (c.hidden_size, c.num_channels, c.patch_size, c.patch_size);
         Ok(Self {
@@ -453,6 +493,7 @@ impl ClipVisionModel {
                     .get(patch, "weight")?
                     .flatten_from(1)?,
                 Tensor::zeros(c.hidden_size, vb.dtype(), vb.device())?,
+                cfg.linear_weights,
             )?,
             position_embedding: embeddings
                 .pp("position_embedding")
@@ -466,9 +507,9 @@ impl ClipVisionModel {
             )?,
             visual_projection: Dense::load(
                 &vb.pp("visual_projection"),
-                c.hidden_size,
-                cfg.projection_dim,
+                (c.hidden_size, cfg.projection_dim),
                 false,
+                cfg.linear_weights,
             )?,
             image_size: c.image_size,
             patch_size: c.patch_size,

@@ -10,9 +10,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 /// Multiply-adds below which a product runs on the calling thread.
-const PARALLEL_MIN_MACS: usize = 256 << 10;
+pub(super) const PARALLEL_MIN_MACS: usize = 256 << 10;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
         candle_core::bail!("{what}: expected f32 values");
     };

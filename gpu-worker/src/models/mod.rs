@@ -1,5 +1,6 @@
 //! candle model definitions. Each file: a serde `Config`, `new(vb, &cfg)` mirroring the
 //! checkpoint's tensor names, and a forward. No I/O.
 
+pub(crate) mod bf16;
 pub mod clip;
 mod kernels;

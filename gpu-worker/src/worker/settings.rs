@@ -14,12 +14,13 @@ use glimpse_core::flows::{LogRetention, RetryPolicy};
 use serde::Deserialize;
 
 use crate::adapters::{QdrantSettings, S3Settings};
+use crate::encoder::Precision;
 use crate::hub;
 use crate::worker::consumer::Housekeeping;
 
 /// The top-level keys the worker reads; other `GLIMPSE__…` variables (those of `glimpse serve`)
 /// are left alone.
-const SECTIONS: [&str; 5] = ["model", "worker", "database", "s3", "qdrant"];
+const SECTIONS: [&str; 6] = ["model", "precision", "worker", "database", "s3", "qdrant"];
 
 /// A value that must never be printed or logged.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -58,6 +59,10 @@ pub struct WorkerSettings {
     /// `@revision` (default `openai/clip-vit-base-patch32`, pinned).
     #[serde(default = "default_model")]
     pub model: String,
+    /// How precisely the CPU runs the model: `auto` (bf16 where the CPU has AVX-512 BF16, else
+    /// f32; a GPU runs bf16), `f32` (f32 on the CPU or GPU) or `bf16`.
+    #[serde(default)]
+    pub precision: Precision,
     /// The pool member itself.
     pub worker: PoolSettings,
     /// The shared catalog and job queue; with `s3` and `qdrant`, turns the job consumer on.
