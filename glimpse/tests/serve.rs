@@ -795,3 +795,24 @@ fn work_per_request_is_bounded_with_clear_answers() {
     let peak = stats["at_once_peak"]["thumbnail_decodes"].as_u64().unwrap();
     assert!((1..=2).contains(&peak), "{stats}");
 }
+
+/// The status says how precisely the model runs, and a chosen precision is remembered in the
+/// data directory like the model.
+#[test]
+fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let server = Server::start(None, &data, &["--precision", "f32"]);
+    assert_eq!(server.get("/api/status").1["precision"], "f32");
+    drop(server);
+    let server = Server::start(None, &data, &[]);
+    assert_eq!(
+        server.get("/api/status").1["precision"],
+        "f32",
+        "not remembered"
+    );
+    drop(server);
+    let server = Server::start(None, &data, &["--precision", "auto"]);
+    let precision = server.get("/api/status").1["precision"].clone();
+    assert!(precision == "bf16" || precision == "f32", "{precision}");
+}

@@ -197,6 +197,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         engine.data_dir().display()
     );
+    if let Some(precision) = engine.precision() {
+        println!("The model runs in {precision} (--precision f32: equal to transformers, slower).");
+    }
     println!("Search: curl 'http://{address}/api/search?q=beach+at+dusk'");
     let background = embedded::background::start(
         Arc::clone(&engine),

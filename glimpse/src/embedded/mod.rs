@@ -130,6 +130,8 @@ pub struct Engine {
     last_check: Mutex<Option<Reconciliation>>,
     /// Query embeddings, so that repeated queries skip the text tower.
     query_cache: MemoryQueryCache,
+    /// How precisely the model runs (bf16 or f32); `None` for an encoder of another kind.
+    precision: Option<Precision>,
     /// The query adapter searches use: the catalog's active one, reloaded when it changes.
     adapter: RwLock<Option<Arc<AdapterVersion>>>,
     /// Learning from clicks, when on.
@@ -196,19 +198,22 @@ impl Engine {
         };
         let spec = settings.model.as_deref().unwrap_or(hub::DEFAULT_MODEL);
         let model = hub::resolve(spec)?;
-        let clip: Arc<dyn ImageTextEncoder> = Arc::new(ClipEncoder::load(
+        let clip = ClipEncoder::load(
             &model.directory,
             model.id,
             settings.precision.unwrap_or_default(),
-        )?);
-        Self::with_encoder(
+        )?;
+        let precision = clip.precision();
+        let mut engine = Self::with_encoder(
             data_dir.clone(),
             settings,
-            clip,
+            Arc::new(clip),
             options.rebuild_on_encoder_change,
             lock,
         )
-        .await
+        .await?;
+        engine.precision = Some(precision);
+        Ok(engine)
     }
 
     async fn with_encoder(
@@ -253,6 +258,7 @@ impl Engine {
             index_repairs,
             last_check: Mutex::new(None),
             query_cache: MemoryQueryCache::new(QUERY_CACHE_ENTRIES),
+            precision: None,
             adapter: RwLock::new(None),
             learning: None,
             clicked: tokio::sync::Notify::new(),
@@ -394,6 +400,11 @@ impl Engine {
     /// What opening found wrong with the index and did about it.
     pub fn index_repairs(&self) -> &[String] {
         &self.index_repairs
+    }
+
+    /// How precisely the model runs: what `--precision` came to on this machine.
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision
     }
 
     /// Puts every failed photo back in the indexing queue; returns how many.

@@ -257,6 +257,7 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let last_scan = engine.last_scan();
     Ok(Json(json!({
         "encoder": encoder,
+        "precision": engine.precision(),
         "dimension": VectorIndex::dimension(&engine.index),
         "library": engine.library(),
         "library_available": engine.library_available(),

@@ -121,6 +121,11 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
         "required": ["encoder", "dimension", "photos", "index_vectors", "indexing_done"],
         "properties": {
             "encoder": {"type": "string"},
+            "precision": {
+                "enum": ["f32", "bf16", null],
+                "description": "How precisely the model runs: bf16 (AVX-512 BF16 or a GPU) or \
+                                f32, what --precision came to on this machine.",
+            },
             "dimension": count,
             "library": {"type": ["string", "null"]},
             "library_available": {

@@ -41,6 +41,8 @@ pub struct ClipEncoder {
     device: Device,
     /// What the image tower takes its pixels in: f32, or bf16 on a GPU.
     dtype: DType,
+    /// How precisely it runs: [`Precision::F32`] or [`Precision::Bf16`].
+    precision: Precision,
 }
 
 impl std::fmt::Debug for ClipEncoder {
@@ -250,9 +252,21 @@ impl ClipEncoder {
             pad_token: config.text_config.eos_token_id,
             dimension: config.projection_dim,
             image_size,
+            precision: if dtype == DType::BF16 || config.linear_weights == LinearWeights::PackedBf16
+            {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            },
             device,
             dtype,
         })
+    }
+
+    /// How precisely this encoder runs: [`Precision::Bf16`] or [`Precision::F32`], what
+    /// [`Precision::Auto`] came to on this machine.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Chooses how JPEG photos are decoded; [`JpegDecode::Full`] (the default) keeps
