@@ -316,7 +316,9 @@ fn pipelined_embedding_keeps_order_and_isolates_bad_images() {
     });
     let inputs: Vec<&[u8]> = vec![&noise, b"not an image", &gradient, &truncated, &noise];
     for batch_size in [1, 2, 8] {
-        let results = embed_pipelined(&encoder, &inputs, batch_size);
+        // Thumbnails come from the same decode and change nothing in the vectors.
+        let thumbnail_size = (batch_size == 8).then_some(64);
+        let results = embed_pipelined(&encoder, &inputs, batch_size, thumbnail_size);
         assert_eq!(results.len(), inputs.len());
         assert!(matches!(results[1], Err(EncoderError::BadImage(_))));
         assert!(
@@ -330,7 +332,8 @@ fn pipelined_embedding_keeps_order_and_isolates_bad_images() {
             (4, alone(&noise)),
         ] {
             let got = results[i].as_ref().unwrap();
-            assert!(max_abs_diff(got.as_slice(), expected.as_slice()) <= 1e-5);
+            assert!(max_abs_diff(got.vector.as_slice(), expected.as_slice()) <= 1e-5);
+            assert_eq!(got.thumbnail.is_some(), thumbnail_size.is_some());
         }
     }
 }

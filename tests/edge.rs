@@ -85,7 +85,7 @@ impl Database {
 
     fn url(&self) -> String {
         format!(
-            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            "host=127.0.0.1 port=5432 user=postgres dbname={} sslmode=disable",
             self.name
         )
     }
@@ -142,6 +142,7 @@ impl Backends {
             ("database_host", "127.0.0.1:5432".to_owned()),
             ("database_name", self.database.name.clone()),
             ("database_user", "postgres".to_owned()),
+            ("database_sslmode", "disable".to_owned()),
             // Trust authentication ignores it; it still goes through the address.
             ("database_password", "not-needed: trust".to_owned()),
             ("s3_endpoint", self.s3.endpoint()),

@@ -788,25 +788,43 @@ pub async fn text_embedder_suite(embedder: &dyn TextEmbedder, dimension: usize) 
 }
 
 /// The ImageEmbedder contract: one result per image, in order; a bad image fails alone with the
-/// decoder's message.
+/// decoder's message; thumbnails only when asked for, as JPEGs that fit the size asked for.
+/// `good` is an image larger than 48 pixels on its longer side.
 pub async fn image_embedder_suite(embedder: &dyn ImageEmbedder, good: Vec<u8>, dimension: usize) {
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 3);
-    let results = embedder
-        .embed_images(vec![
-            good.clone(),
-            b"not an image".to_vec(),
-            truncated,
-            good,
-        ])
-        .await
-        .unwrap();
+    let images = vec![
+        good.clone(),
+        b"not an image".to_vec(),
+        truncated,
+        good.clone(),
+    ];
+    let results = embedder.embed_images(images, None).await.unwrap();
     assert_eq!(results.len(), 4);
     let first = results[0].as_ref().unwrap();
-    assert_eq!(first.dimension(), dimension);
+    assert_eq!(first.vector.dimension(), dimension);
+    assert_eq!(first.thumbnail, None, "no thumbnail was asked for");
     assert!(results[1].as_ref().is_err_and(|e| !e.is_empty()));
     assert!(results[2].is_err(), "a truncated image is an error");
-    assert!((results[3].as_ref().unwrap().cosine(first) - 1.0).abs() < 1e-4);
+    let last = &results[3].as_ref().unwrap().vector;
+    assert!((last.cosine(&first.vector) - 1.0).abs() < 1e-4);
+
+    let with_thumbnail = embedder
+        .embed_images(vec![good, b"not an image".to_vec()], Some(48))
+        .await
+        .unwrap();
+    assert!(with_thumbnail[1].is_err());
+    let image = with_thumbnail[0].as_ref().unwrap();
+    assert!((image.vector.cosine(&first.vector) - 1.0).abs() < 1e-4);
+    if let Some(jpeg) = &image.thumbnail {
+        let facts = crate::photo::inspect(jpeg).unwrap();
+        assert_eq!(facts.format, ImageFormat::Jpeg);
+        assert_eq!(
+            facts.width.max(facts.height),
+            48,
+            "the longer side fits the size"
+        );
+    }
 }
 
 /// The Reranker contract: one probability per candidate, summing to 1.

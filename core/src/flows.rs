@@ -298,9 +298,9 @@ pub async fn expire_staged_uploads(
     }
 }
 
-/// Removes a photo from the catalog and the index, and its stored original if it was uploaded.
-/// Library photos cannot be deleted through the API: their file is the user's, and a rescan
-/// would bring them back.
+/// Removes a photo from the catalog and the index, its thumbnail, and its stored original if it
+/// was uploaded. Library photos cannot be deleted through the API: their file is the user's, and
+/// a rescan would bring them back.
 pub async fn delete_photo(
     catalog: &dyn Catalog,
     blobs: &dyn BlobStore,
@@ -320,6 +320,7 @@ pub async fn delete_photo(
              file and Glimpse will drop it from the index"
         )));
     }
+    blobs.delete(&id.thumbnail_key()).await?;
     index.delete(&[id]).await?;
     catalog.remove_photo(id).await?;
     if let Origin::Upload(key) = &photo.origin {
@@ -385,7 +386,7 @@ impl RetryPolicy {
 }
 
 /// What one indexing round did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexRound {
     /// Jobs claimed.
     pub claimed: usize,
@@ -400,6 +401,9 @@ pub struct IndexRound {
     /// Nothing was claimed because the embedder's encoder is not the catalog's active one (the
     /// pool was switched to another encoder, or not yet to this one).
     pub inactive_encoder: bool,
+    /// Why the blob store refused a thumbnail made while indexing, if it refused one (such a
+    /// photo's thumbnail is made when it is first shown instead).
+    pub thumbnail_refused: Option<String>,
 }
 
 /// The start of the error of a photo failed because claims of its job never ended.
@@ -488,16 +492,27 @@ pub async fn index_round(
         outcomes.push(ended(&job, outcome));
     }
     if !readable.is_empty() {
-        match embedder.embed_images(images).await {
+        // Thumbnails come from the decode the embedding needs: a photo's first view needs no
+        // second decode of its original.
+        match embedder
+            .embed_images(images, Some(photo::THUMBNAIL_SIZE))
+            .await
+        {
             Ok(vectors) => {
                 let mut points = Vec::with_capacity(vectors.len());
                 let mut embedded = Vec::with_capacity(vectors.len());
                 for (job, vector) in readable.into_iter().zip(vectors) {
                     match vector {
-                        Ok(vector) => {
+                        Ok(image) => {
+                            if let Some(jpeg) = image.thumbnail
+                                && let Err(error) =
+                                    blobs.put(&job.photo.id.thumbnail_key(), jpeg).await
+                            {
+                                round.thumbnail_refused = Some(error.to_string());
+                            }
                             points.push(IndexedPhoto {
                                 id: job.photo.id,
-                                vector,
+                                vector: image.vector,
                                 facets: job.photo.facets(),
                             });
                             embedded.push(job);
@@ -537,6 +552,7 @@ pub async fn index_round(
             // behind (a result without a photo); one whose claim was taken over keeps it.
             if *outcome == JobOutcome::Done && catalog.photo(*photo).await?.is_none() {
                 index.delete(&[*photo]).await?;
+                blobs.delete(&photo.thumbnail_key()).await?;
             }
             round.lost += 1;
             continue;

@@ -209,6 +209,17 @@ pub struct StagedUpload {
     pub started_at: i64,
 }
 
+/// The longest side of a photo's thumbnail, in pixels.
+pub const THUMBNAIL_SIZE: u32 = 320;
+
+impl PhotoId {
+    /// The blob-store key of this photo's thumbnail (a JPEG at most [`THUMBNAIL_SIZE`] on its
+    /// longer side), made while indexing or on first request, and removed with the photo.
+    pub fn thumbnail_key(self) -> String {
+        format!("thumbnails/{self}-{THUMBNAIL_SIZE}.jpg")
+    }
+}
+
 /// Blob keys under this prefix hold originals uploaded straight to storage.
 pub const STAGED_PREFIX: &str = "staged/";
 

@@ -57,11 +57,23 @@ pub trait ImageEmbedder: MaybeSendSync {
     /// The encoder whose image tower this is.
     fn encoder(&self) -> &EncoderId;
     /// Embeds each image; an image that cannot be decoded gets its own error (the decoder's
-    /// message) without failing the others.
+    /// message) without failing the others. With `thumbnail_size`, an embedder that decodes
+    /// images itself also returns a JPEG thumbnail of each, at most that many pixels on its
+    /// longer side, made from the same decode (one that does not, a remote one, returns none).
     async fn embed_images(
         &self,
         images: Vec<Vec<u8>>,
-    ) -> Result<Vec<Result<Embedding, String>>, PortError>;
+        thumbnail_size: Option<u32>,
+    ) -> Result<Vec<Result<EmbeddedImage, String>>, PortError>;
+}
+
+/// What an image embedder made of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddedImage {
+    /// Its embedding.
+    pub vector: Embedding,
+    /// Its JPEG thumbnail, where one was asked for and made.
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// A vector with its photo and filter fields.

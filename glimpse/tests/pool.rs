@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use common::managed::{PrivatePostgres, S3Server, Schema, qdrant};
+use common::managed::{PrivatePostgres, S3Server, Schema, TestAuthority, qdrant};
 use common::{model, spawn_listening};
 use glimpse::adapters::{IndexTuning, LocalIndex};
+use glimpse_core::EncoderId;
 use glimpse_core::flows::{self, LogRetention, RetryPolicy};
-use glimpse_core::ports::{BlobStore, Catalog, ImageEmbedder, PortError, VectorIndex};
-use glimpse_core::{Embedding, EncoderId};
+use glimpse_core::ports::{
+    BlobStore, Catalog, EmbeddedImage, ImageEmbedder, PortError, VectorIndex,
+};
 use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, postgres};
 use glimpse_worker::encoder::{ClipEncoder, Precision};
 use glimpse_worker::hub;
@@ -236,7 +238,8 @@ impl ImageEmbedder for DiesMidLease {
     async fn embed_images(
         &self,
         _images: Vec<Vec<u8>>,
-    ) -> Result<Vec<Result<Embedding, String>>, PortError> {
+        _thumbnail_size: Option<u32>,
+    ) -> Result<Vec<Result<EmbeddedImage, String>>, PortError> {
         self.reached.notify_one();
         std::future::pending().await
     }
@@ -616,4 +619,92 @@ async fn worker_processes_index_every_upload_exactly_once_when_one_is_killed() {
     .unwrap();
     assert_eq!(index.count().await.unwrap(), 1000);
     index.drop_collection().await.unwrap();
+}
+
+/// The worker reaches its catalog database over TLS and checks whom it talks to: the server's
+/// certificate must chain to a trusted CA (here one made for the test, named by sslrootcert)
+/// and, unless the URL says verify-ca, name the host. A server it cannot verify, or one without
+/// TLS, is refused with the reason; nothing goes in plaintext unless the URL says disable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_database_is_reached_over_verified_tls() {
+    let authority = TestAuthority::new(&["IP:127.0.0.1", "DNS:localhost"]);
+    let server = PrivatePostgres::start_tls_only(&authority);
+    let trusting = |server: &PrivatePostgres, authority: &TestAuthority, mode: &str| {
+        format!(
+            "{} sslmode={mode} sslrootcert='{}'",
+            server.address(),
+            authority.certificate().display()
+        )
+    };
+    let refusal = |url: String| async move {
+        postgres::connect(&url, 1)
+            .await
+            .err()
+            .expect("connected to a server it should have refused")
+            .to_string()
+    };
+
+    // verify-full is the default: the catalog works, and its connections are encrypted.
+    let verified = format!(
+        "{} sslrootcert='{}'",
+        server.address(),
+        authority.certificate().display()
+    );
+    let catalog = postgres::connect(&verified, 2).await.unwrap();
+    let encoder: EncoderId = "clip:test/tls@1".parse().unwrap();
+    catalog.register_encoder(&encoder, 8).await.unwrap();
+    assert_eq!(catalog.active_encoder().await.unwrap(), Some(encoder));
+    let url: postgres::DatabaseUrl = verified.parse().unwrap();
+    let (client, connection) = url.config.connect(url.connector().unwrap()).await.unwrap();
+    tokio::spawn(connection);
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted);
+
+    // The system's roots do not hold the test's CA: the worker stops and says why.
+    let error = refusal(server.address()).await;
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    let worker = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+        .env("GLIMPSE__WORKER__TOKEN", "internal-token-for-the-pool-0123")
+        .env("GLIMPSE__DATABASE__URL", server.address())
+        .env("GLIMPSE__S3__BUCKET", "never-reached")
+        .env("GLIMPSE__S3__ACCESS_KEY_ID", "never-used")
+        .env("GLIMPSE__S3__SECRET_ACCESS_KEY", "never-used")
+        .env("GLIMPSE__QDRANT__URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(!worker.status.success());
+    let message = String::from_utf8_lossy(&worker.stderr);
+    assert!(
+        message.contains("[database] url") && message.contains("invalid peer certificate"),
+        "{message}"
+    );
+
+    // A CA other than the server's: refused, even when the name is not checked.
+    let other = TestAuthority::new(&["DNS:db.internal"]);
+    let error = refusal(trusting(&server, &other, "verify-ca")).await;
+    assert!(error.contains("invalid peer certificate"), "{error}");
+
+    // A certificate for another name: refused by verify-full, enough for verify-ca.
+    let elsewhere = PrivatePostgres::start_tls_only(&other);
+    let error = refusal(trusting(&elsewhere, &other, "verify-full")).await;
+    assert!(error.contains("not valid for name"), "{error}");
+    postgres::connect(&trusting(&elsewhere, &other, "verify-ca"), 1)
+        .await
+        .unwrap();
+
+    // A server without TLS is refused unless the URL says so, and then only TLS servers refuse.
+    let plaintext = PrivatePostgres::start();
+    let error = refusal(trusting(&plaintext, &authority, "verify-full")).await;
+    assert!(error.contains("does not support TLS"), "{error}");
+    postgres::connect(&plaintext.url(), 1).await.unwrap();
+    let error = refusal(format!("{} sslmode=disable", server.address())).await;
+    assert!(error.contains("no encryption"), "{error}");
 }

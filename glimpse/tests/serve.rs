@@ -771,7 +771,10 @@ fn work_per_request_is_bounded_with_clear_answers() {
     assert!(message.contains("more than 32 terms"), "{message}");
     assert!(message.contains("at character 96"), "{message}");
 
-    // 200 thumbnail requests at once: every one answered, never more than 2 decodes at a time.
+    // 200 thumbnail requests at once, none of them made yet (thumbnails lost from the data
+    // directory are made again on request): every one answered, never more than 2 decodes at a
+    // time.
+    std::fs::remove_dir_all(server.data_dir.join("blobs/thumbnails")).unwrap();
     let photos = server.photos();
     let ids: Vec<String> = photos
         .iter()
@@ -794,6 +797,115 @@ fn work_per_request_is_bounded_with_clear_answers() {
     let (_, stats) = server.get("/api/stats");
     let peak = stats["at_once_peak"]["thumbnail_decodes"].as_u64().unwrap();
     assert!((1..=2).contains(&peak), "{stats}");
+}
+
+fn get_bytes(server: &Server, path: &str) -> Vec<u8> {
+    let reply = ureq::get(&server.url(path)).call().unwrap();
+    assert_eq!(reply.content_type(), "image/jpeg", "{path}");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut reply.into_reader(), &mut bytes).unwrap();
+    bytes
+}
+
+/// A smooth `width`×`height` JPEG, its colours set by `tint`.
+fn smooth_jpeg(path: &Path, width: u32, height: u32, tint: u8) {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, tint])
+    })
+    .save(path)
+    .unwrap();
+}
+
+fn mean_difference(a: &[u8], b: &[u8]) -> f64 {
+    let (a, b) = (
+        image::load_from_memory(a).unwrap().into_rgb8(),
+        image::load_from_memory(b).unwrap().into_rgb8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
+/// Indexing leaves every photo's thumbnail ready, made from the decode the embedding needed:
+/// showing the grid decodes no original a second time. A thumbnail lost from the data directory
+/// is made again on request, alike; deleting a photo or changing its file removes the old one.
+#[test]
+fn thumbnails_are_made_while_indexing_and_go_with_their_photo() {
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    fixture_library(&library);
+    // A camera-sized photo (thumbnails scale it down to 320 px) besides the small fixtures.
+    smooth_jpeg(&library.join("Home/large.jpg"), 2400, 1600, 90);
+    let server = Server::start(Some(&library), &scratch.path().join("data"), &[]);
+    let total = fixture_count() as u64 + 1;
+    server.wait_indexed(total);
+    let stored = server.data_dir.join("blobs/thumbnails");
+    let thumbnail_file = |id: &str| stored.join(format!("{id}-320.jpg"));
+
+    let photos = server.photos();
+    let mut made_while_indexing = Vec::new();
+    for photo in &photos {
+        let id = photo["id"].as_str().unwrap();
+        let jpeg = get_bytes(&server, &format!("/api/photos/{id}/thumbnail"));
+        let image = image::load_from_memory(&jpeg).unwrap();
+        let longer = photo["width"]
+            .as_u64()
+            .unwrap()
+            .max(photo["height"].as_u64().unwrap());
+        assert_eq!(
+            u64::from(image.width().max(image.height())),
+            longer.min(320),
+            "{photo}"
+        );
+        assert_eq!(std::fs::read(thumbnail_file(id)).unwrap(), jpeg);
+        made_while_indexing.push((id.to_owned(), jpeg));
+    }
+    let (_, stats) = server.get("/api/stats");
+    assert_eq!(
+        stats["thumbnail_decodes"], 0,
+        "no original decoded again: {stats}"
+    );
+
+    // Lost thumbnails are made on request, and look like the ones indexing made.
+    std::fs::remove_dir_all(&stored).unwrap();
+    for (id, before) in &made_while_indexing {
+        let again = get_bytes(&server, &format!("/api/photos/{id}/thumbnail"));
+        let difference = mean_difference(before, &again);
+        assert!(difference < 4.0, "{id}: mean difference {difference}/255");
+    }
+    let (_, stats) = server.get("/api/stats");
+    assert_eq!(stats["thumbnail_decodes"], made_while_indexing.len());
+
+    // A deleted upload takes its thumbnail with it.
+    let (status, uploaded) = server.upload(&bomb_free_upload(), Some(&server.token));
+    assert_eq!(status, 202, "{uploaded}");
+    let uploaded = uploaded["id"].as_str().unwrap().to_owned();
+    server.wait_indexed(total + 1);
+    assert!(thumbnail_file(&uploaded).exists());
+    assert_eq!(server.delete(&format!("/api/photos/{uploaded}")).0, 204);
+    assert!(!thumbnail_file(&uploaded).exists());
+
+    // A library file rewritten with other pixels is another photo: the old thumbnail goes.
+    let large = photos.iter().find(|p| p["width"] == 2400).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    smooth_jpeg(&library.join("Home/large.jpg"), 2400, 1600, 200);
+    let report = server.scan(false);
+    assert_eq!(report["changed"], 1, "{report}");
+    assert!(!thumbnail_file(&large).exists());
+    server.wait_indexed(total);
+    let photos = server.photos();
+    let rewritten = photos.iter().find(|p| p["width"] == 2400).unwrap()["id"]
+        .as_str()
+        .unwrap();
+    assert_ne!(rewritten, large);
+    assert!(thumbnail_file(rewritten).exists());
 }
 
 /// The status says how precisely the model runs, and a chosen precision is remembered in the

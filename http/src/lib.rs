@@ -129,14 +129,13 @@ pub trait Shape: MaybeSendSync {
     fn notice(&self, event: Event);
 }
 
-/// Thumbnails of photos, made on first request and kept.
+/// Thumbnails of photos, kept under [`PhotoId::thumbnail_key`] (which deleting a photo
+/// removes).
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 pub trait Thumbnails: MaybeSendSync {
-    /// A JPEG thumbnail of `photo`.
+    /// A JPEG thumbnail of `photo`: the stored one, or one made now and stored.
     async fn thumbnail(&self, photo: &Photo) -> Result<Vec<u8>, ApiError>;
-    /// Drops the thumbnails of a deleted photo.
-    async fn forget(&self, photo: PhotoId) -> Result<(), ApiError>;
 }
 
 /// Uploads that clients put straight into storage, then complete through the API.
@@ -353,9 +352,6 @@ where
                 shape.index().await?,
             );
             flows::delete_photo(catalog, blobs, index, id, false).await?;
-            if let Some(thumbnails) = shape.thumbnails() {
-                thumbnails.forget(id).await?;
-            }
             Ok(empty_reply(StatusCode::NO_CONTENT))
         }
         (&Method::GET, Endpoint::Original(id)) => {

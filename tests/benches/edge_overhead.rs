@@ -81,6 +81,7 @@ fn variables(database_name: &str) -> HashMap<String, String> {
         ("database_host", "127.0.0.1"),
         ("database_name", database_name),
         ("database_user", "postgres"),
+        ("database_sslmode", "disable"),
         ("database_password", "not-needed: trust"),
         ("s3_endpoint", nowhere),
         ("s3_bucket", "bench"),
@@ -108,7 +109,7 @@ fn main() {
 async fn bench() {
     let name = unique("glimpse_bench_edge");
     run_sql(&postgres_server(), &format!("CREATE DATABASE {name}")).await;
-    let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={name}");
+    let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={name} sslmode=disable");
     let catalog = glimpse_worker::adapters::postgres::connect(&url, 8)
         .await
         .unwrap();

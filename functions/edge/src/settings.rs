@@ -49,20 +49,26 @@ pub async fn max_staged_upload_bytes() -> Result<u64, PortError> {
 }
 
 /// The catalog database's address, from `database_host` (`host:port`, also what the manifest
-/// allows the component to reach), `database_name`, `database_user` and `database_password`
-/// (empty for none).
+/// allows the component to reach), `database_name`, `database_user`, `database_password`
+/// (empty for none) and `database_sslmode` (`require`: TLS, which Spin verifies; `disable`).
 pub async fn database_address() -> Result<String, PortError> {
     let host = variable("database_host").await?;
     let name = variable("database_name").await?;
     let user = variable("database_user").await?;
     let password = variable("database_password").await?;
+    let sslmode = variable("database_sslmode").await?;
+    if !matches!(sslmode.as_str(), "require" | "disable") {
+        return Err(PortError::Rejected(format!(
+            "database_sslmode is `{sslmode}`: use require (TLS, verified by Spin) or disable"
+        )));
+    }
     let credentials = if password.is_empty() {
         percent_encoded(&user)
     } else {
         format!("{}:{}", percent_encoded(&user), percent_encoded(&password))
     };
     Ok(format!(
-        "postgres://{credentials}@{host}/{}",
+        "postgres://{credentials}@{host}/{}?sslmode={sslmode}",
         percent_encoded(&name)
     ))
 }

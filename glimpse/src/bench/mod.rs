@@ -314,7 +314,7 @@ pub fn encode(encoder: &dyn ImageTextEncoder, rounds: usize) -> Result<EncodeRep
         let count = (size * 2).max(16) * rounds;
         let inputs: Vec<&[u8]> = vec![jpeg.as_slice(); count];
         let start = Instant::now();
-        for result in embed_pipelined(encoder, &inputs, size) {
+        for result in embed_pipelined(encoder, &inputs, size, None) {
             result?;
         }
         image_per_s.insert(size, count as f64 / start.elapsed().as_secs_f64());

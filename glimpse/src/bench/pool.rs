@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use glimpse_core::flows;
 use glimpse_core::photo::{ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId};
-use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, TextEmbedder};
+use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, PortError, TextEmbedder};
 use serde::Serialize;
 
+use glimpse_worker::adapters::postgres::DatabaseUrl;
 use glimpse_worker::adapters::{
     LocalEncoder, PostgresCatalog, QdrantIndex, QdrantSettings, S3BlobStore,
 };
@@ -59,21 +60,19 @@ fn random_suffix() -> Result<String, String> {
 
 /// A schema of the benchmark's own in the configured database.
 struct Scratch {
-    admin: tokio_postgres::Config,
+    admin: DatabaseUrl,
     schema: String,
 }
 
 impl Scratch {
     async fn create(url: &str) -> Result<(Self, PostgresCatalog), String> {
-        let admin: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| "the database URL does not parse".to_owned())?;
+        let admin: DatabaseUrl = url.parse().map_err(|e: PortError| e.to_string())?;
         let schema = format!("glimpse_bench_{}", random_suffix()?);
         run_sql(&admin, &format!("CREATE SCHEMA {schema}")).await?;
-        let mut config = admin.clone();
-        config.options(format!("-c search_path={schema}"));
+        let mut url = admin.clone();
+        url.config.options(format!("-c search_path={schema}"));
         let scratch = Self { admin, schema };
-        match glimpse_worker::adapters::postgres::connect_config(config, 4).await {
+        match glimpse_worker::adapters::postgres::connect_to(url, 4).await {
             Ok(catalog) => Ok((scratch, catalog)),
             Err(error) => {
                 scratch.remove().await;
@@ -93,9 +92,11 @@ impl Scratch {
     }
 }
 
-async fn run_sql(config: &tokio_postgres::Config, sql: &str) -> Result<(), String> {
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+async fn run_sql(url: &DatabaseUrl, sql: &str) -> Result<(), String> {
+    let connector = url.connector().map_err(|e| e.to_string())?;
+    let (client, connection) = url
+        .config
+        .connect(connector)
         .await
         .map_err(|e| format!("catalog database: {e}"))?;
     let driver = tokio::spawn(connection);

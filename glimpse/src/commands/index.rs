@@ -85,6 +85,14 @@ pub async fn index(args: IndexArgs) -> Result<()> {
     loop {
         let round = engine.index_round().await?;
         bar.inc((round.indexed + round.failed) as u64);
+        if let Some(error) = &round.thumbnail_refused {
+            bar.suspend(|| {
+                eprintln!(
+                    "glimpse: a thumbnail could not be stored ({error}); it is made when the \
+                     photo is first shown"
+                );
+            });
+        }
         total.indexed += round.indexed;
         total.failed += round.failed;
         total.retried += round.retried;

@@ -185,6 +185,12 @@ async fn index_loop(engine: Arc<Engine>, wake: Arc<Notify>, mut stop: watch::Rec
         match engine.index_round().await {
             Ok(round) if round.claimed > 0 => {
                 changed_since_optimize |= round.indexed > 0;
+                if let Some(error) = round.thumbnail_refused {
+                    eprintln!(
+                        "glimpse: a thumbnail made while indexing could not be stored \
+                         ({error}); it is made when the photo is first shown"
+                    );
+                }
                 continue;
             }
             Ok(_) => {}

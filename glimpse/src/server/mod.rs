@@ -18,7 +18,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use glimpse_contracts::api;
 use glimpse_core::flows::FlowError;
-use glimpse_core::photo::{Photo, PhotoId};
+use glimpse_core::photo::{Photo, THUMBNAIL_SIZE};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_http::axum::{ApiError, reply};
@@ -33,9 +33,6 @@ use self::gates::Gate;
 pub use self::stats::{Learning, Stats, percentiles};
 use crate::embedded::{Engine, EngineError, ScanReport};
 use crate::memory::{MemoryBudget, ProcessMemory};
-
-/// Longest side of a thumbnail, in pixels.
-const THUMBNAIL_SIZE: u32 = 320;
 
 /// How the server is configured.
 #[derive(Clone, Debug)]
@@ -514,11 +511,13 @@ impl AppState {
     }
 }
 
-/// Thumbnails are made on first request, within the thumbnail gate, and kept beside originals.
+/// Thumbnails are made while indexing, from the decode the embedding needs; one missing (made
+/// before that, or refused by storage) is made on first request, within the thumbnail gate, and
+/// kept beside the others.
 #[async_trait::async_trait]
 impl Thumbnails for AppState {
     async fn thumbnail(&self, photo: &Photo) -> Result<Vec<u8>, api::ApiError> {
-        let key = thumbnail_key(photo.id);
+        let key = photo.id.thumbnail_key();
         if let Some(jpeg) = self.engine.blobs.get(&key).await? {
             return Ok(jpeg);
         }
@@ -529,6 +528,7 @@ impl Thumbnails for AppState {
                 return Ok(jpeg);
             }
             let original = self.read_original(photo).await?;
+            self.stats.count_thumbnail_decode();
             let jpeg = tokio::task::spawn_blocking(move || make_thumbnail(&original))
                 .await
                 .map_err(|e| ApiError::from(FlowError::Internal(e.to_string())))?
@@ -544,26 +544,10 @@ impl Thumbnails for AppState {
         });
         made.await.map_err(|refusal| refusal.0)
     }
-
-    async fn forget(&self, photo: PhotoId) -> Result<(), api::ApiError> {
-        Ok(self.engine.blobs.delete(&thumbnail_key(photo)).await?)
-    }
-}
-
-fn thumbnail_key(id: PhotoId) -> String {
-    format!("thumbnails/{id}-{THUMBNAIL_SIZE}.jpg")
 }
 
 fn make_thumbnail(original: &[u8]) -> Result<Vec<u8>, String> {
     let rgb = glimpse_worker::encoder::decode_rgb(original, Some(THUMBNAIL_SIZE))
         .map_err(|e| format!("the image cannot be decoded: {e}"))?;
-    let small = image::DynamicImage::ImageRgb8(rgb).thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE);
-    let mut jpeg = Vec::new();
-    small
-        .write_to(
-            &mut std::io::Cursor::new(&mut jpeg),
-            image::ImageFormat::Jpeg,
-        )
-        .map_err(|e| format!("the thumbnail cannot be encoded: {e}"))?;
-    Ok(jpeg)
+    glimpse_worker::encoder::thumbnail_jpeg(&rgb, THUMBNAIL_SIZE).map_err(|e| e.to_string())
 }

@@ -28,6 +28,7 @@ pub struct Stats {
     duplicate_uploads: AtomicU64,
     rejected_uploads: AtomicU64,
     clicks: AtomicU64,
+    thumbnail_decodes: AtomicU64,
 }
 
 /// Nearest-rank p50, p95 and p99 of samples.
@@ -84,6 +85,11 @@ impl Stats {
         self.clicks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a thumbnail made on request, by decoding its original.
+    pub fn count_thumbnail_decode(&self) {
+        self.thumbnail_decodes.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn percentiles(&self) -> Vec<(&'static str, usize, [f64; 3])> {
         let Ok(windows) = self.windows.lock() else {
             return Vec::new();
@@ -123,6 +129,7 @@ impl Stats {
             "duplicate_uploads": self.duplicate_uploads.load(Ordering::Relaxed),
             "rejected_uploads": self.rejected_uploads.load(Ordering::Relaxed),
             "clicks": self.clicks.load(Ordering::Relaxed),
+            "thumbnail_decodes": self.thumbnail_decodes.load(Ordering::Relaxed),
         })
     }
 
@@ -171,6 +178,12 @@ impl Stats {
                 "glimpse_clicks_total",
                 "Clicks recorded on results.",
                 self.clicks.load(Ordering::Relaxed),
+            ),
+            (
+                "glimpse_thumbnail_decodes_total",
+                "Thumbnails made on request by decoding the original (indexing makes the others \
+                 from the decode it needs).",
+                self.thumbnail_decodes.load(Ordering::Relaxed),
             ),
             (
                 "glimpse_query_cache_hits_total",

@@ -2,6 +2,7 @@
 //! machine's server, or a private server the test can restart), the s3s-fs S3 server on loopback,
 //! and Qdrant when `QDRANT_URL` names one.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,10 +10,12 @@ use std::time::{Duration, Instant};
 use glimpse_worker::adapters::{PostgresCatalog, QdrantSettings, S3BlobStore, S3Settings};
 use tokio_postgres::NoTls;
 
-/// The machine's Postgres, key=value form.
+/// The machine's Postgres, key=value form (on loopback, without TLS: say so, since the worker
+/// verifies TLS unless told otherwise).
 pub fn postgres_server() -> String {
-    std::env::var("GLIMPSE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned())
+    std::env::var("GLIMPSE_TEST_POSTGRES").unwrap_or_else(|_| {
+        "host=127.0.0.1 port=5432 user=postgres dbname=test sslmode=disable".to_owned()
+    })
 }
 
 /// A random lowercase suffix for names that must not collide between tests.
@@ -106,6 +109,8 @@ pub struct PrivatePostgres {
     root: tempfile::TempDir,
     port: u16,
     server: Option<Child>,
+    /// Settings passed to the server (`-c name=value`) on every start.
+    settings: Vec<String>,
 }
 
 fn postgres_bin(program: &str) -> PathBuf {
@@ -141,8 +146,80 @@ fn as_postgres_user(program: &Path) -> Command {
     }
 }
 
+/// A certificate authority made for one test with the `openssl` command, and a server
+/// certificate it signed.
+pub struct TestAuthority {
+    folder: tempfile::TempDir,
+}
+
+impl TestAuthority {
+    /// A fresh CA and a certificate for a server named by `names` (`IP:127.0.0.1`,
+    /// `DNS:localhost`).
+    pub fn new(names: &[&str]) -> Self {
+        let folder = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(folder.path())
+                .output()
+                .expect("the TLS tests make their certificates with the openssl command");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let run = |words: String| openssl(&words.split_whitespace().collect::<Vec<_>>());
+        run(format!(
+            "req -x509 -days 2 -subj /CN=glimpse-test-ca {key} -keyout ca.key -out ca.pem \
+             -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign"
+        ));
+        run(format!(
+            "req -subj /CN=glimpse-test-database {key} -keyout server.key -out server.csr"
+        ));
+        std::fs::write(
+            folder.path().join("server.ext"),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+                 extendedKeyUsage=serverAuth\n",
+                names.join(",")
+            ),
+        )
+        .unwrap();
+        run(
+            "x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -extfile server.ext -out server.pem"
+                .to_owned(),
+        );
+        Self { folder }
+    }
+
+    /// The CA's certificate (PEM): what a client trusts.
+    pub fn certificate(&self) -> PathBuf {
+        self.folder.path().join("ca.pem")
+    }
+}
+
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with(&[], None)
+    }
+
+    /// A server that speaks only TLS on TCP, with the certificate `authority` signed.
+    pub fn start_tls_only(authority: &TestAuthority) -> Self {
+        Self::start_with(
+            &[
+                "ssl=on",
+                "ssl_cert_file=server.pem",
+                "ssl_key_file=server.key",
+            ],
+            Some(authority),
+        )
+    }
+
+    fn start_with(settings: &[&str], authority: Option<&TestAuthority>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let _ = Command::new("chown")
             .args(["postgres:postgres"])
@@ -157,17 +234,42 @@ impl PrivatePostgres {
             .status()
             .unwrap();
         assert!(status.success(), "initdb failed");
+        if let Some(authority) = authority {
+            for file in ["server.pem", "server.key"] {
+                let to = data.join(file);
+                std::fs::copy(authority.folder.path().join(file), &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+                let _ = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&to)
+                    .status();
+            }
+            // Plaintext connections over TCP are refused: only TLS gets in.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+        }
         let mut server = Self {
             root,
             port: free_port(),
             server: None,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.resume();
         server
     }
 
-    /// The URL of its `postgres` database (key=value form).
+    /// The URL of its `postgres` database (key=value form, without TLS).
     pub fn url(&self) -> String {
+        format!("{} sslmode=disable", self.address())
+    }
+
+    /// Its address, user and database (key=value form, nothing said of TLS).
+    pub fn address(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             self.port
@@ -185,6 +287,7 @@ impl PrivatePostgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
             ])
+            .args(self.settings.iter().flat_map(|setting| ["-c", setting]))
             .arg("-k")
             .arg(self.root.path())
             .stdout(Stdio::null())
@@ -193,6 +296,19 @@ impl PrivatePostgres {
             .unwrap();
         self.server = Some(child);
         wait_for_port(self.port, "the private Postgres");
+        // The port opens before the server takes sessions ("the database system is starting up").
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Command::new(postgres_bin("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the private Postgres did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops the server as an operator would for a restart (fast shutdown: sessions are cut).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use glimpse_core::ports::{ImageEmbedder, PortError, TextEmbedder};
+use glimpse_core::ports::{EmbeddedImage, ImageEmbedder, PortError, TextEmbedder};
 use glimpse_core::{Embedding, EncoderId};
 
 use crate::encoder::{EncoderError, ImageTextEncoder, embed_pipelined};
@@ -92,20 +92,21 @@ impl ImageEmbedder for LocalEncoder {
     async fn embed_images(
         &self,
         images: Vec<Vec<u8>>,
-    ) -> Result<Vec<Result<Embedding, String>>, PortError> {
+        thumbnail_size: Option<u32>,
+    ) -> Result<Vec<Result<EmbeddedImage, String>>, PortError> {
         let encoder = Arc::clone(&self.encoder);
         self.images_embedded
             .fetch_add(images.len() as u64, Ordering::Relaxed);
         let results = tokio::task::spawn_blocking(move || {
             let slices: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-            embed_pipelined(encoder.as_ref(), &slices, IMAGE_BATCH)
+            embed_pipelined(encoder.as_ref(), &slices, IMAGE_BATCH, thumbnail_size)
         })
         .await
         .map_err(join_error)?;
         results
             .into_iter()
             .map(|result| match result {
-                Ok(vector) => Ok(Ok(vector)),
+                Ok(image) => Ok(Ok(image)),
                 Err(EncoderError::BadImage(message)) => Ok(Err(message)),
                 Err(other) => Err(port_error(other)),
             })

@@ -371,6 +371,15 @@ impl ImageTextEncoder for ClipEncoder {
         self.processor.prepare(encoded)
     }
 
+    fn prepare_image_with_thumbnail(
+        &self,
+        encoded: &[u8],
+        thumbnail_size: u32,
+    ) -> Result<(PreparedImage, Vec<u8>), EncoderError> {
+        self.processor
+            .prepare_with_thumbnail(encoded, thumbnail_size)
+    }
+
     fn release_image_tower(&self) -> bool {
         if self.reload.is_none() {
             return false;

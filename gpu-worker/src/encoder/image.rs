@@ -268,6 +268,26 @@ pub fn decode_rgb(bytes: &[u8], draft_short_side: Option<u32>) -> Result<RgbImag
     Ok(image.into_rgb8())
 }
 
+/// A JPEG of `image` scaled down (never up) to fit `size`×`size`, its aspect ratio kept: what a
+/// photo grid shows.
+pub fn thumbnail_jpeg(image: &RgbImage, size: u32) -> Result<Vec<u8>, EncoderError> {
+    let (width, height) = image.dimensions();
+    let longer = width.max(height);
+    let scaled = |side: u32| {
+        if longer <= size {
+            side
+        } else {
+            (u64::from(side) * u64::from(size)).div_ceil(u64::from(longer)) as u32
+        }
+    };
+    let small = image::imageops::thumbnail(image, scaled(width), scaled(height));
+    let mut jpeg = Vec::new();
+    small
+        .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .map_err(|e| EncoderError::Internal(format!("the thumbnail cannot be encoded: {e}")))?;
+    Ok(jpeg)
+}
+
 fn decode_jpeg(
     bytes: &[u8],
     draft_short_side: Option<u32>,
@@ -389,6 +409,21 @@ impl ImageProcessor {
     /// Decodes and preprocesses an encoded image.
     pub fn prepare(&self, bytes: &[u8]) -> Result<PreparedImage, EncoderError> {
         self.prepare_rgb(&decode_rgb(bytes, self.draft_short_side())?)
+    }
+
+    /// Decodes an encoded image once for both preprocessing and a JPEG thumbnail at most
+    /// `thumbnail_size` pixels on its longer side (see [`thumbnail_jpeg`]).
+    pub fn prepare_with_thumbnail(
+        &self,
+        bytes: &[u8],
+        thumbnail_size: u32,
+    ) -> Result<(PreparedImage, Vec<u8>), EncoderError> {
+        let draft = self.draft_short_side().map(|side| side.max(thumbnail_size));
+        let image = decode_rgb(bytes, draft)?;
+        Ok((
+            self.prepare_rgb(&image)?,
+            thumbnail_jpeg(&image, thumbnail_size)?,
+        ))
     }
 
     /// Preprocesses decoded RGB pixels.

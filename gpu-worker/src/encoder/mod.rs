@@ -7,10 +7,12 @@ mod text;
 
 pub use self::clip::{ClipEncoder, Precision};
 pub use self::image::{
-    ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec, decode_rgb,
+    ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec,
+    decode_rgb, thumbnail_jpeg,
 };
 pub use self::text::TextTokenizer;
 
+use glimpse_core::ports::EmbeddedImage;
 use glimpse_core::{Embedding, EncoderId};
 use rayon::prelude::*;
 
@@ -57,6 +59,14 @@ pub trait ImageTextEncoder: Send + Sync {
     /// independent of the model weights: run it on worker threads, ahead of the encoder.
     fn prepare_image(&self, encoded: &[u8]) -> Result<PreparedImage, EncoderError>;
 
+    /// [`Self::prepare_image`], and a JPEG thumbnail at most `thumbnail_size` pixels on its
+    /// longer side made from the same decode.
+    fn prepare_image_with_thumbnail(
+        &self,
+        encoded: &[u8],
+        thumbnail_size: u32,
+    ) -> Result<(PreparedImage, Vec<u8>), EncoderError>;
+
     /// One unit vector per prepared image, in order, encoded as one batch.
     fn embed_prepared(&self, images: &[PreparedImage]) -> Result<Vec<Embedding>, EncoderError>;
 
@@ -82,48 +92,52 @@ pub trait ImageTextEncoder: Send + Sync {
 /// Encodes many images with decoding overlapped with encoding: while one batch of `batch_size`
 /// runs through the model, the next is decoded and preprocessed on the rayon pool. Returns one
 /// result per input, in order; an image that cannot be decoded gets its own error and does not
-/// affect the others.
+/// affect the others. With `thumbnail_size`, each also gets a thumbnail from the same decode.
 pub fn embed_pipelined(
     encoder: &dyn ImageTextEncoder,
     encoded: &[&[u8]],
     batch_size: usize,
-) -> Vec<Result<Embedding, EncoderError>> {
+    thumbnail_size: Option<u32>,
+) -> Vec<Result<EmbeddedImage, EncoderError>> {
     let batch_size = batch_size.max(1);
     let mut results = Vec::with_capacity(encoded.len());
+    let prepare = |bytes: &&[u8]| match thumbnail_size {
+        None => encoder.prepare_image(bytes).map(|image| (image, None)),
+        Some(size) => encoder
+            .prepare_image_with_thumbnail(bytes, size)
+            .map(|(image, thumbnail)| (image, Some(thumbnail))),
+    };
     std::thread::scope(|scope| {
         let (prepared_tx, prepared_rx) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
             for chunk in encoded.chunks(batch_size) {
-                let prepared: Vec<_> = chunk
-                    .par_iter()
-                    .map(|bytes| encoder.prepare_image(bytes))
-                    .collect();
+                let prepared: Vec<_> = chunk.par_iter().map(prepare).collect();
                 if prepared_tx.send(prepared).is_err() {
                     return;
                 }
             }
         });
         for prepared in prepared_rx {
-            // `None` where the image is in `images`, the decoding error where it is not.
-            let mut failures = Vec::with_capacity(prepared.len());
+            // The thumbnail where the image is in `images`, the decoding error where it is not.
+            let mut decoded = Vec::with_capacity(prepared.len());
             let mut images = Vec::with_capacity(prepared.len());
             for result in prepared {
-                match result {
-                    Ok(image) => {
-                        images.push(image);
-                        failures.push(None);
-                    }
-                    Err(error) => failures.push(Some(error)),
-                }
+                decoded.push(result.map(|(image, thumbnail)| {
+                    images.push(image);
+                    thumbnail
+                }));
             }
             let mut embedded = encoder.embed_prepared(&images).map(Vec::into_iter);
-            for failure in failures {
-                results.push(match (failure, &mut embedded) {
-                    (Some(error), _) => Err(error),
-                    (None, Ok(vectors)) => vectors.next().ok_or_else(|| {
-                        EncoderError::Internal("fewer embeddings than images".into())
-                    }),
-                    (None, Err(error)) => Err(EncoderError::Internal(error.to_string())),
+            for thumbnail in decoded {
+                results.push(match (thumbnail, &mut embedded) {
+                    (Err(error), _) => Err(error),
+                    (Ok(thumbnail), Ok(vectors)) => vectors
+                        .next()
+                        .map(|vector| EmbeddedImage { vector, thumbnail })
+                        .ok_or_else(|| {
+                            EncoderError::Internal("fewer embeddings than images".into())
+                        }),
+                    (Ok(_), Err(error)) => Err(EncoderError::Internal(error.to_string())),
                 });
             }
         }

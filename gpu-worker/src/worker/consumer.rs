@@ -126,6 +126,11 @@ impl Consumer {
         )
         .await?;
         self.stats.record(&round);
+        if let Some(error) = &round.thumbnail_refused {
+            eprintln!(
+                "glimpse worker: a thumbnail made while indexing could not be stored: {error}"
+            );
+        }
         Ok(round)
     }
 

@@ -178,7 +178,7 @@ async fn embed_images(
             "the form holds no image: send each image as a multipart field",
         ));
     }
-    let results = state.encoder.embed_images(images).await?;
+    let results = state.encoder.embed_images(images, None).await?;
     let failed = results.iter().filter(|r| r.is_err()).count() as u64;
     state
         .images
@@ -188,7 +188,7 @@ async fn embed_images(
     let results: Vec<Value> = results
         .into_iter()
         .map(|result| match result {
-            Ok(vector) => json!({ "vector": vector.as_slice() }),
+            Ok(image) => json!({ "vector": image.vector.as_slice() }),
             Err(error) => json!({ "error": error }),
         })
         .collect();

@@ -57,14 +57,15 @@ module "gpu_pool" {
   status_url = module.edge.status_url
   api_token  = random_password.api_token.result
 
-  worker_token         = random_password.worker_token.result
-  database_url         = module.database.url
-  s3_bucket            = module.storage.bucket
-  s3_region            = module.storage.region
-  s3_access_key_id     = module.storage.worker_access_key_id
-  s3_secret_access_key = module.storage.worker_secret_access_key
-  qdrant_url           = module.qdrant.grpc_url
-  qdrant_api_key       = module.qdrant.api_key
+  worker_token           = random_password.worker_token.result
+  database_url           = module.database.url
+  database_ca_bundle_url = module.database.ca_bundle
+  s3_bucket              = module.storage.bucket
+  s3_region              = module.storage.region
+  s3_access_key_id       = module.storage.worker_access_key_id
+  s3_secret_access_key   = module.storage.worker_secret_access_key
+  qdrant_url             = module.qdrant.grpc_url
+  qdrant_api_key         = module.qdrant.api_key
 }
 
 module "query_worker" {

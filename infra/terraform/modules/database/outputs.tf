@@ -30,9 +30,14 @@ output "password" {
 }
 
 output "url" {
-  description = "postgres://user:password@host:port/database, as the workers' [database] url wants it."
-  value       = "postgres://${local.user}:${local.password}@${local.host}:${local.port}/${local.database}"
+  description = "postgres://user:password@host:port/database?sslmode=verify-full (existing_url as given), as the workers' [database] url wants it."
+  value       = local.create ? "postgres://${local.user}:${local.password}@${local.host}:${local.port}/${local.database}?sslmode=verify-full" : var.existing_url
   sensitive   = true
+}
+
+output "ca_bundle" {
+  description = "The HTTPS URL where clients fetch the CA certificates that sign the server's certificate: RDS's global bundle for a created instance, existing_ca_bundle_url otherwise (null: the system's roots)."
+  value       = local.create ? "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem" : var.existing_ca_bundle_url
 }
 
 output "security_group_id" {

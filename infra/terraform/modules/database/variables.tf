@@ -16,6 +16,17 @@ variable "existing_url" {
   }
 }
 
+variable "existing_ca_bundle_url" {
+  description = "With existing_url: an HTTPS URL of the PEM certificates that sign its server certificate, when the system's roots do not (a provider's CA bundle). Null trusts the system's roots."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.existing_ca_bundle_url == null || can(regex("^https://", var.existing_ca_bundle_url))
+    error_message = "existing_ca_bundle_url is an https:// URL."
+  }
+}
+
 variable "vpc_id" {
   description = "VPC of a created instance (unused with existing_url)."
   type        = string

@@ -12,6 +12,7 @@ locals {
     database_host            = var.database_host
     database_name            = var.database_name
     database_user            = var.database_user
+    database_sslmode         = var.database_sslmode
     s3_endpoint              = var.s3_endpoint
     s3_bucket                = var.s3_bucket
     s3_region                = var.s3_region

@@ -98,6 +98,17 @@ variable "database_user" {
   type        = string
 }
 
+variable "database_sslmode" {
+  description = "require: TLS, the server verified by Spin's outbound Postgres against the runtime's trust store (give it the database's CA); disable: no TLS, only for a database on a network you trust."
+  type        = string
+  default     = "require"
+
+  validation {
+    condition     = contains(["require", "disable"], var.database_sslmode)
+    error_message = "database_sslmode is require or disable."
+  }
+}
+
 variable "database_password" {
   description = "Its password."
   type        = string

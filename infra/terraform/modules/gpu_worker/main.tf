@@ -71,6 +71,12 @@ locals {
 # Settings and secrets
 
 locals {
+  # The worker verifies the database's certificate (sslmode=verify-full unless the URL says
+  # otherwise); a CA bundle fetched at boot is named in the URL as sslrootcert.
+  database_ca_file = "/etc/glimpse/database-ca.pem"
+  database_url = (var.database_url == null || var.database_ca_bundle_url == null ? var.database_url :
+  "${var.database_url}${strcontains(var.database_url, "?") ? "&" : "?"}sslrootcert=${local.database_ca_file}")
+
   worker_toml = join("", concat(
     [templatefile("${path.module}/templates/worker.toml.tftpl", {
       model            = var.model
@@ -95,7 +101,7 @@ locals {
       worker_token = var.worker_token
     })],
     var.consume_jobs ? [templatefile("${path.module}/templates/backends.env.tftpl", {
-      database_url         = var.database_url
+      database_url         = local.database_url
       s3_secret_access_key = var.s3_secret_access_key
       qdrant_api_key       = var.qdrant_api_key
     })] : [],
@@ -244,9 +250,11 @@ resource "aws_launch_template" "worker" {
       region     = data.aws_region.current.name
       secret_arn = aws_secretsmanager_secret.worker.arn
     })
-    service        = file("${path.module}/templates/glimpse-worker.service")
-    release_url    = var.release_url
-    release_sha256 = var.release_sha256
+    service          = file("${path.module}/templates/glimpse-worker.service")
+    release_url      = var.release_url
+    release_sha256   = var.release_sha256
+    ca_bundle_url    = var.consume_jobs ? var.database_ca_bundle_url : null
+    database_ca_file = local.database_ca_file
   }))
 
   iam_instance_profile {

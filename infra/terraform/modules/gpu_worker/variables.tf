@@ -176,6 +176,17 @@ variable "database_url" {
   sensitive   = true
 }
 
+variable "database_ca_bundle_url" {
+  description = "HTTPS URL of the PEM certificates that sign the database's certificate (the database module's ca_bundle); fetched at boot and named as sslrootcert in the URL. Null trusts the system's roots."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.database_ca_bundle_url == null || can(regex("^https://", var.database_ca_bundle_url))
+    error_message = "database_ca_bundle_url is an https:// URL."
+  }
+}
+
 variable "database_connections" {
   description = "Pooled database connections per worker."
   type        = number

@@ -9,36 +9,36 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use glimpse_contracts::catalog_sql::{Cell, Param, SqlCatalog, SqlConnection, Statement};
 use glimpse_core::ports::PortError;
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 pub use glimpse_contracts::catalog_sql::SCHEMA_VERSION;
 
 /// The managed catalog: [`SqlCatalog`] over a tokio-postgres pool.
 pub type PostgresCatalog = SqlCatalog<PostgresPool>;
 
-/// Connects to the database at `url` (a `postgres://` URL or key=value string) with up to
-/// `connections` pooled connections, and applies pending migrations. Errors never repeat the URL
-/// (it may hold a password).
+mod tls;
+
+pub use self::tls::{DatabaseUrl, SecureWith};
+
+/// Connects to the database at `url` (a `postgres://` URL or key=value string; TLS verified
+/// unless it says `sslmode=disable`, see [`DatabaseUrl`]) with up to `connections` pooled
+/// connections, and applies pending migrations. Errors never repeat the URL (it may hold a
+/// password).
 pub async fn connect(url: &str, connections: usize) -> Result<PostgresCatalog, PortError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|_| {
-        PortError::Rejected(
-            "the database URL does not parse: expected postgres://user:password@host:port/db"
-                .to_owned(),
-        )
-    })?;
-    connect_config(config, connections).await
+    connect_to(url.parse()?, connections).await
 }
 
-/// [`connect`] with a parsed configuration.
-pub async fn connect_config(
-    config: tokio_postgres::Config,
+/// [`connect`] with a parsed URL.
+pub async fn connect_to(
+    url: DatabaseUrl,
     connections: usize,
 ) -> Result<PostgresCatalog, PortError> {
-    let location = location(&config);
+    let location = location(&url.config);
+    let connector = url.connector()?;
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        url.config,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -84,10 +84,21 @@ fn port_error(error: &tokio_postgres::Error) -> PortError {
                 .any(|class| code.starts_with(class))
         }
     };
+    // tokio-postgres keeps the reason (a certificate that does not verify, a refused
+    // connection) in the error's sources.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
+    }
     if transient {
-        PortError::Unavailable(format!("catalog database unavailable: {error}"))
+        PortError::Unavailable(format!("catalog database unavailable: {message}"))
     } else {
-        PortError::Internal(format!("catalog database: {error}"))
+        PortError::Internal(format!("catalog database: {message}"))
     }
 }
 
