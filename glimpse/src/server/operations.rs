@@ -123,8 +123,9 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
             "encoder": {"type": "string"},
             "precision": {
                 "enum": ["f32", "bf16", null],
-                "description": "How precisely the model runs: bf16 (AVX-512 BF16 or a GPU) or \
-                                f32, what --precision came to on this machine.",
+                "description": "How precisely the model runs: bf16 (weights in bf16 on a CPU \
+                                with AVX2 and FMA or AVX-512 BF16, or a GPU) or f32, what \
+                                --precision came to on this machine.",
             },
             "dimension": count,
             "library": {"type": ["string", "null"]},

@@ -12,9 +12,7 @@ use super::{
     EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, JpegDecode,
     PreparedImage, TextTokenizer,
 };
-use crate::models::clip::{
-    ClipConfig, ClipTextModel, ClipVisionModel, LinearWeights, bf16_supported,
-};
+use crate::models::clip::{Bf16Kernel, ClipConfig, ClipTextModel, ClipVisionModel, LinearWeights};
 
 /// What one more pass through the text tower costs, in padded token rows: a pass streams every
 /// weight once whatever its size (about 3 ms on two cores in bf16, 5 in f32), and each token row
@@ -60,15 +58,15 @@ impl std::fmt::Debug for ClipEncoder {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 where the CPU has AVX-512 BF16 dot products, else f32; large JPEGs decoded at a
-    /// reduced scale ([`JpegDecode::Draft`]).
+    /// bf16 weights where the CPU has a kernel for them (AVX-512 BF16, or AVX2 and FMA), else
+    /// f32; large JPEGs decoded at a reduced scale ([`JpegDecode::Draft`]).
     #[default]
     Auto,
     /// f32 throughout and every JPEG pixel decoded: embeddings equal to transformers' (what the
     /// parity tests check).
     F32,
-    /// bf16 weights and dot products with f32 sums, and draft JPEG decoding; refused on a CPU
-    /// without AVX-512 BF16.
+    /// bf16 weights (activations in bf16 too with AVX-512 BF16, in f32 with AVX2), products
+    /// summed in f32, and draft JPEG decoding; refused on a CPU with neither kernel.
     Bf16,
 }
 
@@ -111,15 +109,13 @@ impl Precision {
         if !device.is_cpu() {
             return Ok(LinearWeights::AsLoaded);
         }
-        match self {
-            Self::F32 => Ok(LinearWeights::AsLoaded),
-            Self::Auto if bf16_supported() => Ok(LinearWeights::PackedBf16),
-            Self::Auto => Ok(LinearWeights::AsLoaded),
-            Self::Bf16 if bf16_supported() => Ok(LinearWeights::PackedBf16),
-            Self::Bf16 => Err(EncoderError::BadModel(
-                "precision bf16 needs a CPU with AVX-512 BF16 and this one has none: use auto or \
-                 f32"
-                .into(),
+        match (self, Bf16Kernel::detect()) {
+            (Self::F32, _) | (Self::Auto, None) => Ok(LinearWeights::AsLoaded),
+            (Self::Auto | Self::Bf16, Some(kernel)) => Ok(LinearWeights::PackedBf16(kernel)),
+            (Self::Bf16, None) => Err(EncoderError::BadModel(
+                "precision bf16 needs an x86-64 CPU with AVX2 and FMA (or AVX-512 BF16) and this \
+                 one has neither: use auto or f32"
+                    .into(),
             )),
         }
     }
@@ -252,7 +248,8 @@ impl ClipEncoder {
             pad_token: config.text_config.eos_token_id,
             dimension: config.projection_dim,
             image_size,
-            precision: if dtype == DType::BF16 || config.linear_weights == LinearWeights::PackedBf16
+            precision: if dtype == DType::BF16
+                || matches!(config.linear_weights, LinearWeights::PackedBf16(_))
             {
                 Precision::Bf16
             } else {

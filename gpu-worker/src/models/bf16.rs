@@ -1,40 +1,90 @@
-//! Linear layers with bf16 weights, multiplied by AVX-512 BF16 dot products (`vdpbf16ps`).
+//! Linear layers with bf16 weights, multiplied by the fastest micro-kernel the CPU has
+//! ([`Kernel`]):
 //!
-//! A text query streams every weight of the text tower once, so its time is bound by bytes and
-//! multiply-adds: bf16 halves the bytes, and one dot-product instruction does twice the
-//! multiply-adds of an f32 FMA. Activations are rounded to bf16 where they enter a product; the
-//! products and their sums stay in f32. What this costs in accuracy is measured against f32 by
-//! `glimpse bench encode --precision bf16` (docs/BENCHMARKS.md).
+//! - **AVX-512 BF16** (`vdpbf16ps`): activations are rounded to bf16 where they enter a product,
+//!   and one instruction does twice the multiply-adds of an f32 FMA;
+//! - **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes have): a thread
+//!   widens one panel of bf16 weights at a time to f32 (a shift or a mask per value) into a
+//!   buffer that stays in its cache, and multiplies it by the f32 activations with f32 FMAs, so
+//!   only the weights are rounded.
 //!
-//! Weights are packed once, at load, into panels of [`PANEL`] output columns: for each pair of
-//! input rows `2k, 2k+1`, the panel holds one 32-bit lane per column with the two bf16 values
-//! side by side, which is the operand layout of `vdpbf16ps`. A panel is read front to back and
-//! stays in the L2 cache while every row of the input passes over it.
+//! A text query streams every weight of the text tower once, so its time is bound by bytes, and
+//! bf16 halves them; the products and their sums stay in f32 with either kernel. What this costs
+//! in accuracy is measured against f32 by `glimpse bench encode --precision bf16`
+//! (docs/BENCHMARKS.md).
+//!
+//! Weights are packed once, at load, into panels of [`Kernel::panel`] output columns: for each
+//! pair of input rows `2k, 2k+1`, the panel holds one 32-bit lane per column with the two bf16
+//! values side by side (the operand layout of `vdpbf16ps`; for AVX2, the high half is already the
+//! f32 of the odd weight once the low half is masked off, and a 16-bit shift makes the even one).
+//! A panel is read from memory once per product and thread, and stays in the L1 or L2 cache while
+//! every row of the input passes over it.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{PARALLEL_MIN_MACS, f32_slice};
 
-/// Output columns of a panel: four 16-lane registers.
-const PANEL: usize = 64;
-/// Input rows of one micro-kernel call; with four accumulators per row this uses 24 of the 32
-/// vector registers.
-const TILE_ROWS: usize = 6;
-/// Input rows a worker thread takes at a time when there are many (a batch of images): enough to
-/// reuse each panel from the L2 cache, few enough that their pairs stay there too.
-const BLOCK_ROWS: usize = 8 * TILE_ROWS;
+/// A bf16 micro-kernel, chosen at run time by what the CPU has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vdpbf16ps` over 64-column panels; activations rounded to bf16.
+    Avx512Bf16,
+    /// f32 FMAs over 16-column panels widened to f32 in the cache; activations stay f32.
+    Avx2Fma,
+}
 
-/// Whether this CPU has the instructions [`PackedLinear`] needs.
-pub fn cpu_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
+impl Kernel {
+    /// The fastest kernel this CPU runs, or `None` where it runs none (ARM, x86-64 before AVX2).
+    pub fn detect() -> Option<Self> {
+        Self::all()
+            .into_iter()
+            .find(|kernel| kernel.cpu_supported())
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every kernel, fastest first.
+    fn all() -> [Self; 2] {
+        [Self::Avx512Bf16, Self::Avx2Fma]
+    }
+
+    /// Whether this CPU has the kernel's instructions.
+    fn cpu_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Self::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
+                Self::Avx2Fma => has!("avx2") && has!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    /// Output columns of a panel: four 16-lane registers (AVX-512), two 8-lane ones (AVX2).
+    fn panel(self) -> usize {
+        match self {
+            Self::Avx512Bf16 => 64,
+            Self::Avx2Fma => 16,
+        }
+    }
+
+    /// Input rows of one micro-kernel call: as many as leave registers for the weights (AVX-512:
+    /// 24 accumulators of 32 registers; AVX2: 10 of 16, beside the widened weights).
+    fn tile_rows(self) -> usize {
+        match self {
+            Self::Avx512Bf16 => 6,
+            Self::Avx2Fma => 5,
+        }
+    }
+
+    /// Input rows a worker thread takes at a time when there are many (a batch of images): enough
+    /// to reuse each panel from the cache, few enough that the rows stay there too.
+    fn block_rows(self) -> usize {
+        8 * self.tile_rows()
     }
 }
 
@@ -47,7 +97,7 @@ fn to_bf16(value: f32) -> u16 {
     if value.is_nan() { quiet_nan } else { rounded }
 }
 
-/// Two values as one `vdpbf16ps` lane: `even` in the low half, `odd` in the high half.
+/// Two values as one lane: `even` in the low half, `odd` in the high half.
 fn bf16_pair(even: f32, odd: f32) -> u32 {
     u32::from(to_bf16(even)) | (u32::from(to_bf16(odd)) << 16)
 }
@@ -67,15 +117,16 @@ fn pack_rows(values: &[f32], inner: usize) -> Vec<u32> {
 }
 
 /// `x · Wᵀ + b` for `W`: `(outputs, inputs)` as stored in checkpoints, kept as bf16 panels.
-/// Inference on the CPU only; build it only where [`cpu_supported`] holds.
+/// Inference on the CPU only; build it only where [`Kernel::detect`] finds a kernel.
 #[derive(Clone)]
 pub struct PackedLinear {
+    kernel: Kernel,
     inputs: usize,
     outputs: usize,
     /// `ceil(inputs / 2)`.
     pairs: usize,
-    /// Panel `p`, pair `k`, lane `c` at `(p · pairs + k) · PANEL + c`: the weights of output
-    /// `p · PANEL + c` for inputs `2k` (low half) and `2k + 1` (high half); zero past the ends.
+    /// Panel `p`, pair `k`, lane `c` at `(p · pairs + k) · panel + c`: the weights of output
+    /// `p · panel + c` for inputs `2k` (low half) and `2k + 1` (high half); zero past the ends.
     panels: Vec<u32>,
     /// The bias, zero-padded to whole panels.
     bias: Vec<f32>,
@@ -84,15 +135,25 @@ pub struct PackedLinear {
 impl std::fmt::Debug for PackedLinear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedLinear")
+            .field("kernel", &self.kernel)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .finish_non_exhaustive()
     }
 }
 
+/// A product's input as a kernel takes it.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Each row as bf16 pairs ([`pack_rows`]), for [`Kernel::Avx512Bf16`].
+    Bf16Pairs(&'a [u32]),
+    /// Each row as it is, for [`Kernel::Avx2Fma`].
+    F32(&'a [f32]),
+}
+
 impl PackedLinear {
-    /// Packs `weight`: `(outputs, inputs)` and `bias`: `(outputs)`, both f32.
-    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+    /// Packs `weight`: `(outputs, inputs)` and `bias`: `(outputs)`, both f32, for `kernel`.
+    pub fn new(weight: &Tensor, bias: &Tensor, kernel: Kernel) -> Result<Self> {
         let (outputs, inputs) = weight.dims2()?;
         if outputs == 0 || inputs == 0 {
             candle_core::bail!("an empty ({outputs}, {inputs}) weight");
@@ -104,18 +165,19 @@ impl PackedLinear {
             );
         }
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
-        let pairs = inputs.div_ceil(2);
-        let panel_count = outputs.div_ceil(PANEL);
-        let mut panels = vec![0u32; panel_count * pairs * PANEL];
+        let (pairs, panel) = (inputs.div_ceil(2), kernel.panel());
+        let panel_count = outputs.div_ceil(panel);
+        let mut panels = vec![0u32; panel_count * pairs * panel];
         for (output, row) in weight.chunks_exact(inputs).enumerate() {
-            let (panel, lane) = (output / PANEL, output % PANEL);
+            let (first, lane) = (output / panel * pairs * panel, output % panel);
             for (k, pair) in pack_rows(row, inputs).into_iter().enumerate() {
-                panels[(panel * pairs + k) * PANEL + lane] = pair;
+                panels[first + k * panel + lane] = pair;
             }
         }
         let mut bias = bias.flatten_all()?.to_vec1::<f32>()?;
-        bias.resize(panel_count * PANEL, 0.0);
+        bias.resize(panel_count * panel, 0.0);
         Ok(Self {
+            kernel,
             inputs,
             outputs,
             pairs,
@@ -130,29 +192,91 @@ impl PackedLinear {
     }
 
     fn panel_count(&self) -> usize {
-        self.outputs.div_ceil(PANEL)
+        self.outputs.div_ceil(self.kernel.panel())
     }
 
-    /// Rows `x` (as pairs, `rows × pairs`) times panels `panels`, plus the bias, into `out`:
-    /// row `r`, output `p · PANEL + c` at `out[r · stride + (p - panels.start) · PANEL + c]`.
-    fn multiply(&self, x: &[u32], panels: std::ops::Range<usize>, out: &mut [f32], stride: usize) {
-        let rows = x.len() / self.pairs;
+    /// Values per row of `x`.
+    fn row_length(&self) -> usize {
+        match self.kernel {
+            Kernel::Avx512Bf16 => self.pairs,
+            Kernel::Avx2Fma => self.inputs,
+        }
+    }
+
+    /// Rows `x` times panels `panels`, plus the bias, into `out`: row `r`, output `p · panel + c`
+    /// at `out[r · stride + (p - panels.start) · panel + c]`.
+    fn multiply(&self, x: Rows, panels: std::ops::Range<usize>, out: &mut [f32], stride: usize) {
+        let panel_width = self.kernel.panel();
+        let panel_size = self.pairs * panel_width;
         for panel in panels.clone() {
-            let first_output = panel * PANEL;
-            let width = PANEL.min(self.outputs - first_output);
-            let weights =
-                &self.panels[panel * self.pairs * PANEL..(panel + 1) * self.pairs * PANEL];
-            let bias = &self.bias[first_output..first_output + PANEL];
-            let column = (panel - panels.start) * PANEL;
-            let mut row = 0;
-            while row < rows {
-                let tile = TILE_ROWS.min(rows - row);
-                let x_tile = &x[row * self.pairs..(row + tile) * self.pairs];
-                let out_tile = &mut out[row * stride + column..];
-                tile_kernel(x_tile, self.pairs, weights, bias, out_tile, stride, width);
-                row += tile;
+            let first_output = panel * panel_width;
+            let width = panel_width.min(self.outputs - first_output);
+            let weights = &self.panels[panel * panel_size..(panel + 1) * panel_size];
+            let bias = &self.bias[first_output..first_output + panel_width];
+            let column = (panel - panels.start) * panel_width;
+            let tile_rows = self.kernel.tile_rows();
+            match x {
+                Rows::Bf16Pairs(x) => {
+                    for (tile, x) in x.chunks(tile_rows * self.pairs).enumerate() {
+                        let out = &mut out[tile * tile_rows * stride + column..];
+                        avx512_tile(x, self.pairs, weights, bias, out, stride, width);
+                    }
+                }
+                Rows::F32(x) => {
+                    for (tile, x) in x.chunks(tile_rows * self.inputs).enumerate() {
+                        let out = &mut out[tile * tile_rows * stride + column..];
+                        avx2_tile(x, self.inputs, weights, bias, out, stride, width);
+                    }
+                }
             }
         }
+    }
+
+    /// `x` (`rows` rows) times every panel, plus the bias, on the calling thread or the pool.
+    fn product(&self, x: Rows, rows: usize) -> Vec<f32> {
+        let (outputs, panels) = (self.outputs, self.panel_count());
+        let (panel_width, block_rows) = (self.kernel.panel(), self.kernel.block_rows());
+        let mut out = vec![0f32; rows * outputs];
+        let threads = rayon::current_num_threads();
+        if rows * self.inputs * outputs < PARALLEL_MIN_MACS || threads == 1 || rows == 0 {
+            self.multiply(x, 0..panels, &mut out, outputs);
+        } else if rows >= block_rows * threads {
+            // Many rows: each thread takes blocks of rows across every panel.
+            let block = block_rows * self.row_length();
+            let blocks = match x {
+                Rows::Bf16Pairs(x) => x.chunks(block).map(Rows::Bf16Pairs).collect::<Vec<_>>(),
+                Rows::F32(x) => x.chunks(block).map(Rows::F32).collect(),
+            };
+            out.par_chunks_mut(block_rows * outputs)
+                .zip(blocks)
+                .for_each(|(out, x)| self.multiply(x, 0..panels, out, outputs));
+        } else {
+            // Few rows (a text query): each thread takes a share of the panels, so the weights
+            // are read once in all.
+            let share = panels.div_ceil(threads);
+            let parts: Vec<(usize, Vec<f32>)> = (0..panels)
+                .step_by(share)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|first| {
+                    let last = (first + share).min(panels);
+                    let width = (last - first) * panel_width;
+                    let mut part = vec![0f32; rows * width];
+                    self.multiply(x, first..last, &mut part, width);
+                    (first, part)
+                })
+                .collect();
+            for (first, part) in parts {
+                let width = part.len() / rows;
+                let start = first * panel_width;
+                let used = width.min(outputs - start);
+                for (row, values) in part.chunks_exact(width).enumerate() {
+                    out[row * outputs + start..row * outputs + start + used]
+                        .copy_from_slice(&values[..used]);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -169,53 +293,50 @@ impl CustomOp1 for PackedLinear {
                 self.inputs
             );
         }
-        if !cpu_supported() {
-            candle_core::bail!("bf16 linear: this CPU has no AVX-512 BF16");
+        if !self.kernel.cpu_supported() {
+            candle_core::bail!("bf16 linear: this CPU cannot run {:?}", self.kernel);
         }
-        let x = pack_rows(f32_slice(storage, layout, "bf16 linear input")?, inputs);
-        let (outputs, pairs, panels) = (self.outputs, self.pairs, self.panel_count());
-        let mut out = vec![0f32; rows * outputs];
-        let threads = rayon::current_num_threads();
-        if rows * inputs * outputs < PARALLEL_MIN_MACS || threads == 1 || rows == 0 {
-            self.multiply(&x, 0..panels, &mut out, outputs);
-        } else if rows >= BLOCK_ROWS * threads {
-            // Many rows: each thread takes blocks of rows across every panel.
-            out.par_chunks_mut(BLOCK_ROWS * outputs)
-                .zip(x.par_chunks(BLOCK_ROWS * pairs))
-                .for_each(|(out, x)| self.multiply(x, 0..panels, out, outputs));
-        } else {
-            // Few rows (a text query): each thread takes a share of the panels, so the weights
-            // are read once in all.
-            let share = panels.div_ceil(threads);
-            let parts: Vec<(usize, Vec<f32>)> = (0..panels)
-                .step_by(share)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|first| {
-                    let last = (first + share).min(panels);
-                    let width = (last - first) * PANEL;
-                    let mut part = vec![0f32; rows * width];
-                    self.multiply(&x, first..last, &mut part, width);
-                    (first, part)
-                })
-                .collect();
-            for (first, part) in parts {
-                let width = part.len() / rows;
-                let start = first * PANEL;
-                let used = width.min(outputs - start);
-                for (row, values) in part.chunks_exact(width).enumerate() {
-                    out[row * outputs + start..row * outputs + start + used]
-                        .copy_from_slice(&values[..used]);
-                }
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
+        let x = f32_slice(storage, layout, "bf16 linear input")?;
+        let out = match self.kernel {
+            Kernel::Avx512Bf16 => self.product(Rows::Bf16Pairs(&pack_rows(x, inputs)), rows),
+            Kernel::Avx2Fma => self.product(Rows::F32(x), rows),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
     }
 }
 
-/// Up to [`TILE_ROWS`] rows of pairs (`x`, `pairs` each) times one panel, plus `bias`, into the
-/// first `width` values of each row of `out` (rows `stride` apart).
-fn tile_kernel(
+/// Checks a micro-kernel call against the contract its kernel states: up to
+/// [`Kernel::tile_rows`] rows of `row_length` values (`x`) times a panel of `pairs` pairs of
+/// inputs (`panel` lanes), plus `bias`, into the first `width` values of each row of `out` (rows `stride`
+/// apart), on a CPU that has the kernel. Returns the rows.
+#[allow(clippy::too_many_arguments)]
+fn checked_rows<T>(
+    kernel: Kernel,
+    x: &[T],
+    row_length: usize,
+    pairs: usize,
+    panel: usize,
+    bias: &[f32],
+    out: &[f32],
+    stride: usize,
+    width: usize,
+) -> usize {
+    let rows = x.len() / row_length;
+    assert!(
+        (1..=kernel.tile_rows()).contains(&rows)
+            && x.len() == rows * row_length
+            && panel == pairs * kernel.panel()
+            && bias.len() == kernel.panel()
+            && (1..=kernel.panel()).contains(&width)
+            && out.len() >= (rows - 1) * stride + width
+            && kernel.cpu_supported(),
+        "bf16 tile out of bounds, or {kernel:?} on a CPU without it"
+    );
+    rows
+}
+
+/// [`Kernel::Avx512Bf16`]'s micro-kernel: rows of `pairs` bf16 pairs times a panel of pairs.
+fn avx512_tile(
     x: &[u32],
     pairs: usize,
     panel: &[u32],
@@ -224,54 +345,99 @@ fn tile_kernel(
     stride: usize,
     width: usize,
 ) {
-    let rows = x.len() / pairs;
-    assert!(
-        (1..=TILE_ROWS).contains(&rows)
-            && x.len() == rows * pairs
-            && panel.len() == pairs * PANEL
-            && bias.len() == PANEL
-            && (1..=PANEL).contains(&width)
-            && out.len() >= (rows - 1) * stride + width,
-        "bf16 tile out of bounds"
+    let kernel = Kernel::Avx512Bf16;
+    let rows = checked_rows(
+        kernel,
+        x,
+        pairs,
+        pairs,
+        panel.len(),
+        bias,
+        out,
+        stride,
+        width,
     );
     #[cfg(target_arch = "x86_64")]
-    {
-        assert!(cpu_supported(), "bf16 tile without AVX-512 BF16");
-        // SAFETY: the CPU has the instructions (checked above), and every read and write below
-        // stays inside the slices whose lengths were just checked.
-        #[allow(unsafe_code)]
-        unsafe {
-            let args = (x, pairs, panel, bias, out, stride, width);
-            match rows {
-                1 => avx512::tile::<1>(args),
-                2 => avx512::tile::<2>(args),
-                3 => avx512::tile::<3>(args),
-                4 => avx512::tile::<4>(args),
-                5 => avx512::tile::<5>(args),
-                _ => avx512::tile::<6>(args),
-            }
+    // SAFETY: the CPU has the instructions, and every read and write of the kernel stays inside
+    // the slices whose lengths were just checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        let args = (x, pairs, panel, bias, out, stride, width);
+        match rows {
+            1 => avx512::tile::<1>(args),
+            2 => avx512::tile::<2>(args),
+            3 => avx512::tile::<3>(args),
+            4 => avx512::tile::<4>(args),
+            5 => avx512::tile::<5>(args),
+            _ => avx512::tile::<6>(args),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("bf16 tiles are built only where cpu_supported() holds");
+    unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
+
+/// [`Kernel::Avx2Fma`]'s micro-kernel: rows of `inputs` f32 values times a panel of pairs.
+fn avx2_tile(
+    x: &[f32],
+    inputs: usize,
+    panel: &[u32],
+    bias: &[f32],
+    out: &mut [f32],
+    stride: usize,
+    width: usize,
+) {
+    let kernel = Kernel::Avx2Fma;
+    let pairs = inputs.div_ceil(2);
+    let rows = checked_rows(
+        kernel,
+        x,
+        inputs,
+        pairs,
+        panel.len(),
+        bias,
+        out,
+        stride,
+        width,
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `avx512_tile`.
+    #[allow(unsafe_code)]
+    unsafe {
+        let args = (x, inputs, panel, bias, out, stride, width);
+        match rows {
+            1 => avx2::tile::<1>(args),
+            2 => avx2::tile::<2>(args),
+            3 => avx2::tile::<3>(args),
+            4 => avx2::tile::<4>(args),
+            _ => avx2::tile::<5>(args),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
+}
+
+/// A micro-kernel's arguments: rows, their length, the panel, the bias, the output and its
+/// stride, and the columns to write.
+#[cfg(target_arch = "x86_64")]
+type TileArgs<'a, X, W> = (
+    &'a [X],
+    usize,
+    &'a [W],
+    &'a [f32],
+    &'a mut [f32],
+    usize,
+    usize,
+);
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::PANEL;
+    use super::TileArgs;
 
-    pub(super) type TileArgs<'a> = (
-        &'a [u32],
-        usize,
-        &'a [u32],
-        &'a [f32],
-        &'a mut [f32],
-        usize,
-        usize,
-    );
+    /// Output columns of a panel.
+    const PANEL: usize = 64;
 
     /// The micro-kernel: `R` rows × 64 columns held in 4·R registers over all pairs.
     ///
@@ -280,7 +446,7 @@ mod avx512 {
     /// `pairs · 64`, `bias` 64, and `out` at least `(R - 1) · stride + width`, `width ≤ 64`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile<const R: usize>(
-        (x, pairs, panel, bias, out, stride, width): TileArgs,
+        (x, pairs, panel, bias, out, stride, width): TileArgs<u32, u32>,
     ) {
         /// 32 bf16 values (16 lanes of pairs) at `at`.
         #[target_feature(enable = "avx512f,avx512bf16")]
@@ -335,6 +501,80 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::TileArgs;
+
+    /// Output columns of a panel.
+    const PANEL: usize = 16;
+
+    /// The micro-kernel: `R` rows × 16 columns held in 2·R registers over all inputs. Per pair
+    /// of inputs, the 16 lanes of weights are widened to f32 twice: shifted left by 16 bits (the
+    /// even input's weights) and masked to their high half (the odd input's).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, `x` holds `R · inputs` values, `panel` `⌈inputs / 2⌉ · 16`,
+    /// `bias` 16, and `out` at least `(R - 1) · stride + width`, `width ≤ 16`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        (x, inputs, panel, bias, out, stride, width): TileArgs<f32, u32>,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let high_half = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let (x, panel) = (x.as_ptr(), panel.as_ptr());
+        for k in 0..inputs.div_ceil(2) {
+            // SAFETY: k < ⌈inputs / 2⌉, so `panel + k·16 + 15` and `x + r·inputs + 2k` (r < R)
+            // are in bounds by the contract above, and `+ 1` where 2k + 1 < inputs.
+            unsafe {
+                let weights = panel.add(k * PANEL);
+                let lanes = [0, 8].map(|at| _mm256_loadu_si256(weights.add(at).cast()));
+                let even = lanes.map(|lane| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(lane)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm256_set1_ps(*x.add(r * inputs + 2 * k));
+                    for (acc, even) in acc.iter_mut().zip(even) {
+                        *acc = _mm256_fmadd_ps(a, even, *acc);
+                    }
+                }
+                if 2 * k + 1 == inputs {
+                    break;
+                }
+                let odd = lanes.map(|lane| _mm256_castsi256_ps(_mm256_and_si256(lane, high_half)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let b = _mm256_set1_ps(*x.add(r * inputs + 2 * k + 1));
+                    for (acc, odd) in acc.iter_mut().zip(odd) {
+                        *acc = _mm256_fmadd_ps(b, odd, *acc);
+                    }
+                }
+            }
+        }
+        let out = out.as_mut_ptr();
+        for (r, acc) in acc.iter().enumerate() {
+            for (j, acc) in acc.iter().enumerate() {
+                let first = j * 8;
+                if first >= width {
+                    break;
+                }
+                let lanes = (width - first).min(8);
+                let mut values = [0f32; 8];
+                // SAFETY: `bias` holds 16 values, `values` 8; the copy writes only the first
+                // `width` values of row r, which `out` holds by the contract above.
+                unsafe {
+                    let value = _mm256_add_ps(*acc, _mm256_loadu_ps(bias.as_ptr().add(first)));
+                    _mm256_storeu_ps(values.as_mut_ptr(), value);
+                    std::ptr::copy_nonoverlapping(
+                        values.as_ptr(),
+                        out.add(r * stride + first),
+                        lanes,
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,11 +597,28 @@ mod tests {
         f32::from_bits(half << 16)
     }
 
-    /// The same arithmetic in plain Rust: bf16 inputs, f32 products and sums.
-    fn reference(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Vec<f32> {
+    /// The same arithmetic in plain Rust: bf16 weights, activations rounded to bf16 where
+    /// `kernel` rounds them, f32 products and sums.
+    fn reference(kernel: Kernel, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Vec<f32> {
         let (rows, inputs) = x.dims2().unwrap();
         let outputs = weight.dims2().unwrap().0;
-        let x = pack_rows(&x.flatten_all().unwrap().to_vec1().unwrap(), inputs);
+        let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let x: Vec<[f32; 2]> = match kernel {
+            Kernel::Avx512Bf16 => pack_rows(&x, inputs)
+                .into_iter()
+                .map(|pair| [from_bf16(pair & 0xffff), from_bf16(pair >> 16)])
+                .collect(),
+            Kernel::Avx2Fma => x
+                .chunks_exact(inputs)
+                .flat_map(|row| {
+                    let (pairs, last) = row.as_chunks::<2>();
+                    pairs
+                        .iter()
+                        .copied()
+                        .chain(last.first().map(|&last| [last, 0.0]))
+                })
+                .collect(),
+        };
         let w = pack_rows(&weight.flatten_all().unwrap().to_vec1().unwrap(), inputs);
         let bias: Vec<f32> = bias.to_vec1().unwrap();
         let pairs = inputs.div_ceil(2);
@@ -370,9 +627,8 @@ mod tests {
             for o in 0..outputs {
                 let mut sum = 0f32;
                 for k in 0..pairs {
-                    let (a, b) = (x[r * pairs + k], w[o * pairs + k]);
-                    sum += from_bf16(a >> 16) * from_bf16(b >> 16)
-                        + from_bf16(a & 0xffff) * from_bf16(b & 0xffff);
+                    let ([a, b], w) = (x[r * pairs + k], w[o * pairs + k]);
+                    sum += a * from_bf16(w & 0xffff) + b * from_bf16(w >> 16);
                 }
                 out.push(sum + bias[o]);
             }
@@ -390,25 +646,31 @@ mod tests {
         assert!(from_bf16(u32::from(to_bf16(f32::NAN))).is_nan());
     }
 
-    /// Every path of the kernel (one thread, row blocks, panel shares; whole and partial tiles
-    /// and panels; odd inputs) against the plain-Rust arithmetic, and close to f32.
+    /// Every path of each kernel this CPU runs (one thread, row blocks, panel shares; whole and
+    /// partial tiles and panels; odd inputs) against the plain-Rust arithmetic, and close to f32.
     #[test]
     fn packed_products_equal_the_same_arithmetic_in_plain_rust() {
-        if !cpu_supported() {
-            eprintln!("SKIPPED: this CPU has no AVX-512 BF16");
-            return;
+        for kernel in Kernel::all() {
+            if kernel.cpu_supported() {
+                products_equal_plain_rust(kernel);
+            } else {
+                eprintln!("SKIPPED: this CPU cannot run {kernel:?}");
+            }
         }
+    }
+
+    fn products_equal_plain_rust(kernel: Kernel) {
         for (rows, inputs, outputs) in [
             (1, 8, 16),
             (3, 7, 70),
             (7, 64, 130),
             (16, 512, 1536),
-            (2 * BLOCK_ROWS * 2 + 5, 96, 200),
+            (2 * kernel.block_rows() * 2 + 5, 96, 200),
         ] {
             let x = seeded((rows, inputs), 1);
             let weight = seeded((outputs, inputs), 2);
             let bias = seeded((1, outputs), 3).flatten_all().unwrap();
-            let packed = PackedLinear::new(&weight, &bias).unwrap();
+            let packed = PackedLinear::new(&weight, &bias, kernel).unwrap();
             let got: Vec<f32> = packed
                 .forward(&x)
                 .unwrap()
@@ -416,7 +678,7 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let want = reference(&x, &weight, &bias);
+            let want = reference(kernel, &x, &weight, &bias);
             let exact = x
                 .matmul(&weight.t().unwrap())
                 .unwrap()
@@ -431,13 +693,13 @@ mod tests {
                 // Only the order of the f32 sums differs from the reference.
                 assert!(
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "{rows}×{inputs}×{outputs}: {g} vs {w}"
+                    "{kernel:?} {rows}×{inputs}×{outputs}: {g} vs {w}"
                 );
                 // bf16 inputs: about 3 significant digits per value, errors averaging out.
                 let scale = (inputs as f32).sqrt();
                 assert!(
                     (g - e).abs() <= 2e-2 * scale,
-                    "{rows}×{inputs}×{outputs}: {g} vs f32 {e}"
+                    "{kernel:?} {rows}×{inputs}×{outputs}: {g} vs f32 {e}"
                 );
             }
         }
@@ -449,13 +711,15 @@ mod tests {
         let packed = PackedLinear::new(
             &weight,
             &Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
+            Kernel::Avx2Fma,
         )
         .unwrap();
         assert!(packed.forward(&seeded((2, 5), 2)).is_err());
         assert!(
             PackedLinear::new(
                 &weight,
-                &Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()
+                &Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+                Kernel::Avx2Fma,
             )
             .is_err()
         );

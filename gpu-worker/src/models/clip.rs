@@ -12,7 +12,8 @@ use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::bf16::{self, PackedLinear};
+pub use super::bf16::Kernel as Bf16Kernel;
+use super::bf16::PackedLinear;
 use super::kernels;
 
 /// The activation in the MLP blocks (`hidden_act` in config.json).
@@ -146,14 +147,8 @@ pub enum LinearWeights {
     /// As loaded (f32 on the CPU, whatever the device holds elsewhere): equal to transformers.
     #[default]
     AsLoaded,
-    /// bf16 panels multiplied by AVX-512 BF16 dot products; only where
-    /// [`bf16_supported`] holds.
-    PackedBf16,
-}
-
-/// Whether this CPU can run [`LinearWeights::PackedBf16`].
-pub fn bf16_supported() -> bool {
-    bf16::cpu_supported()
+    /// bf16 panels multiplied by the given kernel; only one that [`Bf16Kernel::detect`] found.
+    PackedBf16(Bf16Kernel),
 }
 
 /// A linear layer over a flat `(rows, in)` matrix: one GEMM whatever the batch, bias included.
@@ -191,7 +186,9 @@ impl Dense {
                 weight_t: weight.t()?.contiguous()?,
                 bias,
             },
-            LinearWeights::PackedBf16 => Self::PackedBf16(PackedLinear::new(weight, &bias)?),
+            LinearWeights::PackedBf16(kernel) => {
+                Self::PackedBf16(PackedLinear::new(weight, &bias, kernel)?)
+            }
         })
     }
 }

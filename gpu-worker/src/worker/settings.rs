@@ -59,8 +59,8 @@ pub struct WorkerSettings {
     /// `@revision` (default `openai/clip-vit-base-patch32`, pinned).
     #[serde(default = "default_model")]
     pub model: String,
-    /// How precisely the CPU runs the model: `auto` (bf16 where the CPU has AVX-512 BF16, else
-    /// f32; a GPU runs bf16), `f32` (f32 on the CPU or GPU) or `bf16`.
+    /// How precisely the CPU runs the model: `auto` (bf16 weights where the CPU has AVX2 and FMA
+    /// or AVX-512 BF16, else f32; a GPU runs bf16), `f32` (f32 on the CPU or GPU) or `bf16`.
     #[serde(default)]
     pub precision: Precision,
     /// The pool member itself.
