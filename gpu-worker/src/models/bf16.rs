@@ -3,10 +3,9 @@
 //!
 //! - **AVX-512 BF16** (`vdpbf16ps`): activations are rounded to bf16 where they enter a product,
 //!   and one instruction does twice the multiply-adds of an f32 FMA;
-//! - **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes have): a thread
-//!   widens one panel of bf16 weights at a time to f32 (a shift or a mask per value) into a
-//!   buffer that stays in its cache, and multiplies it by the f32 activations with f32 FMAs, so
-//!   only the weights are rounded.
+//! - **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes have): the bf16
+//!   weights are widened to f32 in registers (a shift or a mask per eight values) and multiplied
+//!   by the f32 activations with f32 FMAs, so only the weights are rounded.
 //!
 //! A text query streams every weight of the text tower once, so its time is bound by bytes, and
 //! bf16 halves them; the products and their sums stay in f32 with either kernel. What this costs
@@ -30,7 +29,7 @@ use super::kernels::{PARALLEL_MIN_MACS, f32_slice};
 pub enum Kernel {
     /// `vdpbf16ps` over 64-column panels; activations rounded to bf16.
     Avx512Bf16,
-    /// f32 FMAs over 16-column panels widened to f32 in the cache; activations stay f32.
+    /// f32 FMAs over 16-column panels, weights widened in registers; activations stay f32.
     Avx2Fma,
 }
 
@@ -219,13 +218,29 @@ impl PackedLinear {
                 Rows::Bf16Pairs(x) => {
                     for (tile, x) in x.chunks(tile_rows * self.pairs).enumerate() {
                         let out = &mut out[tile * tile_rows * stride + column..];
-                        avx512_tile(x, self.pairs, weights, bias, out, stride, width);
+                        avx512_tile(Tile {
+                            x,
+                            row_length: self.pairs,
+                            panel: weights,
+                            bias,
+                            out,
+                            stride,
+                            width,
+                        });
                     }
                 }
                 Rows::F32(x) => {
                     for (tile, x) in x.chunks(tile_rows * self.inputs).enumerate() {
                         let out = &mut out[tile * tile_rows * stride + column..];
-                        avx2_tile(x, self.inputs, weights, bias, out, stride, width);
+                        avx2_tile(Tile {
+                            x,
+                            row_length: self.inputs,
+                            panel: weights,
+                            bias,
+                            out,
+                            stride,
+                            width,
+                        });
                     }
                 }
             }
@@ -305,136 +320,85 @@ impl CustomOp1 for PackedLinear {
     }
 }
 
-/// Checks a micro-kernel call against the contract its kernel states: up to
-/// [`Kernel::tile_rows`] rows of `row_length` values (`x`) times a panel of `pairs` pairs of
-/// inputs (`panel` lanes), plus `bias`, into the first `width` values of each row of `out` (rows `stride`
-/// apart), on a CPU that has the kernel. Returns the rows.
-#[allow(clippy::too_many_arguments)]
-fn checked_rows<T>(
-    kernel: Kernel,
-    x: &[T],
+/// One micro-kernel call: up to [`Kernel::tile_rows`] rows of `x`, `row_length` values each,
+/// times one panel of pairs, plus `bias`, into the first `width` values of each row of `out`,
+/// rows `stride` apart.
+struct Tile<'a, X> {
+    x: &'a [X],
     row_length: usize,
-    pairs: usize,
-    panel: usize,
-    bias: &[f32],
-    out: &[f32],
+    panel: &'a [u32],
+    bias: &'a [f32],
+    out: &'a mut [f32],
     stride: usize,
     width: usize,
-) -> usize {
-    let rows = x.len() / row_length;
-    assert!(
-        (1..=kernel.tile_rows()).contains(&rows)
-            && x.len() == rows * row_length
-            && panel == pairs * kernel.panel()
-            && bias.len() == kernel.panel()
-            && (1..=kernel.panel()).contains(&width)
-            && out.len() >= (rows - 1) * stride + width
-            && kernel.cpu_supported(),
-        "bf16 tile out of bounds, or {kernel:?} on a CPU without it"
-    );
-    rows
 }
 
-/// [`Kernel::Avx512Bf16`]'s micro-kernel: rows of `pairs` bf16 pairs times a panel of pairs.
-fn avx512_tile(
-    x: &[u32],
-    pairs: usize,
-    panel: &[u32],
-    bias: &[f32],
-    out: &mut [f32],
-    stride: usize,
-    width: usize,
-) {
-    let kernel = Kernel::Avx512Bf16;
-    let rows = checked_rows(
-        kernel,
-        x,
-        pairs,
-        pairs,
-        panel.len(),
-        bias,
-        out,
-        stride,
-        width,
-    );
+impl<X> Tile<'_, X> {
+    /// The rows, once the call is checked against what `kernel`'s micro-kernels require: rows
+    /// of `pairs` pairs of inputs, a panel of as many pairs, every write inside `out`, and a CPU
+    /// that has the kernel.
+    fn checked_rows(&self, kernel: Kernel, pairs: usize) -> usize {
+        let rows = self.x.len() / self.row_length;
+        assert!(
+            (1..=kernel.tile_rows()).contains(&rows)
+                && self.x.len() == rows * self.row_length
+                && self.panel.len() == pairs * kernel.panel()
+                && self.bias.len() == kernel.panel()
+                && (1..=kernel.panel()).contains(&self.width)
+                && self.out.len() >= (rows - 1) * self.stride + self.width
+                && kernel.cpu_supported(),
+            "bf16 tile out of bounds, or {kernel:?} on a CPU without it"
+        );
+        rows
+    }
+}
+
+/// [`Kernel::Avx512Bf16`]'s micro-kernel: rows of bf16 pairs.
+fn avx512_tile(tile: Tile<u32>) {
+    let rows = tile.checked_rows(Kernel::Avx512Bf16, tile.row_length);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has the instructions, and every read and write of the kernel stays inside
     // the slices whose lengths were just checked.
     #[allow(unsafe_code)]
     unsafe {
-        let args = (x, pairs, panel, bias, out, stride, width);
         match rows {
-            1 => avx512::tile::<1>(args),
-            2 => avx512::tile::<2>(args),
-            3 => avx512::tile::<3>(args),
-            4 => avx512::tile::<4>(args),
-            5 => avx512::tile::<5>(args),
-            _ => avx512::tile::<6>(args),
+            1 => avx512::tile::<1>(tile),
+            2 => avx512::tile::<2>(tile),
+            3 => avx512::tile::<3>(tile),
+            4 => avx512::tile::<4>(tile),
+            5 => avx512::tile::<5>(tile),
+            _ => avx512::tile::<6>(tile),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
 
-/// [`Kernel::Avx2Fma`]'s micro-kernel: rows of `inputs` f32 values times a panel of pairs.
-fn avx2_tile(
-    x: &[f32],
-    inputs: usize,
-    panel: &[u32],
-    bias: &[f32],
-    out: &mut [f32],
-    stride: usize,
-    width: usize,
-) {
-    let kernel = Kernel::Avx2Fma;
-    let pairs = inputs.div_ceil(2);
-    let rows = checked_rows(
-        kernel,
-        x,
-        inputs,
-        pairs,
-        panel.len(),
-        bias,
-        out,
-        stride,
-        width,
-    );
+/// [`Kernel::Avx2Fma`]'s micro-kernel: rows of f32 inputs.
+fn avx2_tile(tile: Tile<f32>) {
+    let rows = tile.checked_rows(Kernel::Avx2Fma, tile.row_length.div_ceil(2));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as for `avx512_tile`.
     #[allow(unsafe_code)]
     unsafe {
-        let args = (x, inputs, panel, bias, out, stride, width);
         match rows {
-            1 => avx2::tile::<1>(args),
-            2 => avx2::tile::<2>(args),
-            3 => avx2::tile::<3>(args),
-            4 => avx2::tile::<4>(args),
-            _ => avx2::tile::<5>(args),
+            1 => avx2::tile::<1>(tile),
+            2 => avx2::tile::<2>(tile),
+            3 => avx2::tile::<3>(tile),
+            4 => avx2::tile::<4>(tile),
+            _ => avx2::tile::<5>(tile),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
-
-/// A micro-kernel's arguments: rows, their length, the panel, the bias, the output and its
-/// stride, and the columns to write.
-#[cfg(target_arch = "x86_64")]
-type TileArgs<'a, X, W> = (
-    &'a [X],
-    usize,
-    &'a [W],
-    &'a [f32],
-    &'a mut [f32],
-    usize,
-    usize,
-);
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::TileArgs;
+    use super::Tile;
 
     /// Output columns of a panel.
     const PANEL: usize = 64;
@@ -446,7 +410,15 @@ mod avx512 {
     /// `pairs · 64`, `bias` 64, and `out` at least `(R - 1) · stride + width`, `width ≤ 64`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile<const R: usize>(
-        (x, pairs, panel, bias, out, stride, width): TileArgs<u32, u32>,
+        Tile {
+            x,
+            row_length: pairs,
+            panel,
+            bias,
+            out,
+            stride,
+            width,
+        }: Tile<u32>,
     ) {
         /// 32 bf16 values (16 lanes of pairs) at `at`.
         #[target_feature(enable = "avx512f,avx512bf16")]
@@ -506,7 +478,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::TileArgs;
+    use super::Tile;
 
     /// Output columns of a panel.
     const PANEL: usize = 16;
@@ -520,7 +492,15 @@ mod avx2 {
     /// `bias` 16, and `out` at least `(R - 1) · stride + width`, `width ≤ 16`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile<const R: usize>(
-        (x, inputs, panel, bias, out, stride, width): TileArgs<f32, u32>,
+        Tile {
+            x,
+            row_length: inputs,
+            panel,
+            bias,
+            out,
+            stride,
+            width,
+        }: Tile<f32>,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let high_half = _mm256_set1_epi32(0xffff_0000_u32 as i32);

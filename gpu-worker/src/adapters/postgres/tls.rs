@@ -184,27 +184,40 @@ fn take_from_pairs(url: &str) -> Result<Taken, PortError> {
 }
 
 impl DatabaseUrl {
-    /// The TLS connector for this URL (unused, though present, when TLS is disabled).
+    /// The TLS connector for this URL. Under `sslmode=disable` it is never used (tokio-postgres
+    /// starts no TLS), reads no certificate and would refuse every server.
     pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PortError> {
-        let roots = Arc::new(self.roots()?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| PortError::Internal(format!("TLS setup: {e}")))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| PortError::Rejected(format!("the trusted certificates: {e}")))?;
         let builder = match self.secure_with {
+            SecureWith::Nothing => {
+                let schemes = provider
+                    .signature_verification_algorithms
+                    .supported_schemes();
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(TlsDisabled(schemes)))
+            }
             SecureWith::VerifiedChain => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyNameOf(verifier))),
-            SecureWith::VerifiedHost | SecureWith::Nothing => {
-                builder.with_webpki_verifier(verifier)
-            }
+                .with_custom_certificate_verifier(Arc::new(AnyNameOf(self.verifier(provider)?))),
+            SecureWith::VerifiedHost => builder.with_webpki_verifier(self.verifier(provider)?),
         };
         Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
             builder.with_no_client_auth(),
         ))
+    }
+
+    /// Checks a server's certificate chain against [`Self::roots`], and its name.
+    fn verifier(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<WebPkiServerVerifier>, PortError> {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider)
+            .build()
+            .map_err(|e| PortError::Rejected(format!("the trusted certificates: {e}")))
     }
 
     /// The roots a server's certificate must chain to.
@@ -230,7 +243,7 @@ impl DatabaseUrl {
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
-                if roots.is_empty() && self.secure_with != SecureWith::Nothing {
+                if roots.is_empty() {
                     return Err(PortError::Rejected(
                         "this system trusts no certificate authority (install ca-certificates), \
                          or name the database's CA with sslrootcert=FILE in the URL"
@@ -287,6 +300,52 @@ impl ServerCertVerifier for AnyNameOf {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+/// The verifier under `sslmode=disable`: tokio-postgres starts no TLS then, and were it to, no
+/// server would pass.
+#[derive(Debug)]
+struct TlsDisabled(Vec<SignatureScheme>);
+
+impl TlsDisabled {
+    fn refusal() -> rustls::Error {
+        rustls::Error::General("sslmode=disable: TLS is off and no server is trusted".to_owned())
+    }
+}
+
+impl ServerCertVerifier for TlsDisabled {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(Self::refusal())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(Self::refusal())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(Self::refusal())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.clone()
     }
 }
 
@@ -357,6 +416,14 @@ mod tests {
             !error.contains("unterminated"),
             "never repeats the URL: {error}"
         );
+    }
+
+    /// libpq ignores certificates under `sslmode=disable`, and a machine without a CA bundle (a
+    /// slim container beside its database) still connects.
+    #[test]
+    fn with_tls_disabled_no_certificate_is_read() {
+        let url = parse("host=db sslmode=disable sslrootcert=/nonexistent/ca.pem");
+        assert!(url.connector().is_ok());
     }
 
     #[test]
