@@ -7,6 +7,8 @@
 
 #[path = "../glimpse/tests/common/api_check.rs"]
 mod api_check;
+#[path = "../glimpse/tests/common/browser.rs"]
+mod browser;
 #[path = "../glimpse/tests/common/managed.rs"]
 #[allow(dead_code)]
 mod managed;
@@ -17,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use glimpse_core::ports::Catalog;
+use glimpse_core::photo::{PhotoId, THUMBNAIL_SIZE};
+use glimpse_core::ports::{BlobStore, Catalog};
 use glimpse_worker::encoder::ImageTextEncoder;
 use serde_json::{Value, json};
 
@@ -160,6 +163,20 @@ impl Backends {
         .collect()
     }
 
+    /// The edge over these backends: the components of spin.toml in the test host.
+    async fn edge(&self) -> SpinHost {
+        SpinHost::start(&manifest(), &self.variables())
+            .await
+            .unwrap()
+    }
+
+    /// The test's bucket, as the worker pool writes to it.
+    async fn storage(&self) -> glimpse_worker::adapters::s3::S3BlobStore {
+        let mut settings = self.s3.settings();
+        settings.bucket = self.bucket.clone();
+        self.s3.store(&settings).await
+    }
+
     /// Registers the test model's encoder, as a worker of it does on start.
     async fn register_encoder(&self) {
         let catalog = glimpse_worker::adapters::postgres::connect(&self.database.url(), 1)
@@ -229,9 +246,7 @@ fn upload(base: &str, bytes: &[u8], token: Option<&str>) -> Answer {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_through_the_edge_lands_in_storage_and_the_queue() {
     let backends = Backends::start().await;
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let base = host.url();
     let bytes = image("gradient.jpg");
     let base_for = base.clone();
@@ -317,9 +332,7 @@ const CUT_OFF: u16 = 0;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_original_goes_straight_to_storage_bound_to_its_declared_size_and_type() {
     let backends = Backends::start().await;
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let base = host.url();
     let original = image("noise.png");
     let outcome = tokio::task::spawn_blocking(move || {
@@ -464,12 +477,106 @@ async fn a_large_original_goes_straight_to_storage_bound_to_its_declared_size_an
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_thumbnail_the_pool_made_is_served_from_storage_and_a_missing_one_says_why() {
+    let backends = Backends::start().await;
+    let host = backends.edge().await;
+    let base = host.url();
+    let original = image("gradient.jpg");
+    let (id, missing) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        let original = original.clone();
+        move || {
+            let id = upload(&base, &original, Some(API_TOKEN)).body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let missing = get(&base, &format!("/api/photos/{id}/thumbnail"));
+            (id, missing)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_eq!(missing.body["error"]["code"], "thumbnail_not_made");
+    let message = missing.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("waits for the worker pool"), "{message}");
+    assert!(
+        message.contains(&format!("/api/photos/{id}/original")),
+        "{message}"
+    );
+
+    // The pool's thumbnail, made from the decode indexing does and kept where indexing keeps it.
+    let decoded = glimpse_worker::encoder::decode_rgb(&original, None).unwrap();
+    let jpeg = glimpse_worker::encoder::thumbnail_jpeg(&decoded, THUMBNAIL_SIZE).unwrap();
+    let key = id.parse::<PhotoId>().unwrap().thumbnail_key();
+    backends
+        .storage()
+        .await
+        .put(&key, jpeg.clone())
+        .await
+        .unwrap();
+    let served = tokio::task::spawn_blocking(move || {
+        let response = agent()
+            .get(&format!("{base}/api/photos/{id}/thumbnail"))
+            .call()
+            .unwrap();
+        let headers = ["content-type", "cache-control"]
+            .map(|name| response.header(name).unwrap_or_default().to_owned());
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).unwrap();
+        (headers, bytes)
+    })
+    .await
+    .unwrap();
+    assert_eq!(served.0[0], "image/jpeg");
+    assert!(served.0[1].contains("immutable"), "{:?}", served.0);
+    assert!(served.1 == jpeg, "the thumbnail is the one in storage");
+}
+
+/// The web page through the page component, as a person meets the edge while the worker pool
+/// sleeps: an empty library, an upload through the page that waits for the pool (its tile says
+/// so), a search answered with why it cannot run yet and when to try again; the page's headers
+/// (policy naming the storage of originals, revalidation) and no script error or blocked load.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_page_at_the_edge_takes_uploads_while_the_pool_sleeps_in_a_real_browser() {
+    let backends = Backends::start().await;
+    backends.register_encoder().await;
+    let host = backends.edge().await;
+    let base = host.url();
+    let storage = backends.s3.endpoint();
+    let scratch = tempfile::tempdir().unwrap();
+    let good = scratch.path().join("sled.png");
+    std::fs::write(&good, image("noise.png")).unwrap();
+    tokio::task::spawn_blocking(move || {
+        browser::run_browser_tests(
+            "edge.test.mjs",
+            "edge-web-screenshots",
+            &[
+                ("GLIMPSE_URL", base),
+                ("GLIMPSE_TOKEN", API_TOKEN.to_owned()),
+                ("STORAGE_ORIGIN", storage),
+                ("UPLOAD_GOOD", good.display().to_string()),
+            ],
+        );
+    })
+    .await
+    .unwrap();
+    let queued = backends
+        .database
+        .rows("SELECT count(*) FROM photos WHERE status = 'pending'")
+        .await;
+    assert_eq!(
+        queued[0].get::<_, i64>(0),
+        1,
+        "the upload waits for the pool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn with_the_worker_pool_away_a_new_query_gets_503_and_retry_after() {
     let backends = Backends::start().await;
     backends.register_encoder().await;
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let base = host.url();
     let answer =
         tokio::task::spawn_blocking(move || get(&base, "/api/search?q=kids+on+a+red+sled"))
@@ -486,9 +593,7 @@ async fn with_the_worker_pool_away_a_new_query_gets_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_search_that_cannot_succeed_is_a_400_even_before_a_worker_registered_an_encoder() {
     let backends = Backends::start().await;
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let base = host.url();
     let (bad, good) = tokio::task::spawn_blocking(move || {
         (
@@ -521,9 +626,7 @@ async fn the_host_refuses_a_manifest_whose_secrets_are_not_given() {
         refused.err().unwrap().to_string().contains("worker_token"),
         "a required secret without a value must stop the host, as it stops `spin up`"
     );
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let base = host.url();
     let healthy = tokio::task::spawn_blocking(move || get(&base, "/healthz"))
         .await
@@ -649,6 +752,34 @@ fn cases() -> Vec<Case> {
             "/api/photos/zzz/similar",
             400,
             "bad_request",
+        ),
+        case(
+            "a thumbnail of a bad id",
+            "GET",
+            "/api/photos/zzz/thumbnail",
+            400,
+            "bad_request",
+        ),
+        case(
+            "a thumbnail of an unknown photo",
+            "GET",
+            "/api/photos/00000000000000ff/thumbnail",
+            404,
+            "not_found",
+        ),
+        case(
+            "a file the web page does not have",
+            "GET",
+            "/assets/nothing.js",
+            404,
+            "not_found",
+        ),
+        case(
+            "a write to the web page",
+            "POST",
+            "/",
+            405,
+            "method_not_allowed",
         ),
         case(
             "a log of a bad search id",
@@ -872,9 +1003,7 @@ fn run_case(base: &str, case: &Case) -> Answer {
 async fn bad_input_gets_the_same_4xx_from_the_edge_as_from_the_embedded_server() {
     let backends = Backends::start().await;
     backends.register_encoder().await;
-    let host = SpinHost::start(&manifest(), &backends.variables())
-        .await
-        .unwrap();
+    let host = backends.edge().await;
     let edge = host.url();
     tokio::task::spawn_blocking(move || {
         let embedded = Embedded::start();

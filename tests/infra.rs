@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use glimpse_http::Endpoint;
@@ -150,13 +150,19 @@ fn spin_routes() -> Vec<(String, String)> {
 }
 
 #[test]
-fn the_routes_of_spin_toml_are_the_public_apis_paths() {
+fn the_routes_of_spin_toml_are_the_public_apis_paths_and_the_web_page() {
     let routes = spin_routes();
     let mut routed = BTreeSet::new();
     let mut components: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut page = BTreeMap::new();
     for (path, component) in &routes {
-        let endpoint = Endpoint::of(path)
-            .unwrap_or_else(|| panic!("spin.toml routes {path}, which is not an API path"));
+        if glimpse_http::page::is_page_path(path) {
+            page.insert(path.clone(), component.clone());
+            continue;
+        }
+        let endpoint = Endpoint::of(path).unwrap_or_else(|| {
+            panic!("spin.toml routes {path}, which is neither an API path nor the web page's")
+        });
         routed.insert(endpoint.template().replace("p1", "{id}"));
         components
             .entry(endpoint.template().replace("p1", "{id}"))
@@ -173,7 +179,18 @@ fn the_routes_of_spin_toml_are_the_public_apis_paths() {
         .collect();
     assert_eq!(
         unrouted,
-        vec![Endpoint::Thumbnail("{id}").template()],
-        "every API path but thumbnails (which the edge does not make) is routed at the edge"
+        Vec::<String>::new(),
+        "every API path is routed at the edge"
+    );
+    // The page: `/` and everything under /assets/, by one component that serves no API path.
+    let page_paths: Vec<&str> = page.keys().map(String::as_str).collect();
+    assert_eq!(page_paths, ["/", "/assets/..."]);
+    let page_components: BTreeSet<&String> = page.values().collect();
+    assert_eq!(page_components.len(), 1, "{page:?}");
+    assert!(
+        components
+            .values()
+            .all(|serving| page_components.is_disjoint(&serving.iter().collect())),
+        "the page's component serves no API path"
     );
 }

@@ -59,6 +59,10 @@ async function errorFrom(response) {
   } catch (_) {
     // not JSON: keep the status line
   }
+  const retryAfter = Number(response.headers.get("Retry-After"));
+  if (response.status === 503 && retryAfter > 0) {
+    message += ` Try again in ${retryAfter} s.`;
+  }
   return new ApiError(response.status, code, message);
 }
 
@@ -84,6 +88,9 @@ async function api(path, options = {}) {
 
 /** Sets an <img> source, through an authorised fetch when reads need the token. */
 function setImage(img, url) {
+  // A photo without a thumbnail yet (the edge's pool still asleep, say) keeps a plain tile.
+  img.classList.remove("unavailable");
+  img.onerror = () => img.classList.add("unavailable");
   if (!state.readsProtected) {
     img.src = url;
     return;
@@ -97,6 +104,7 @@ function setImage(img, url) {
     })
     .catch(() => {
       img.alt += " (could not be loaded)";
+      img.classList.add("unavailable");
     });
   img.dataset.url = url;
 }
@@ -132,6 +140,7 @@ function describe(item) {
   if (photo.album) parts.push(`album ${photo.album}`);
   parts.push(formatDate(photo.dated_at, false));
   if (photo.status === "failed") parts.push("could not be indexed");
+  if (photo.status === "pending") parts.push("waiting to be indexed");
   return parts.join(", ");
 }
 
@@ -276,6 +285,12 @@ function appendItems(fresh) {
   }
 }
 
+/** What a photo's tile shows while it is not searchable (an indexed one shows nothing). */
+const STATUS_BADGES = {
+  failed: { text: "not indexed", kind: "badge failed" },
+  pending: { text: "indexing", kind: "badge" },
+};
+
 function tile(item, index) {
   const li = document.createElement("li");
   const button = document.createElement("button");
@@ -290,18 +305,16 @@ function tile(item, index) {
   img.height = 320;
   setImage(img, `/api/photos/${item.photo.id}/thumbnail`);
   button.append(img);
-  if (item.rank) {
-    const badge = document.createElement("span");
-    badge.className = "badge";
-    badge.textContent = item.score.toFixed(2);
-    badge.setAttribute("aria-hidden", "true");
-    button.append(badge);
-  } else if (item.photo.status === "failed") {
-    const badge = document.createElement("span");
-    badge.className = "badge failed";
-    badge.textContent = "not indexed";
-    badge.setAttribute("aria-hidden", "true");
-    button.append(badge);
+  // The score of a result, or why a photo is not searchable yet (the alt text says it in words).
+  const badge = item.rank
+    ? { text: item.score.toFixed(2), kind: "badge" }
+    : STATUS_BADGES[item.photo.status];
+  if (badge) {
+    const span = document.createElement("span");
+    span.className = badge.kind;
+    span.textContent = badge.text;
+    span.setAttribute("aria-hidden", "true");
+    button.append(span);
   }
   button.addEventListener("click", () => activate(index));
   li.append(button);

@@ -9,6 +9,7 @@ pub mod axum;
 mod bodies;
 mod endpoints;
 pub mod openapi;
+pub mod page;
 
 use std::error::Error;
 use std::time::SystemTime;
@@ -134,7 +135,8 @@ pub trait Shape: MaybeSendSync {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 pub trait Thumbnails: MaybeSendSync {
-    /// A JPEG thumbnail of `photo`: the stored one, or one made now and stored.
+    /// A JPEG thumbnail of `photo`: the stored one, or, where the shape decodes images, one made
+    /// now and stored.
     async fn thumbnail(&self, photo: &Photo) -> Result<Vec<u8>, ApiError>;
 }
 
@@ -179,7 +181,7 @@ where
 }
 
 /// The answer for an error: its JSON body, and `Retry-After` when a backend is unavailable.
-pub(crate) fn error_reply(error: &ApiError) -> Reply {
+pub fn error_reply(error: &ApiError) -> Reply {
     if error.status == StatusCode::INTERNAL_SERVER_ERROR {
         eprintln!("glimpse: internal error: {}", error.message);
     }

@@ -1,5 +1,5 @@
 // Browser tests of Glimpse's web page in Debian's headless Chromium, driven by playwright-core.
-// gpu-worker/tests/web.rs starts two `glimpse serve` processes with the small test checkpoint and
+// glimpse/tests/web.rs starts two `glimpse serve` processes with the small test checkpoint and
 // runs this file with:
 //   GLIMPSE_URL        a server whose library (fixture images in albums Trips and Home) is indexed
 //   GLIMPSE_TOKEN      its write token
@@ -15,11 +15,11 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, mkdirSync } from "node:fs";
 import { basename, join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const env = (name) => {
   const value = process.env[name];
-  assert.ok(value, `${name} must be set (gpu-worker/tests/web.rs sets it)`);
+  assert.ok(value, `${name} must be set (glimpse/tests/web.rs sets it)`);
   return value;
 };
 const base = env("GLIMPSE_URL");
@@ -74,13 +74,7 @@ async function searchResponseOf(action) {
 
 describe("the web page", () => {
   before(async () => {
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      args: [
-        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      ],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     page = await context.newPage();
     page.on("console", (message) => {

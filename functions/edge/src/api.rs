@@ -9,12 +9,13 @@ use bytes::Bytes;
 use glimpse_contracts::api::{ApiError, TokenHelp};
 use glimpse_core::flows::{self, FlowError, Ports};
 use glimpse_core::learning::ExplorationSettings;
-use glimpse_core::photo::{Photo, StagedUpload};
+use glimpse_core::photo::{Photo, PhotoStatus, StagedUpload};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_core::{CachedTextEmbedder, EncoderId};
+use glimpse_http::page::{self, Originals};
 use glimpse_http::{Endpoint, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails};
-use http::Method;
+use http::{Method, StatusCode};
 use http_body_util::Full;
 use spin_sdk::http::Request;
 
@@ -55,12 +56,11 @@ impl Component {
             | Endpoint::Photos
             | Endpoint::Photo(_)
             | Endpoint::Original(_)
+            | Endpoint::Thumbnail(_)
             | Endpoint::Retry(_) => Some(Self::Photos),
             Endpoint::Uploads | Endpoint::Upload(_) => Some(Self::Uploads),
             Endpoint::Search | Endpoint::SearchLog(_) | Endpoint::Similar(_) => Some(Self::Search),
             Endpoint::Clicks(_) => Some(Self::Feedback),
-            // Browsers show originals (presigned, straight from storage); no thumbnails here.
-            Endpoint::Thumbnail(_) => None,
         }
     }
 }
@@ -74,6 +74,26 @@ pub async fn serve(component: Component, request: Request) -> Response {
         blobs: OnceCell::new(),
     };
     glimpse_http::serve(&edge, request).await.map(Full::new)
+}
+
+/// Serves the web page (`/`, `/assets/{file}`), allowed to show originals from the storage they
+/// are redirected to (`s3_endpoint`). Apart from [`serve`], so the page's component carries none
+/// of the API.
+pub async fn serve_page(request: Request) -> Response {
+    let originals = settings::variable("s3_endpoint")
+        .await
+        .map_err(ApiError::from)
+        .and_then(|endpoint| Ok(Originals::storage_at(&endpoint)?));
+    let reply = match originals {
+        Ok(originals) => page::serve_page(
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+            &originals,
+        ),
+        Err(error) => glimpse_http::error_reply(&error),
+    };
+    reply.map(Full::new)
 }
 
 /// The edge for one request: its component, and the ports it opened (on first use).
@@ -216,7 +236,7 @@ impl Shape for Edge {
     }
 
     fn thumbnails(&self) -> Option<&dyn Thumbnails> {
-        None
+        Some(self)
     }
 
     fn staged_uploads(&self) -> Option<&dyn StagedUploads> {
@@ -224,6 +244,39 @@ impl Shape for Edge {
     }
 
     fn notice(&self, _event: Event) {}
+}
+
+/// The thumbnails the pool made while indexing, read from storage: the edge decodes no image, so
+/// a photo without one (still waiting for the pool, say) is a 404 that says why.
+#[async_trait::async_trait(?Send)]
+impl Thumbnails for Edge {
+    async fn thumbnail(&self, photo: &Photo) -> Result<Vec<u8>, ApiError> {
+        let stored = self.storage().await?.get(&photo.id.thumbnail_key()).await?;
+        stored.ok_or_else(|| {
+            let id = photo.id;
+            let why = match photo.status {
+                PhotoStatus::Pending => {
+                    "it waits for the worker pool, which makes thumbnails while indexing \
+                     (GET /api/status counts the photos waiting)"
+                }
+                PhotoStatus::Failed => {
+                    "it could not be indexed, and the worker pool makes thumbnails while indexing"
+                }
+                PhotoStatus::Indexed => {
+                    "storage refused it when the photo was indexed, or the photo was indexed \
+                     before thumbnails were made"
+                }
+            };
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "thumbnail_not_made",
+                format!(
+                    "photo {id} has no thumbnail yet: {why}; its original is at \
+                     /api/photos/{id}/original"
+                ),
+            )
+        })
+    }
 }
 
 #[async_trait::async_trait(?Send)]

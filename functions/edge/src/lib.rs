@@ -1,5 +1,5 @@
-//! Glimpse at the edge: what the Spin components share. Each component is one call to [`serve`];
-//! the flows are core's, run through the adapters here:
+//! Glimpse at the edge: what the Spin components share. Each API component is one call to
+//! [`serve`], the page's to [`serve_page`]; the flows are core's, run through the adapters here:
 //!
 //! - [`catalog`]: the catalog over Spin's Postgres interface (the statements of
 //!   `glimpse_contracts::catalog_sql`, the same the worker runs);
@@ -17,4 +17,4 @@ mod outbound;
 pub mod pool;
 pub mod settings;
 
-pub use api::{Component, Response, serve};
+pub use api::{Component, Response, serve, serve_page};

@@ -10,11 +10,11 @@ mod stats;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use glimpse_contracts::api;
 use glimpse_core::flows::FlowError;
@@ -22,6 +22,7 @@ use glimpse_core::photo::{Photo, THUMBNAIL_SIZE};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_http::axum::{ApiError, reply};
+use glimpse_http::page::Originals;
 use glimpse_http::{
     Access, Event, Notes, Original, Settings, Shape, StagedUploads, Thumbnails, openapi,
 };
@@ -105,8 +106,8 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
         .route("/api/stats", get(stats_report))
-        .route("/", get(web_page))
-        .route("/assets/{file}", get(web_asset))
+        .route("/", any(web_page))
+        .route("/assets/{file}", any(web_page))
         .route("/api/library/scan", post(scan_library))
         .route("/api/adapters", get(adapters::list))
         .route("/api/adapters/active", put(adapters::activate))
@@ -222,7 +223,7 @@ fn check_origin(method: &axum::http::Method, headers: &HeaderMap) -> Result<(), 
 /// hold no data (a visitor needs them to paste the token), the rest are reads, the scan a write.
 async fn authorise(State(state): Shared, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let access = if path == "/" || path.starts_with("/assets/") {
+    let access = if glimpse_http::page::is_page_path(path) {
         Access::Open
     } else {
         Access::of_method(request.method())
@@ -320,56 +321,15 @@ async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-/// The web page's files, built into the binary so `glimpse serve` stays one file.
-const WEB_ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/app.js"),
-    ),
-    (
-        "app.css",
-        "text/css; charset=utf-8",
-        include_str!("../../../web/app.css"),
-    ),
-    (
-        "icon.svg",
-        "image/svg+xml",
-        include_str!("../../../web/icon.svg"),
-    ),
-];
-
-/// Nothing on the page comes from, or goes to, another origin.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob:; \
-     style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; \
-     base-uri 'none'; frame-ancestors 'none'";
-
-fn web_response(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn web_page() -> Response {
-    web_response(
-        "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
-    )
-}
-
-async fn web_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
-    WEB_ASSETS
-        .iter()
-        .find(|(name, _, _)| *name == file)
-        .map(|(_, content_type, body)| web_response(content_type, body))
-        .ok_or_else(|| FlowError::NotFound(format!("there is no asset {file}")).into())
+/// The web page (`/`, `/assets/{file}`), as the HTTP layer serves it; originals come from this
+/// server.
+async fn web_page(request: Request) -> Response {
+    reply(glimpse_http::page::serve_page(
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+        &Originals::SameOrigin,
+    ))
 }
 
 /// What `POST /api/library/scan` accepts (a body is optional).

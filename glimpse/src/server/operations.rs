@@ -6,8 +6,8 @@ use glimpse_http::Access;
 use glimpse_http::openapi::{Document, Operation};
 use serde_json::json;
 
+use super::ScanRequest;
 use super::adapters::{Activation, Adapters};
-use super::{ScanRequest, WEB_ASSETS};
 use crate::embedded::ScanReport;
 use glimpse_core::learning::TrainingOutcome;
 use glimpse_core::ports::CatalogCounts;
@@ -36,7 +36,7 @@ pub(super) fn own_operations(document: &mut Document) {
     let page =
         Operation::new("The web page.", "web").reply(StatusCode::OK, "HTML.", text("text/html"));
     document.add("/", &Method::GET, Access::Open, page);
-    let names: Vec<&str> = WEB_ASSETS.iter().map(|(name, _, _)| *name).collect();
+    let names: Vec<&str> = glimpse_http::page::asset_names().collect();
     let mut asset = Operation::new("A file of the web page.", "web")
         .path_parameter::<String>("file")
         .reply(StatusCode::OK, "The file.", text("*/*"))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod browser;
 pub mod managed;
 
 pub fn reference() -> PathBuf {
