@@ -17,29 +17,54 @@ struct PageFile {
     path: &'static str,
     content_type: &'static str,
     body: &'static str,
+    /// The 64-bit FNV-1a hash of `body`, its entity tag: computed when the binary is built.
+    hash: u64,
+}
+
+impl PageFile {
+    const fn new(path: &'static str, content_type: &'static str, body: &'static str) -> Self {
+        let bytes = body.as_bytes();
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        let mut at = 0;
+        while at < bytes.len() {
+            hash = (hash ^ bytes[at] as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            at += 1;
+        }
+        Self {
+            path,
+            content_type,
+            body,
+            hash,
+        }
+    }
+
+    /// Its strong entity tag, quoted.
+    fn entity_tag(&self) -> String {
+        format!("\"{:016x}\"", self.hash)
+    }
 }
 
 const FILES: &[PageFile] = &[
-    PageFile {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../web/index.html"),
-    },
-    PageFile {
-        path: "/assets/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/app.js"),
-    },
-    PageFile {
-        path: "/assets/app.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../web/app.css"),
-    },
-    PageFile {
-        path: "/assets/icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../../web/icon.svg"),
-    },
+    PageFile::new(
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    ),
+    PageFile::new(
+        "/assets/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    ),
+    PageFile::new(
+        "/assets/app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/app.css"),
+    ),
+    PageFile::new(
+        "/assets/icon.svg",
+        "image/svg+xml",
+        include_str!("../../web/icon.svg"),
+    ),
 ];
 
 /// Where the page's files are: `/` and below this prefix.
@@ -132,7 +157,7 @@ pub fn serve_page(
             &FlowError::NotFound(format!("the web page has no file {path}")).into(),
         );
     };
-    let etag = entity_tag(file.body);
+    let etag = file.entity_tag();
     let unchanged = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -177,14 +202,6 @@ pub fn serve_page(
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     reply
-}
-
-/// A strong entity tag of `body`: its 64-bit FNV-1a hash, quoted.
-fn entity_tag(body: &str) -> String {
-    let hash = body.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("\"{hash:016x}\"")
 }
 
 #[cfg(test)]
