@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on broken fixtures
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use common::max_abs_diff;
 use glimpse_core::EncoderId;
 use glimpse_worker::encoder::{
     ClipEncoder, EncoderError, ImageTextEncoder, Precision, PreparedImage, TextTokenizer,
@@ -69,14 +72,6 @@ fn checkpoint(name: &str) -> PathBuf {
 fn encoder(name: &str) -> ClipEncoder {
     let id = EncoderId::new("clip", format!("test/{name}"), "fixture").unwrap();
     ClipEncoder::load(&checkpoint(name), id, Precision::F32).unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

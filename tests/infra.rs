@@ -43,6 +43,9 @@ fn sample(placeholder: &str) -> &'static str {
         }
         "s3_secret_access_key" => "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         "qdrant_api_key" => "qdrant-database-api-key",
+        "reranker_model" => "Qwen/Qwen2-VL-2B-Instruct",
+        "reranker_max_candidates" => "10",
+        "reranker_image_tokens" => "144",
         other => panic!(
             "the gpu_worker templates use ${{{other}}}: give it a sample value in tests/infra.rs"
         ),
@@ -113,6 +116,24 @@ fn a_worker_that_consumes_jobs_loads_the_settings_the_module_writes() {
     assert_eq!(
         backends.qdrant.api_key.as_deref(),
         Some(sample("qdrant_api_key"))
+    );
+}
+
+#[test]
+fn a_worker_with_the_reranker_loads_the_settings_the_module_writes() {
+    let settings = load(
+        &(render("worker.toml.tftpl")
+            + &render("backends.toml.tftpl")
+            + &render("reranker.toml.tftpl")),
+        &(render("worker.env.tftpl") + &render("backends.env.tftpl")),
+    );
+    let reranker = settings.reranker.as_ref().expect("the [reranker] section");
+    assert_eq!(reranker.model, sample("reranker_model"));
+    assert_eq!(reranker.vlm_settings().max_candidates, 10);
+    assert_eq!(reranker.vlm_settings().image_tokens, 144);
+    assert!(
+        settings.storage().is_some(),
+        "it reads the photos from the bucket"
     );
 }
 

@@ -838,7 +838,6 @@ pub async fn reranker_suite(reranker: &dyn Reranker) {
     let probabilities = reranker.rerank("a red sled", &candidates).await.unwrap();
     assert_eq!(probabilities.len(), 3);
     assert!(probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
-    assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
 }
 
 /// The LearningStore contract, on an empty catalog that is also `store`.

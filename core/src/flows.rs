@@ -893,12 +893,7 @@ pub async fn search(
         .into_iter()
         .filter_map(|(id, score)| photos.get(&id).map(|p| (p.clone(), score, None)))
         .collect();
-    let rerank_text = parsed
-        .positive
-        .iter()
-        .map(|t| t.text.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rerank_text = parsed.rerank_text();
     let rerank_fallback = if reranked {
         rerank(ports.reranker, &rerank_text, &mut ranked).await
     } else {
@@ -1072,8 +1067,8 @@ fn score(
     scored
 }
 
-/// Reorders the first [`RERANK_CANDIDATES`] results by the reranker's probabilities. Returns the
-/// reason when it falls back to retrieval order.
+/// Reorders the first [`RERANK_CANDIDATES`] results (or as many as the reranker scored) by the
+/// reranker's probabilities. Returns the reason when it falls back to retrieval order.
 async fn rerank(
     reranker: &dyn Reranker,
     query: &str,
@@ -1091,11 +1086,12 @@ async fn rerank(
         })
         .collect();
     match reranker.rerank(query, &candidates).await {
-        Ok(probabilities) if probabilities.len() == head => {
-            for (entry, probability) in ranked[..head].iter_mut().zip(probabilities) {
+        Ok(probabilities) if (1..=head).contains(&probabilities.len()) => {
+            let scored = probabilities.len();
+            for (entry, probability) in ranked[..scored].iter_mut().zip(probabilities) {
                 entry.2 = Some(probability);
             }
-            ranked[..head].sort_by(|a, b| {
+            ranked[..scored].sort_by(|a, b| {
                 let (pa, pb) = (a.2.unwrap_or(0.0), b.2.unwrap_or(0.0));
                 pb.total_cmp(&pa)
             });

@@ -179,7 +179,11 @@ pub struct RerankCandidate {
 pub trait Reranker: MaybeSendSync {
     /// A short name for logs and metrics.
     fn name(&self) -> &str;
-    /// One probability per candidate (softmax across the candidates), in the candidates' order.
+    /// One probability per candidate, in the candidates' order: how likely it is to be what the
+    /// query asks for (a model's calibrated relevance, or a softmax across the candidates for a
+    /// reranker that only has retrieval scores). Higher ranks first; they need not sum to 1. A
+    /// reranker that takes fewer candidates than it is sent scores the first ones only and returns
+    /// fewer probabilities (at least one): the rest keep their retrieval order below them.
     async fn rerank(
         &self,
         query: &str,

@@ -80,6 +80,16 @@ pub struct ParsedQuery {
 }
 
 impl ParsedQuery {
+    /// What a reranker is asked about: the texts the results should match, joined by ", "
+    /// (empty for a query of examples or filters only).
+    pub fn rerank_text(&self) -> String {
+        self.positive
+            .iter()
+            .map(|t| t.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether the query ranks by anything (text or an example image), as opposed to filters
     /// only.
     pub fn has_ranking(&self) -> bool {

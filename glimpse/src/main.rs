@@ -16,6 +16,7 @@ use commands::index::IndexArgs;
 use commands::retry::RetryArgs;
 use commands::search::SearchArgs;
 use commands::serve::ServeArgs;
+use commands::train::TrainArgs;
 use commands::worker::WorkerArgs;
 
 /// Tensors of several megabytes are allocated and freed for every batch; mimalloc keeps that
@@ -54,6 +55,9 @@ enum Command {
     Worker(WorkerArgs),
     /// Print the embedding of texts or images as JSON, one line per input.
     Embed(EmbedArgs),
+    /// Train a LoRA adapter of the vision-language reranker on (query, photo, label) triples or
+    /// on the clicks of a data directory's search log.
+    Train(TrainArgs),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         Command::Encoders(args) => runtime()?.block_on(commands::encoders::encoders(args)),
         Command::Worker(args) => runtime()?.block_on(commands::worker::worker(args)),
         Command::Embed(args) => commands::embed::embed(&args),
+        Command::Train(args) => runtime()?.block_on(commands::train::train(args)),
         Command::Bench(command) => commands::bench::run(command, runtime),
     }
 }

@@ -316,3 +316,107 @@ fn index_then_search_and_status_on_a_data_directory_and_a_new_encoder_rebuilds_t
     // The budget is remembered, like the model.
     assert!(status.contains("memory budget:  1.5 GB"), "{status}");
 }
+
+/// A triples file over the fixture images: each query asks for one of four photos.
+fn write_triples(directory: &Path) -> PathBuf {
+    let photos = ["solid.png", "checkerboard.png", "noise.png", "gradient.png"];
+    let queries = [
+        ("a red wall", 0),
+        ("a crimson surface", 0),
+        ("a chessboard", 1),
+        ("black and white squares", 1),
+        ("television static", 2),
+        ("a rainbow gradient", 3),
+    ];
+    let mut lines = String::new();
+    for (query, wanted) in queries {
+        for (i, photo) in photos.iter().enumerate() {
+            let image = reference().join("images").join(photo);
+            let line = serde_json::json!({"query": query, "image": image, "label": i == wanted});
+            lines.push_str(&format!("{line}\n"));
+        }
+    }
+    let path = directory.join("triples.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// `glimpse train` with the tiny Qwen2-VL checkpoint.
+fn train(triples: &Path, adapter: &Path, extra: &[&str]) -> Output {
+    let vlm = reference().join("checkpoints/qwen2-vl-tiny");
+    let mut args = vec![
+        "train",
+        "--triples",
+        triples.to_str().unwrap(),
+        "--output",
+        adapter.to_str().unwrap(),
+        "--reranker-model",
+        vlm.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    glimpse(&args)
+}
+
+#[test]
+fn train_writes_an_adapter_from_triples_and_reports_held_out_queries() {
+    let scratch = scratch_dir("train");
+    let triples = write_triples(&scratch);
+    let adapter = scratch.join("adapter");
+    let output = train(
+        &triples,
+        &adapter,
+        &[
+            "--steps",
+            "30",
+            "--learning-rate",
+            "0.01",
+            "--image-tokens",
+            "16",
+            "--json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["training_pairs"].as_u64().unwrap() + report["held_out_pairs"].as_u64().unwrap(),
+        24,
+        "{report}"
+    );
+    assert!(report["held_out_pairs"].as_u64().unwrap() >= 4, "{report}");
+    assert!(
+        report["last_loss"].as_f64().unwrap() < report["first_loss"].as_f64().unwrap(),
+        "{report}"
+    );
+    for scores in [&report["held_out_base"], &report["held_out_adapted"]] {
+        assert!(
+            (0.0..=1.0).contains(&scores["ndcg_at_10"].as_f64().unwrap()),
+            "{report}"
+        );
+    }
+    assert!(adapter.join("adapter_config.json").is_file());
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+#[test]
+fn train_names_the_line_of_a_bad_triple_and_writes_nothing() {
+    let scratch = scratch_dir("train-bad");
+    let triples = write_triples(&scratch);
+    let mut text = std::fs::read_to_string(&triples).unwrap();
+    text.push_str("{\"query\": \"a dog\", \"image\": \"dog.jpg\", \"label\": 2}\n");
+    std::fs::write(&triples, text).unwrap();
+    let adapter = scratch.join("adapter");
+    let output = train(&triples, &adapter, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 25") && stderr.contains("label"),
+        "{stderr}"
+    );
+    assert!(!adapter.exists());
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -212,3 +212,53 @@ fn exploration_swaps_a_share_of_first_pages_and_logs_it_the_same_all_day() {
     }
     assert!((1..20).contains(&swapped), "{swapped} of 20 swapped");
 }
+
+#[test]
+fn the_reranker_learns_from_the_same_clicks_with_glimpse_train() {
+    let (scratch, server, _, wanted) = household(&["--no-learning"]);
+    click_wanted(&server, &wanted, 2);
+    server.stop();
+    let adapter = scratch.path().join("reranker-adapter");
+    let data = scratch.path().join("data");
+    let output = common::train_reranker(&[
+        "--from-clicks".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--output".as_ref(),
+        adapter.as_os_str(),
+        "--steps".as_ref(),
+        "10".as_ref(),
+        "--image-tokens".as_ref(),
+        "16".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Six searches with a click each: the clicked photo, and those passed over above it.
+    let pairs =
+        report["training_pairs"].as_u64().unwrap() + report["held_out_pairs"].as_u64().unwrap();
+    assert!(pairs > 6, "{report}");
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+
+    // A data directory without clicks says so, and writes nothing.
+    let empty = tempfile::tempdir().unwrap();
+    let output = common::train_reranker(&[
+        "--from-clicks".as_ref(),
+        "--data-dir".as_ref(),
+        empty.path().as_os_str(),
+        "--output".as_ref(),
+        empty.path().join("adapter").as_os_str(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no clicks"), "{stderr}");
+    assert!(!empty.path().join("adapter").exists());
+    assert!(
+        !empty.path().join("settings.json").exists(),
+        "it was left as it was"
+    );
+}

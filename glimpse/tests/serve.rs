@@ -928,3 +928,120 @@ fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
     let precision = server.get("/api/status").1["precision"].clone();
     assert!(precision == "bf16" || precision == "f32", "{precision}");
 }
+
+#[test]
+fn the_vision_reranker_with_an_adapter_orders_the_first_results_and_follows_a_new_adapter() {
+    let vlm = reference().join("checkpoints/qwen2-vl-tiny");
+    // With a LoRA adapter written by PEFT, in a folder of its own.
+    let adapters = tempfile::tempdir().unwrap();
+    let adapter = adapters.path().join("qwen2-vl-tiny-lora");
+    std::fs::create_dir(&adapter).unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        let fixture = reference()
+            .join("checkpoints/qwen2-vl-tiny-lora")
+            .join(file);
+        std::fs::copy(fixture, adapter.join(file)).unwrap();
+    }
+    let (_scratch, server) = serve_fixtures(&[
+        "--reranker",
+        "vlm",
+        "--reranker-model",
+        vlm.to_str().unwrap(),
+        "--rerank-candidates",
+        "4",
+        "--rerank-image-tokens",
+        "16",
+        "--reranker-adapter",
+        adapter.to_str().unwrap(),
+        "--no-learning",
+    ]);
+    server.wait_indexed(fixture_count() as u64);
+    let response = server.search("kids on a red sled", 12);
+    assert_eq!(
+        response["ranked_by"]["reranker"], "qwen2-vl+lora:qwen2-vl-tiny-lora",
+        "{response}"
+    );
+    assert_eq!(response["rerank_fallback"], Value::Null, "{response}");
+    let results = response["results"].as_array().unwrap();
+    assert_eq!(results.len(), 12);
+    // The first four carry the reranker's probability, highest first; the rest keep retrieval
+    // order without one.
+    let probabilities: Vec<f64> = results[..4]
+        .iter()
+        .map(|r| r["rerank_probability"].as_f64().unwrap())
+        .collect();
+    assert!(probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(
+        probabilities.windows(2).all(|w| w[0] >= w[1]),
+        "{probabilities:?}"
+    );
+    assert!(
+        results[4..]
+            .iter()
+            .all(|r| r.get("rerank_probability").is_none_or(Value::is_null)),
+        "{response}"
+    );
+    let scores: Vec<f64> = results[4..]
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // A new adapter written into the folder (as `glimpse train --output` writes it) ranks the
+    // next searches, without a restart.
+    let probabilities_of = |response: &Value| -> Vec<f64> {
+        response["results"].as_array().unwrap()[..4]
+            .iter()
+            .map(|r| r["rerank_probability"].as_f64().unwrap())
+            .collect()
+    };
+    let before = probabilities_of(&response);
+    let trained = adapters.path().join("trained");
+    let triples = adapters.path().join("triples.jsonl");
+    let lines: Vec<String> = ["solid.png", "noise.png", "checkerboard.png"]
+        .iter()
+        .enumerate()
+        .map(|(i, file)| {
+            json!({"query": "kids on a red sled", "image": reference().join("images").join(file),
+                   "label": i == 0})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&triples, lines.join("\n")).unwrap();
+    let output = common::train_reranker(&[
+        "--triples".as_ref(),
+        triples.as_os_str(),
+        "--output".as_ref(),
+        trained.as_os_str(),
+        "--steps".as_ref(),
+        "5".as_ref(),
+        "--learning-rate".as_ref(),
+        "0.05".as_ref(),
+        "--image-tokens".as_ref(),
+        "16".as_ref(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::rename(trained.join(file), adapter.join(file)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let after = server.search("kids on a red sled", 12);
+        if probabilities_of(&after) != before {
+            assert_eq!(
+                after["ranked_by"]["reranker"], "qwen2-vl+lora:qwen2-vl-tiny-lora",
+                "{after}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new adapter was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

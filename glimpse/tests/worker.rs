@@ -7,7 +7,10 @@ mod common;
 
 use std::process::{Child, Command};
 
+use common::managed::S3Server;
 use common::{model, reference, response, spawn_listening};
+use glimpse_core::photo::PhotoId;
+use glimpse_core::ports::BlobStore;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "internal-token-for-the-pool-0123";
@@ -239,4 +242,105 @@ fn refuses_to_start_with_some_but_not_all_backends_and_keeps_secrets() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("[s3] is missing"), "{message}");
     assert!(!message.contains("pa55-w0rd") && !message.contains(TOKEN));
+}
+
+/// A worker whose `/v1/rerank` runs the Qwen2-VL test checkpoint over photos in `s3`.
+fn vision_worker(s3: &S3Server, max_candidates: usize) -> Worker {
+    let settings = s3.settings();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+    command
+        .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+        .env("GLIMPSE__WORKER__TOKEN", TOKEN)
+        .env("GLIMPSE__S3__ENDPOINT", settings.endpoint.unwrap())
+        .env("GLIMPSE__S3__BUCKET", &settings.bucket)
+        .env("GLIMPSE__S3__REGION", &settings.region)
+        .env("GLIMPSE__S3__ACCESS_KEY_ID", &settings.access_key_id)
+        .env(
+            "GLIMPSE__S3__SECRET_ACCESS_KEY",
+            &settings.secret_access_key,
+        )
+        .env(
+            "GLIMPSE__RERANKER__MODEL",
+            reference().join("checkpoints/qwen2-vl-tiny"),
+        )
+        .env(
+            "GLIMPSE__RERANKER__MAX_CANDIDATES",
+            max_candidates.to_string(),
+        )
+        .env("GLIMPSE__RERANKER__IMAGE_TOKENS", "16");
+    let (child, base) = spawn_listening(&mut command, "Glimpse worker is serving ");
+    Worker { child, base }
+}
+
+fn uploaded(id: &str) -> Value {
+    json!({"id": id, "sha256": "ab", "origin": {"kind": "upload", "key": format!("originals/{id}")},
+           "format": "jpeg", "bytes": 10, "width": 4, "height": 4, "taken_at": null,
+           "dated_at": 0, "camera": null, "location": null, "album": null,
+           "status": "indexed", "last_error": null, "added_at": 0, "modified_at": null})
+}
+
+#[test]
+fn the_vision_reranker_scores_photos_from_storage_and_says_which_it_cannot_read() {
+    let s3 = S3Server::start();
+    let ids = ["00000000000000b1", "00000000000000b2", "00000000000000b3"];
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = s3.store(&s3.settings()).await;
+        for (id, file) in ids
+            .iter()
+            .zip(["gradient.jpg", "noise.png", "checkerboard.png"])
+        {
+            let bytes = std::fs::read(reference().join("images").join(file)).unwrap();
+            store.put(&format!("originals/{id}"), bytes).await.unwrap();
+        }
+        // The second photo has a thumbnail: the reranker looks at that one.
+        let thumbnail = std::fs::read(reference().join("images/noise.jpg")).unwrap();
+        let id: PhotoId = ids[1].parse().unwrap();
+        store.put(&id.thumbnail_key(), thumbnail).await.unwrap();
+    });
+    let worker = vision_worker(&s3, 2);
+    let candidates: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"photo": uploaded(id), "score": 3.0 - i as f64}))
+        .collect();
+    let request = json!({"query": "kids on a red sled", "candidates": candidates});
+    let (status, body) = worker.post("/v1/rerank", Some(TOKEN), request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reranker"], "qwen2-vl");
+    // max_candidates = 2: the first two are scored, each with its own probability of "yes".
+    let p: Vec<f64> = body["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(p.len(), 2, "{body}");
+    assert!(p.iter().all(|p| (0.0..=1.0).contains(p)), "{p:?}");
+
+    // A candidate whose original is not in storage: the request fails with the reason (the
+    // edge then keeps retrieval order).
+    let missing = json!({"query": "a dog", "candidates": [
+        {"photo": uploaded("00000000000000c9"), "score": 1.0}
+    ]});
+    let (status, body) = worker.post("/v1/rerank", Some(TOKEN), missing);
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(body.to_string().contains("00000000000000c9"), "{body}");
+
+    // Both counted, and the time they took.
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("glimpse_worker_rerank_requests_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("glimpse_worker_rerank_failures_total 1\n"),
+        "{metrics}"
+    );
+    let micros: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("glimpse_worker_rerank_microseconds_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(micros > 0);
 }

@@ -131,73 +131,154 @@ fn offline_hint(repository: &str, revision: &str) -> String {
     )
 }
 
-/// The checkpoint files already in the Hugging Face cache: found through `refs/<revision>` (what
-/// hf-hub writes) or, for a commit hash, directly in `snapshots/<commit>/` (what Python's
-/// huggingface_hub writes for a pinned commit).
-fn cached_files(cache: &Cache, repo: &Repo) -> Vec<PathBuf> {
-    let through_refs = cache.repo(repo.clone());
-    let snapshot = cache
-        .path()
-        .join(repo.folder_name())
-        .join("snapshots")
-        .join(repo.revision());
-    let is_commit =
-        repo.revision().len() == 40 && repo.revision().bytes().all(|b| b.is_ascii_hexdigit());
-    CHECKPOINT_FILES
-        .iter()
-        .filter_map(|file| {
-            through_refs.get(file).or_else(|| {
-                let path = snapshot.join(file);
-                (is_commit && path.exists()).then_some(path)
-            })
-        })
-        .collect()
+/// One revision of a Hub repository: its files from the Hugging Face cache, downloaded (with a
+/// progress bar) when missing.
+struct HubRevision {
+    repository: String,
+    revision: String,
+    repo: Repo,
+    remote: std::cell::OnceCell<hf_hub::api::sync::ApiRepo>,
 }
 
-fn from_hub(repository: &str, revision: &str) -> Result<LocalModel, EncoderError> {
-    let repo = Repo::with_revision(repository.to_owned(), RepoType::Model, revision.to_owned());
-    let mut paths = cached_files(&Cache::from_env(), &repo);
-    if paths.len() < CHECKPOINT_FILES.len() {
+impl HubRevision {
+    fn new(repository: &str, revision: &str) -> Self {
+        Self {
+            repository: repository.to_owned(),
+            revision: revision.to_owned(),
+            repo: Repo::with_revision(repository.to_owned(), RepoType::Model, revision.to_owned()),
+            remote: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// A file already in the Hugging Face cache: found through `refs/<revision>` (what hf-hub
+    /// writes) or, for a commit hash, directly in `snapshots/<commit>/` (what Python's
+    /// huggingface_hub writes for a pinned commit).
+    fn cached(&self, file: &str) -> Option<PathBuf> {
+        let cache = Cache::from_env();
+        let revision = self.repo.revision();
+        let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+        cache.repo(self.repo.clone()).get(file).or_else(|| {
+            let path = cache
+                .path()
+                .join(self.repo.folder_name())
+                .join("snapshots")
+                .join(revision)
+                .join(file);
+            (is_commit && path.exists()).then_some(path)
+        })
+    }
+
+    /// `file`, from the cache or else downloaded.
+    fn file(&self, file: &str) -> Result<PathBuf, EncoderError> {
+        if let Some(path) = self.cached(file) {
+            return Ok(path);
+        }
+        let (repository, revision) = (&self.repository, &self.revision);
         if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0") {
             return Err(EncoderError::Unavailable(format!(
-                "{repository}@{revision} is not in the Hugging Face cache and HF_HUB_OFFLINE is \
-                 set: {}",
+                "{file} of {repository}@{revision} is not in the Hugging Face cache and \
+                 HF_HUB_OFFLINE is set: {}",
                 offline_hint(repository, revision)
             )));
         }
-        eprintln!(
-            "Downloading {repository}@{revision} from the Hugging Face Hub (first run only)…"
-        );
-        let api = ApiBuilder::from_env()
-            .with_progress(true)
-            .build()
-            .map_err(|e| EncoderError::Unavailable(format!("cannot start a download: {e}")))?;
-        let remote = api.repo(repo);
-        paths = CHECKPOINT_FILES
-            .iter()
-            .map(|file| {
-                remote.get(file).map_err(|e| {
-                    EncoderError::Unavailable(format!(
-                        "could not download {file} of {repository}@{revision} ({e}); if this \
-                         machine is offline, {}",
-                        offline_hint(repository, revision)
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let remote = match self.remote.get() {
+            Some(remote) => remote,
+            None => {
+                let api = ApiBuilder::from_env()
+                    .with_progress(true)
+                    .build()
+                    .map_err(|e| {
+                        EncoderError::Unavailable(format!("cannot start a download: {e}"))
+                    })?;
+                self.remote.get_or_init(|| api.repo(self.repo.clone()))
+            }
+        };
+        eprintln!("Downloading {file} of {repository}@{revision} from the Hugging Face Hub…");
+        remote.get(file).map_err(|e| {
+            EncoderError::Unavailable(format!(
+                "could not download {file} of {repository}@{revision} ({e}); if this machine is \
+                 offline, {}",
+                offline_hint(repository, revision)
+            ))
+        })
     }
-    // Files live in snapshots/<commit>/: the commit is the immutable revision even when the
-    // request named a branch.
-    let directory = paths[0]
+}
+
+/// Files live in snapshots/<commit>/: the commit is the immutable revision even when the request
+/// named a branch.
+fn snapshot_of(path: &Path, revision: &str) -> Result<(PathBuf, String), EncoderError> {
+    let directory = path
         .parent()
         .ok_or_else(|| EncoderError::Internal("cached file without a directory".into()))?
         .to_path_buf();
     let commit = directory
         .file_name()
         .map_or_else(|| revision.to_owned(), |n| n.to_string_lossy().into_owned());
+    Ok((directory, commit))
+}
+
+fn from_hub(repository: &str, revision: &str) -> Result<LocalModel, EncoderError> {
+    let hub = HubRevision::new(repository, revision);
+    let paths = CHECKPOINT_FILES
+        .iter()
+        .map(|file| hub.file(file))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (directory, commit) = snapshot_of(&paths[0], revision)?;
     let id = EncoderId::new(family_of(&directory)?, repository, commit)
         .map_err(|e| EncoderError::BadModel(e.to_string()))?;
     Ok(LocalModel { directory, id })
+}
+
+/// The reranker Glimpse runs when one is asked for without a model.
+pub const DEFAULT_RERANKER: &str = "Qwen/Qwen2-VL-2B-Instruct";
+
+/// Resolves the reranker's `spec` (a directory, or a Hub repository `owner/name[@revision]`) to a
+/// Qwen2-VL checkpoint directory on this machine, downloading what is missing: config.json,
+/// tokenizer.json and the weights (`model.safetensors`, or the shards its index lists).
+pub fn resolve_reranker(spec: &str) -> Result<PathBuf, EncoderError> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let (repository, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    let looks_like_repo = repository.split('/').count() == 2
+        && repository.split('/').all(|part| !part.is_empty())
+        && !spec.starts_with(['.', '/', '~']);
+    if !looks_like_repo {
+        return Err(EncoderError::BadModel(format!(
+            "the reranker `{spec}` is neither a model directory nor a Hugging Face repository id \
+             like `{DEFAULT_RERANKER}`"
+        )));
+    }
+    let hub = HubRevision::new(repository, revision);
+    let config = hub.file("config.json")?;
+    hub.file("tokenizer.json")?;
+    match hub.file("model.safetensors.index.json") {
+        Ok(index) => {
+            for shard in shard_files(&index)? {
+                hub.file(&shard)?;
+            }
+        }
+        Err(EncoderError::Unavailable(_)) if hub.file("model.safetensors").is_ok() => {}
+        Err(error) => return Err(error),
+    }
+    Ok(snapshot_of(&config, revision)?.0)
+}
+
+/// The shard files a `model.safetensors.index.json` lists, each once.
+pub fn shard_files(index: &Path) -> Result<Vec<String>, EncoderError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| EncoderError::BadModel(format!("cannot read {}: {e}", index.display())))?;
+    let index_json: Index = serde_json::from_str(&text)
+        .map_err(|e| EncoderError::BadModel(format!("{}: {e}", index.display())))?;
+    let mut files: Vec<String> = index_json.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 #[cfg(test)]

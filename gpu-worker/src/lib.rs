@@ -10,4 +10,5 @@ pub mod crash_points;
 pub mod encoder;
 pub mod hub;
 pub mod models;
+pub mod reranker;
 pub mod worker;

@@ -1,5 +1,6 @@
 //! How well an adapter ranks held-out clicks: NDCG@10 and MRR, each click weighted by the inverse
-//! of its rank's propensity so that a click far down counts for the many it stands for.
+//! of its rank's propensity so that a click far down counts for the many it stands for (and the
+//! same measures for any ranking with weighted relevant results).
 
 use serde::{Deserialize, Serialize};
 
@@ -34,16 +35,37 @@ pub fn evaluate(
     searches: &[ClickedSearch],
     propensities: &Propensities,
 ) -> RankingScores {
+    let rankings: Vec<Vec<f64>> = searches
+        .iter()
+        .map(|search| {
+            search
+                .ranked_by(adapter)
+                .iter()
+                .map(|result| {
+                    if result.clicked {
+                        1.0 / propensities.at(result.rank)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    score_rankings(&rankings)
+}
+
+/// Scores rankings given as the gain of each position, best first: 0 for a result that was not
+/// wanted, its weight for one that was (a click's `1/p_rank`, or 1). Rankings without a wanted
+/// result are left out.
+pub fn score_rankings(rankings: &[Vec<f64>]) -> RankingScores {
     let (mut ndcg_sum, mut reciprocal_sum, mut weight_sum, mut scored) = (0.0, 0.0, 0.0, 0);
-    for search in searches {
-        let ranked = search.ranked_by(adapter);
+    for ranking in rankings {
         let mut gains: Vec<f64> = Vec::new();
         let mut dcg = 0.0;
-        for (position, result) in ranked.iter().enumerate() {
-            if !result.clicked {
+        for (position, &weight) in ranking.iter().enumerate() {
+            if weight <= 0.0 {
                 continue;
             }
-            let weight = 1.0 / propensities.at(result.rank);
             gains.push(weight);
             reciprocal_sum += weight / (position + 1) as f64;
             weight_sum += weight;

@@ -15,12 +15,14 @@ pub mod simulation;
 use std::cmp::Ordering;
 
 pub use adapter::{QueryAdapter, TrainingSettings};
-pub use evaluation::{RankingScores, evaluate};
+pub use evaluation::{RankingScores, evaluate, score_rankings};
 pub use propensity::{ExplorationSettings, Propensities, PropensitySettings, SwapCounts};
 pub use retraining::{LearningSettings, TrainingOutcome, retrain};
 
 use serde::{Deserialize, Serialize};
 
+use crate::photo::PhotoId;
+use crate::search::SearchLogEntry;
 use crate::{Embedding, EncoderId};
 
 /// A stored, evaluated query adapter.
@@ -86,28 +88,11 @@ impl ClickedSearch {
     /// Its training triples under the click model (see the module), for each of its query
     /// terms (a search of several terms counts once in all).
     pub fn triples(&self, propensities: &Propensities) -> Vec<Triple> {
-        let Some(last_click) = self
-            .shown
-            .iter()
-            .filter(|r| r.clicked)
-            .map(|r| r.rank)
-            .max()
-        else {
-            return Vec::new();
-        };
         let share = 1.0 / self.queries.len().max(1) as f64;
-        let examples: Vec<(&ShownResult, f64)> = self
-            .shown
-            .iter()
-            .filter(|r| r.clicked || r.rank < last_click)
-            .map(|r| {
-                let weight = if r.clicked {
-                    1.0 / propensities.at(r.rank)
-                } else {
-                    1.0
-                };
-                (r, weight * share)
-            })
+        let shown: Vec<(u32, bool)> = self.shown.iter().map(|r| (r.rank, r.clicked)).collect();
+        let examples: Vec<(&ShownResult, f64)> = click_labels(&shown, propensities)
+            .into_iter()
+            .map(|(index, weight)| (&self.shown[index], weight * share))
             .collect();
         self.queries
             .iter()
@@ -145,6 +130,75 @@ impl ClickedSearch {
         });
         scored.into_iter().map(|(_, result)| result).collect()
     }
+}
+
+/// The click model (see the module) over one search's shown results, given as (rank, clicked):
+/// the index of each result that teaches something and its weight, `1/p_rank` for a click and 1
+/// for a result passed over above the last click. Results below the last click are left out.
+pub fn click_labels(shown: &[(u32, bool)], propensities: &Propensities) -> Vec<(usize, f64)> {
+    let Some(last_click) = shown
+        .iter()
+        .filter(|(_, clicked)| *clicked)
+        .map(|(rank, _)| *rank)
+        .max()
+    else {
+        return Vec::new();
+    };
+    shown
+        .iter()
+        .enumerate()
+        .filter(|(_, (rank, clicked))| *clicked || *rank < last_click)
+        .map(|(index, &(rank, clicked))| {
+            let weight = if clicked {
+                1.0 / propensities.at(rank)
+            } else {
+                1.0
+            };
+            (index, weight)
+        })
+        .collect()
+}
+
+/// A logged search as pairs for a reranker that reads the query's text and looks at the photo:
+/// the text it would have been asked about ([`crate::query::ParsedQuery::rerank_text`]), and
+/// each result the click model labels, with whether it was clicked and its weight. Nothing for a
+/// search that does not parse or has no text.
+pub fn reranker_pairs(
+    entry: &SearchLogEntry,
+    propensities: &Propensities,
+) -> Option<(String, Vec<LabelledPhoto>)> {
+    let text = crate::query::parse(&entry.search.text).ok()?.rerank_text();
+    if text.is_empty() {
+        return None;
+    }
+    let shown: Vec<(u32, bool)> = entry
+        .results
+        .iter()
+        .map(|r| (r.result.rank, r.clicked))
+        .collect();
+    let pairs = click_labels(&shown, propensities)
+        .into_iter()
+        .map(|(index, weight)| {
+            let result = &entry.results[index];
+            LabelledPhoto {
+                photo: result.result.photo_id,
+                clicked: result.clicked,
+                weight: weight as f32,
+            }
+        })
+        .collect();
+    Some((text, pairs))
+}
+
+/// A shown photo as the click model labels it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LabelledPhoto {
+    /// The photo.
+    pub photo: PhotoId,
+    /// Whether it was clicked (else it was passed over).
+    pub clicked: bool,
+    /// How much it counts: `1/p_rank` for a click, 1 for a photo passed over.
+    pub weight: f32,
 }
 
 /// Every search's training triples (see [`ClickedSearch::triples`]).
@@ -191,6 +245,45 @@ impl SplitMix {
 mod tests {
     use super::simulation::World;
     use super::*;
+
+    #[test]
+    fn a_logged_search_becomes_reranker_pairs_under_the_click_model() {
+        use crate::search::{LoggedResult, LoggedResultWithClick, LoggedSearch, QueryId};
+        let photo = |n: u8| format!("{n:016x}").parse::<PhotoId>().unwrap();
+        let result = |rank: u32, clicked: bool| LoggedResultWithClick {
+            result: LoggedResult {
+                rank,
+                photo_id: photo(rank as u8),
+                score: 1.0,
+                rerank_probability: None,
+            },
+            clicked,
+            clicked_at: clicked.then_some(1),
+        };
+        let entry = SearchLogEntry {
+            search: LoggedSearch {
+                query_id: QueryId::random(),
+                text: "kids on a red sled -snow album:Winter".to_owned(),
+                parsed: String::new(),
+                encoder: "clip:test/pairs@1".parse().unwrap(),
+                timings: Default::default(),
+                rerank_fallback: None,
+                adapter_version: None,
+                swapped_with: None,
+            },
+            created_at: 0,
+            results: vec![result(1, false), result(2, true), result(3, false)],
+        };
+        let propensities = Propensities::uniform();
+        let (text, pairs) = reranker_pairs(&entry, &propensities).unwrap();
+        // What the reranker was asked: the positive text, without the negation or the filter.
+        assert_eq!(text, "kids on a red sled");
+        // Rank 1 was passed over (a negative), rank 2 clicked, rank 3 below the last click.
+        assert_eq!(pairs.len(), 2);
+        assert_eq!((pairs[0].photo, pairs[0].clicked), (photo(1), false));
+        assert_eq!((pairs[1].photo, pairs[1].clicked), (photo(2), true));
+        assert!((pairs[1].weight - 1.0 / propensities.at(2) as f32).abs() < 1e-6);
+    }
 
     #[test]
     fn fifty_steps_halve_the_loss_and_move_clicked_images_up() {

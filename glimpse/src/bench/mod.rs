@@ -8,6 +8,7 @@ pub mod ann;
 pub mod index;
 pub mod learner;
 pub mod pool;
+pub mod rerank;
 pub mod serve;
 
 use std::collections::{BTreeMap, HashMap};

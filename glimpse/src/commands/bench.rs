@@ -206,6 +206,32 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The vision-language reranker: latency of one search's candidates, training pairs per
+    /// second, and the FLOPs of the same search on Qwen2-VL-2B with its estimated GPU latency.
+    Rerank {
+        /// A Qwen2-VL checkpoint: a directory (e.g. tests/reference/checkpoints/qwen2-vl-tiny)
+        /// or a Hub repository id (e.g. Qwen/Qwen2-VL-2B-Instruct, downloaded on first use).
+        #[arg(long)]
+        model: String,
+        /// Candidates per search.
+        #[arg(long, default_value_t = 10)]
+        candidates: usize,
+        /// Pixels per candidate at inference, in 28 × 28 tokens.
+        #[arg(long, default_value_t = 144)]
+        image_tokens: usize,
+        /// Pixels per photo in training, in 28 × 28 tokens.
+        #[arg(long, default_value_t = 256)]
+        train_image_tokens: usize,
+        /// Searches timed (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Training steps of 8 pairs timed.
+        #[arg(long, default_value_t = 5)]
+        train_steps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Text latency and end-to-end image throughput of the encoder.
     Encode {
         #[command(flatten)]
@@ -389,6 +415,25 @@ pub fn run(
                 &bench::index::run(&options).map_err(anyhow::Error::msg)?,
                 json,
             )
+        }
+        BenchCommand::Rerank {
+            model,
+            candidates,
+            image_tokens,
+            train_image_tokens,
+            rounds,
+            train_steps,
+            json,
+        } => {
+            let directory = glimpse_worker::hub::resolve_reranker(&model)?;
+            let options = bench::rerank::RerankBenchOptions {
+                candidates,
+                image_tokens,
+                train_image_tokens,
+                rounds,
+                train_steps,
+            };
+            print_report(&bench::rerank::run(&directory, &options)?, json)
         }
         BenchCommand::Learner { rounds, json } => {
             print_report(&bench::learner::learner(rounds), json)

@@ -10,18 +10,22 @@ pub mod retry;
 pub mod search;
 pub mod serve;
 pub mod status;
+pub mod train;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use glimpse::embedded::{Engine, OpenOptions};
 use glimpse::memory::MemoryBudget;
-use glimpse_worker::adapters::QdrantSettings;
+use glimpse_core::ports::{BlobStore, Reranker};
 use glimpse_worker::adapters::postgres::PostgresCatalog;
+use glimpse_worker::adapters::{QdrantSettings, VisionReranker};
 use glimpse_worker::encoder::{ClipEncoder, Precision};
 use glimpse_worker::hub;
+use glimpse_worker::reranker::{VlmReranker, VlmSettings};
 use glimpse_worker::worker::settings::WorkerSettings;
 
 #[derive(Args, Clone)]
@@ -147,4 +151,32 @@ pub async fn connect_pool(config: &Path) -> Result<(PostgresCatalog, QdrantSetti
     .await
     .context("cannot open the catalog database ([database] url)")?;
     Ok((catalog, backends.qdrant))
+}
+
+/// The vision-language reranker of `spec` (a directory or a Hub repository id, downloaded on
+/// first use), with the LoRA adapter in `adapter` (PEFT layout) if one is given, over the photos
+/// of `blobs`.
+pub async fn load_vision_reranker(
+    spec: &str,
+    adapter: Option<&Path>,
+    settings: VlmSettings,
+    blobs: Arc<dyn BlobStore>,
+) -> Result<Arc<dyn Reranker>> {
+    let owned = spec.to_owned();
+    let (candidates, tokens) = (settings.max_candidates, settings.image_tokens);
+    let model = tokio::task::spawn_blocking(move || -> Result<VlmReranker> {
+        let directory = hub::resolve_reranker(&owned)?;
+        Ok(VlmReranker::load(&directory, settings)?)
+    })
+    .await??;
+    let mut reranker = VisionReranker::new(model, blobs);
+    if let Some(dir) = adapter {
+        reranker = reranker.with_adapter(dir)?;
+    }
+    println!(
+        "Reranking the first {candidates} results of each search with {spec} ({tokens} image \
+         tokens per photo{})",
+        adapter.map_or_else(String::new, |dir| format!(", adapter {}", dir.display()))
+    );
+    Ok(Arc::new(reranker))
 }

@@ -11,8 +11,12 @@ use glimpse::embedded;
 use glimpse::server::{self, ServerConfig, Stats};
 use glimpse_core::flows;
 use glimpse_core::learning::LearningSettings;
+use glimpse_core::ports::{BlobStore, Reranker};
+use glimpse_worker::reranker::VlmSettings;
 
-use super::{DataDirArgs, MemoryArgs, ModelArgs, open_engine, shutdown_signal};
+use super::{
+    DataDirArgs, MemoryArgs, ModelArgs, load_vision_reranker, open_engine, shutdown_signal,
+};
 
 /// How long a stopping server waits for the indexing round in progress to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -73,6 +77,62 @@ pub struct ServeArgs {
     pub memory: MemoryArgs,
     #[command(flatten)]
     pub learning: LearningArgs,
+    #[command(flatten)]
+    pub reranking: RerankingArgs,
+}
+
+/// What reorders the first results of a search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RerankerChoice {
+    /// Retrieval order (with the learned query adapter): fast, on any machine.
+    None,
+    /// Qwen2-VL looks at each of the first results: tens of milliseconds per search on a
+    /// datacentre GPU, minutes with the 2B model on two CPU cores.
+    Vlm,
+}
+
+/// The second stage of a search.
+#[derive(Args)]
+pub struct RerankingArgs {
+    /// The reranker of the first results.
+    #[arg(long, env = "GLIMPSE__RERANKER", value_enum, default_value_t = RerankerChoice::None)]
+    pub reranker: RerankerChoice,
+    /// The vision-language reranker's model: a directory or a Hub repository id (downloaded on
+    /// first use).
+    #[arg(long, env = "GLIMPSE__RERANKER_MODEL", default_value = glimpse_worker::hub::DEFAULT_RERANKER)]
+    pub reranker_model: String,
+    /// A LoRA adapter for the vision-language reranker (a PEFT directory, from `glimpse train` or
+    /// PEFT).
+    #[arg(long, env = "GLIMPSE__RERANKER_ADAPTER")]
+    pub reranker_adapter: Option<PathBuf>,
+    /// The most results the vision-language reranker looks at per search.
+    #[arg(long, env = "GLIMPSE__RERANK_CANDIDATES", default_value_t = VlmSettings::default().max_candidates)]
+    pub rerank_candidates: usize,
+    /// Pixels per photo for the vision-language reranker, in 28 × 28 tokens.
+    #[arg(long, env = "GLIMPSE__RERANK_IMAGE_TOKENS", default_value_t = VlmSettings::default().image_tokens)]
+    pub rerank_image_tokens: usize,
+}
+
+impl RerankingArgs {
+    /// The reranker over `blobs`, loaded (and downloaded on first use); `None` for retrieval
+    /// order.
+    async fn load(&self, blobs: Arc<dyn BlobStore>) -> Result<Option<Arc<dyn Reranker>>> {
+        if self.reranker == RerankerChoice::None {
+            return Ok(None);
+        }
+        let settings = VlmSettings {
+            max_candidates: self.rerank_candidates,
+            image_tokens: self.rerank_image_tokens,
+        };
+        load_vision_reranker(
+            &self.reranker_model,
+            self.reranker_adapter.as_deref(),
+            settings,
+            blobs,
+        )
+        .await
+        .map(Some)
+    }
 }
 
 /// Learning from clicks.
@@ -173,16 +233,18 @@ pub fn write_token(data_dir: &Path, configured: Option<String>) -> Result<String
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let learning = args.learning.settings()?;
-    let engine = Arc::new(
-        open_engine(
-            &args.data,
-            args.library,
-            args.model,
-            args.memory.memory_budget,
-        )
-        .await?
-        .with_learning(learning),
-    );
+    let mut engine = open_engine(
+        &args.data,
+        args.library,
+        args.model,
+        args.memory.memory_budget,
+    )
+    .await?
+    .with_learning(learning);
+    if let Some(reranker) = args.reranking.load(engine.blobs.clone()).await? {
+        engine = engine.with_reranker(reranker);
+    }
+    let engine = Arc::new(engine);
     args.memory.apply(&engine);
     let token = write_token(engine.data_dir(), args.token)?;
     // Listening first: the page and the API answer while the library is scanned and indexed.

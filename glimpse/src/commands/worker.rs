@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_core::flows::RetrievalOrder;
-use glimpse_core::ports::TextEmbedder;
+use glimpse_core::ports::{Reranker, TextEmbedder};
 use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore};
 use glimpse_worker::encoder::ImageTextEncoder;
 use glimpse_worker::worker::WorkerApi;
 use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, ConsumerStats};
-use glimpse_worker::worker::settings::{Backends, WorkerSettings};
+use glimpse_worker::worker::settings::{Backends, RerankerSection, WorkerSettings};
 
-use super::{load_encoder, shutdown_signal};
+use super::{load_encoder, load_vision_reranker, shutdown_signal};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -52,9 +52,13 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
             None
         }
     };
+    let reranker = match &settings.reranker {
+        Some(section) => load_reranker(section, &settings).await?,
+        None => Arc::new(RetrievalOrder),
+    };
     let app = glimpse_worker::worker::router(WorkerApi {
         encoder,
-        reranker: Arc::new(RetrievalOrder),
+        reranker,
         token: settings.token().to_owned(),
         max_body_bytes: settings.worker.max_request_mb.max(1) * 1024 * 1024,
         consumer: consumer.as_ref().map(|(stats, _)| Arc::clone(stats)),
@@ -75,6 +79,24 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         running.await?;
     }
     Ok(())
+}
+
+/// Loads the vision-language reranker (downloading it on first use) over the photos in `[s3]`.
+async fn load_reranker(
+    section: &RerankerSection,
+    settings: &WorkerSettings,
+) -> Result<Arc<dyn Reranker>> {
+    let storage = settings
+        .storage()
+        .context("[reranker] reads the candidate photos from [s3]")?;
+    let blobs = Arc::new(S3BlobStore::new(&storage));
+    load_vision_reranker(
+        &section.model,
+        section.adapter.as_deref(),
+        section.vlm_settings(),
+        blobs,
+    )
+    .await
 }
 
 /// Connects the managed backends and starts the job consumer; returns its counters and task.

@@ -377,7 +377,7 @@ pub(super) async fn scan(
             Settled::NoFileLeft(photo) => {
                 match flows::delete_photo(
                     &engine.catalog,
-                    &engine.blobs,
+                    &*engine.blobs,
                     &engine.index,
                     photo.id,
                     true,

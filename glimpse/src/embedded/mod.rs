@@ -15,7 +15,7 @@ use glimpse_core::flows::{
     self, FlowError, IndexRound, Ports, Reconciliation, RetrievalOrder, RetryPolicy,
 };
 use glimpse_core::learning::{AdapterVersion, ExplorationSettings, LearningSettings};
-use glimpse_core::ports::{Catalog, PortError, Requeue, VectorIndex};
+use glimpse_core::ports::{Catalog, PortError, Requeue, Reranker, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_core::{CachedTextEmbedder, EncoderId};
 use serde::{Deserialize, Serialize};
@@ -113,13 +113,13 @@ pub struct Engine {
     settings: Settings,
     /// The catalog.
     pub catalog: SqliteCatalog,
-    /// Originals (library in place, uploads in the data directory).
-    pub blobs: LocalBlobStore,
+    /// Originals (library in place, uploads in the data directory) and thumbnails.
+    pub blobs: Arc<LocalBlobStore>,
     /// The vector index.
     pub index: LocalIndex,
     /// The encoder.
     pub encoder: LocalEncoder,
-    reranker: RetrievalOrder,
+    reranker: Arc<dyn Reranker>,
     policy: RetryPolicy,
     last_scan: Mutex<Option<ScanReport>>,
     /// Held while a library scan runs: scans never overlap.
@@ -227,7 +227,10 @@ impl Engine {
         let catalog_path = data_dir.join("catalog.sqlite3");
         let catalog = SqliteCatalog::open(&catalog_path)?;
         restrict_to_owner(&catalog_path, false)?;
-        let blobs = LocalBlobStore::open(&data_dir.join("blobs"), settings.library.as_deref())?;
+        let blobs = Arc::new(LocalBlobStore::open(
+            &data_dir.join("blobs"),
+            settings.library.as_deref(),
+        )?);
         restrict_to_owner(&data_dir.join("blobs"), true)?;
         // The model is remembered before the index changes for it, so a crash during a rebuild
         // is finished by the next start with the same model.
@@ -251,7 +254,7 @@ impl Engine {
             blobs,
             index,
             encoder,
-            reranker: RetrievalOrder,
+            reranker: Arc::new(RetrievalOrder),
             policy: RetryPolicy::default(),
             last_scan: Mutex::new(None),
             scanning: tokio::sync::Mutex::new(()),
@@ -304,13 +307,19 @@ impl Engine {
         Ok(record)
     }
 
+    /// Reranks the first results of every search with `reranker` (retrieval order by default).
+    pub fn with_reranker(mut self, reranker: Arc<dyn Reranker>) -> Self {
+        self.reranker = reranker;
+        self
+    }
+
     /// The adapters, for core's flows, with the active query adapter.
     pub fn ports<'a>(&'a self, adapter: Option<&'a AdapterVersion>) -> Ports<'a> {
         Ports {
             catalog: &self.catalog,
             index: &self.index,
             text: &self.encoder,
-            reranker: &self.reranker,
+            reranker: &*self.reranker,
             adapter,
             exploration: self
                 .learning
@@ -340,7 +349,7 @@ impl Engine {
     pub async fn index_round(&self) -> Result<IndexRound, FlowError> {
         flows::index_round(
             &self.catalog,
-            &self.blobs,
+            &*self.blobs,
             &self.encoder,
             &self.index,
             INDEX_BATCH,

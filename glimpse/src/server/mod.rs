@@ -402,7 +402,7 @@ impl Shape for AppState {
     }
 
     async fn blobs(&self) -> Result<&dyn BlobStore, api::ApiError> {
-        Ok(&self.engine.blobs)
+        Ok(&*self.engine.blobs)
     }
 
     async fn index(&self) -> Result<&dyn VectorIndex, api::ApiError> {

@@ -69,6 +69,17 @@ pub fn serve_fixtures(extra: &[&str]) -> (tempfile::TempDir, Server) {
     (scratch, server)
 }
 
+/// Runs `glimpse train` with the tiny Qwen2-VL checkpoint of the parity tests and `args`.
+pub fn train_reranker<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .arg("train")
+        .arg("--reranker-model")
+        .arg(reference().join("checkpoints/qwen2-vl-tiny"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn fixture_count() -> usize {
     std::fs::read_dir(reference().join("images"))
         .unwrap()

@@ -47,7 +47,7 @@ impl LocalEncoder {
     }
 }
 
-fn port_error(error: EncoderError) -> PortError {
+pub(crate) fn port_error(error: EncoderError) -> PortError {
     match error {
         EncoderError::BadImage(message) => PortError::Rejected(message),
         EncoderError::Unavailable(message) => PortError::Unavailable(message),
@@ -57,7 +57,7 @@ fn port_error(error: EncoderError) -> PortError {
     }
 }
 
-fn join_error(error: tokio::task::JoinError) -> PortError {
+pub(crate) fn join_error(error: tokio::task::JoinError) -> PortError {
     PortError::Internal(format!("the encoder thread failed: {error}"))
 }
 

@@ -124,7 +124,7 @@ impl Precision {
 /// Where the model runs and in what: the first CUDA GPU when built with the `cuda` feature and
 /// one is usable (bf16, or f32 at [`Precision::F32`]), else the CPU, whose weights are f32 as
 /// loaded (and packed per [`Precision::linear_weights`]).
-fn compute_device(precision: Precision) -> (Device, DType) {
+pub(crate) fn compute_device(precision: Precision) -> (Device, DType) {
     #[cfg(feature = "cuda")]
     match Device::new_cuda(0) {
         Ok(device) if precision == Precision::F32 => return (device, DType::F32),

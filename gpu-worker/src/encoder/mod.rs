@@ -5,6 +5,7 @@ pub mod decode_budget;
 mod image;
 mod text;
 
+pub(crate) use self::clip::compute_device;
 pub use self::clip::{ClipEncoder, Precision};
 pub use self::image::{
     ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec,

@@ -4,3 +4,4 @@
 pub(crate) mod bf16;
 pub mod clip;
 mod kernels;
+pub mod qwen2_vl;

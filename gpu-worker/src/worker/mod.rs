@@ -56,6 +56,8 @@ struct WorkerState {
     token: String,
     consumer: Option<Arc<ConsumerStats>>,
     reranked: AtomicU64,
+    rerank_failures: AtomicU64,
+    rerank_micros: AtomicU64,
     texts: AtomicU64,
     images: AtomicU64,
     image_errors: AtomicU64,
@@ -73,6 +75,8 @@ pub fn router(api: WorkerApi) -> Router {
         token: api.token,
         consumer: api.consumer,
         reranked: AtomicU64::new(0),
+        rerank_failures: AtomicU64::new(0),
+        rerank_micros: AtomicU64::new(0),
         texts: AtomicU64::new(0),
         images: AtomicU64::new(0),
         image_errors: AtomicU64::new(0),
@@ -224,10 +228,16 @@ async fn rerank(
             "the query is longer than {MAX_TEXT_BYTES} bytes"
         )));
     }
-    let probabilities = state
+    let started = std::time::Instant::now();
+    let outcome = state
         .reranker
         .rerank(&request.query, &request.candidates)
-        .await?;
+        .await;
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    state.rerank_micros.fetch_add(micros, Ordering::Relaxed);
+    let probabilities = outcome.inspect_err(|_| {
+        state.rerank_failures.fetch_add(1, Ordering::Relaxed);
+    })?;
     state.reranked.fetch_add(1, Ordering::Relaxed);
     Ok(Json(json!({
         "reranker": state.reranker.name(),
@@ -267,6 +277,17 @@ async fn metrics(State(state): Shared) -> Response {
             "glimpse_worker_rerank_requests_total",
             "Rerank requests answered.",
             &state.reranked,
+        ),
+        (
+            "glimpse_worker_rerank_failures_total",
+            "Rerank requests the reranker failed (the edge then keeps retrieval order).",
+            &state.rerank_failures,
+        ),
+        (
+            "glimpse_worker_rerank_microseconds_total",
+            "Time spent reranking, answered or failed: over the two counters above, the mean \
+             latency.",
+            &state.rerank_micros,
         ),
         (
             "glimpse_worker_refused_requests_total",

@@ -16,11 +16,20 @@ use serde::Deserialize;
 use crate::adapters::{QdrantSettings, S3Settings};
 use crate::encoder::Precision;
 use crate::hub;
+use crate::reranker::VlmSettings;
 use crate::worker::consumer::Housekeeping;
 
 /// The top-level keys the worker reads; other `GLIMPSE__…` variables (those of `glimpse serve`)
 /// are left alone.
-const SECTIONS: [&str; 6] = ["model", "precision", "worker", "database", "s3", "qdrant"];
+const SECTIONS: [&str; 7] = [
+    "model",
+    "precision",
+    "worker",
+    "database",
+    "s3",
+    "qdrant",
+    "reranker",
+];
 
 /// A value that must never be printed or logged.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -74,6 +83,51 @@ pub struct WorkerSettings {
     /// The vector index.
     #[serde(default)]
     pub qdrant: Option<QdrantSection>,
+    /// The vision-language reranker behind `POST /v1/rerank`; without it the pool keeps
+    /// retrieval order.
+    #[serde(default)]
+    pub reranker: Option<RerankerSection>,
+}
+
+/// `[reranker]`: Qwen2-VL scoring each candidate photo (read from `[s3]`) against the query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankerSection {
+    /// A Qwen2-VL checkpoint: a directory or a Hub repository id, optionally `@revision`
+    /// (default `Qwen/Qwen2-VL-2B-Instruct`).
+    #[serde(default = "default_reranker_model")]
+    pub model: String,
+    /// A LoRA adapter of the model in the PEFT layout (a directory), if any.
+    #[serde(default)]
+    pub adapter: Option<std::path::PathBuf>,
+    /// The most candidates scored per query (default 10); the rest keep retrieval order.
+    #[serde(default = "default_max_candidates")]
+    pub max_candidates: usize,
+    /// Pixels per candidate, in 28 × 28 tokens (default 144: a 336-pixel square).
+    #[serde(default = "default_image_tokens")]
+    pub image_tokens: usize,
+}
+
+fn default_reranker_model() -> String {
+    hub::DEFAULT_RERANKER.to_owned()
+}
+
+fn default_max_candidates() -> usize {
+    VlmSettings::default().max_candidates
+}
+
+fn default_image_tokens() -> usize {
+    VlmSettings::default().image_tokens
+}
+
+impl RerankerSection {
+    /// How the reranker runs.
+    pub fn vlm_settings(&self) -> VlmSettings {
+        VlmSettings {
+            max_candidates: self.max_candidates,
+            image_tokens: self.image_tokens,
+        }
+    }
 }
 
 fn default_model() -> String {
@@ -337,7 +391,24 @@ impl WorkerSettings {
             .filter(|(_, present)| !present)
             .map(|(name, _)| *name)
             .collect();
-        if !missing.is_empty() && missing.len() < configured.len() {
+        if let Some(reranker) = &self.reranker {
+            if self.s3.is_none() {
+                return Err(SettingsError(
+                    "[reranker] reads the candidate photos from storage: configure [s3] too \
+                     (e.g. GLIMPSE__S3__BUCKET)"
+                        .to_owned(),
+                ));
+            }
+            if reranker.max_candidates == 0 || reranker.image_tokens == 0 {
+                return Err(SettingsError(
+                    "reranker.max_candidates and reranker.image_tokens must be at least 1"
+                        .to_owned(),
+                ));
+            }
+        }
+        // [s3] alone serves the reranker's photos; the job consumer needs all three.
+        let reranker_storage_only = missing == ["database", "qdrant"] && self.reranker.is_some();
+        if !missing.is_empty() && missing.len() < configured.len() && !reranker_storage_only {
             return Err(SettingsError(format!(
                 "the job consumer needs [database], [s3] and [qdrant]; [{}] is missing (e.g. \
                  GLIMPSE__{}__…)",
@@ -375,24 +446,29 @@ impl WorkerSettings {
         }
     }
 
+    /// The object store holding the originals, where configured.
+    pub fn storage(&self) -> Option<S3Settings> {
+        self.s3.as_ref().map(|s3| S3Settings {
+            endpoint: s3.endpoint.clone(),
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.expose().to_owned(),
+            path_style: s3.path_style.unwrap_or(s3.endpoint.is_some()),
+            presign_expiry: Duration::from_secs(s3.presign_expiry_seconds.max(1)),
+        })
+    }
+
     /// The backends of the job consumer, or `None` when none is configured (the worker then
     /// serves its internal API only).
     pub fn backends(&self) -> Option<Backends<'_>> {
-        let (database, s3, qdrant) = match (&self.database, &self.s3, &self.qdrant) {
+        let (database, s3, qdrant) = match (&self.database, self.storage(), &self.qdrant) {
             (Some(database), Some(s3), Some(qdrant)) => (database, s3, qdrant),
             _ => return None,
         };
         Some(Backends {
             database,
-            s3: S3Settings {
-                endpoint: s3.endpoint.clone(),
-                bucket: s3.bucket.clone(),
-                region: s3.region.clone(),
-                access_key_id: s3.access_key_id.clone(),
-                secret_access_key: s3.secret_access_key.expose().to_owned(),
-                path_style: s3.path_style.unwrap_or(s3.endpoint.is_some()),
-                presign_expiry: Duration::from_secs(s3.presign_expiry_seconds.max(1)),
-            },
+            s3,
             qdrant: QdrantSettings {
                 url: qdrant.url.clone(),
                 api_key: qdrant.api_key.as_ref().map(|k| k.expose().to_owned()),
@@ -509,5 +585,33 @@ mod tests {
         assert!(!partial.contains("db-pa55word"));
         let no_file = WorkerSettings::load(Some(Path::new("/nonexistent/worker.toml")), env(&[]));
         assert!(no_file.unwrap_err().to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn the_reranker_needs_storage_and_nothing_else() {
+        let s3 = [
+            ("GLIMPSE__S3__BUCKET", "photos"),
+            ("GLIMPSE__S3__ACCESS_KEY_ID", "id"),
+            ("GLIMPSE__S3__SECRET_ACCESS_KEY", "secret"),
+        ];
+        let reranker = ("GLIMPSE__RERANKER__MAX_CANDIDATES", "5");
+        let with_storage = WorkerSettings::load(None, env(&[TOKEN, reranker, s3[0], s3[1], s3[2]]))
+            .expect("the reranker over storage alone");
+        let section = with_storage.reranker.as_ref().unwrap();
+        assert_eq!(section.model, hub::DEFAULT_RERANKER);
+        assert_eq!(section.vlm_settings().max_candidates, 5);
+        assert_eq!(section.vlm_settings().image_tokens, 144);
+        assert!(with_storage.backends().is_none());
+        let without = WorkerSettings::load(None, env(&[TOKEN, reranker]))
+            .unwrap_err()
+            .to_string();
+        assert!(without.contains("[s3]"), "{without}");
+        let storage_only = WorkerSettings::load(None, env(&[TOKEN, s3[0], s3[1], s3[2]]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            storage_only.contains("[database], [qdrant] is missing"),
+            "{storage_only}"
+        );
     }
 }

@@ -94,6 +94,11 @@ locals {
       qdrant_url               = var.qdrant_url
       qdrant_collection_prefix = var.qdrant_collection_prefix
     })] : [],
+    var.reranker_model != null ? [templatefile("${path.module}/templates/reranker.toml.tftpl", {
+      reranker_model          = var.reranker_model
+      reranker_max_candidates = var.reranker_max_candidates
+      reranker_image_tokens   = var.reranker_image_tokens
+    })] : [],
   ))
 
   worker_env = join("", concat(
@@ -126,6 +131,10 @@ resource "aws_secretsmanager_secret_version" "worker" {
         for value in [var.database_url, var.s3_bucket, var.s3_region, var.s3_access_key_id, var.s3_secret_access_key, var.qdrant_url, var.qdrant_api_key] : value != null
       ])
       error_message = "A pool that consumes jobs needs database_url, s3_bucket, s3_region, s3_access_key_id, s3_secret_access_key, qdrant_url and qdrant_api_key."
+    }
+    precondition {
+      condition     = var.reranker_model == null || var.consume_jobs
+      error_message = "The reranker reads the photos from the bucket: set consume_jobs (and its backends) with reranker_model."
     }
   }
 }

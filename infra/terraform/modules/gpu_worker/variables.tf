@@ -73,6 +73,24 @@ variable "max_size" {
   }
 }
 
+variable "reranker_model" {
+  description = "The vision-language reranker the workers serve at /v1/rerank (a Qwen2-VL Hub repository id such as Qwen/Qwen2-VL-2B-Instruct, optionally @revision); null keeps retrieval order. Needs consume_jobs (it reads the photos from the bucket)."
+  type        = string
+  default     = null
+}
+
+variable "reranker_max_candidates" {
+  description = "The most results the reranker looks at per search; the rest keep retrieval order."
+  type        = number
+  default     = 10
+}
+
+variable "reranker_image_tokens" {
+  description = "Pixels per photo for the reranker, in 28 x 28 tokens (144: a 336-pixel square)."
+  type        = number
+  default     = 144
+}
+
 variable "consume_jobs" {
   description = "Whether the workers index uploads (the feature-job consumer, with the database, bucket and index). A worker that only answers query text for the edge sets this false."
   type        = bool
