@@ -130,6 +130,34 @@ pub const MIGRATIONS: &[&[&str]] = &[
     // What ranked each search (the query adapter learned from clicks) and exploration swaps.
     &["ALTER TABLE searches ADD COLUMN adapter_version INTEGER, \
          ADD COLUMN swapped_with INTEGER"],
+    // Learning from clicks in the pool: adapter versions (the vision-language reranker's files
+    // are in storage) and one training lease per learner.
+    &[
+        "CREATE TABLE query_adapters (
+            encoder    TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            adapter    TEXT NOT NULL,
+            evaluation TEXT NOT NULL,
+            trained_at BIGINT NOT NULL,
+            PRIMARY KEY (encoder, version)
+        )",
+        "CREATE TABLE reranker_adapters (
+            model      TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            blobs      TEXT NOT NULL,
+            evaluation TEXT NOT NULL,
+            trained_at BIGINT NOT NULL,
+            PRIMARY KEY (model, version)
+        )",
+        "CREATE TABLE training_leases (
+            learner     TEXT PRIMARY KEY,
+            holder      TEXT,
+            lease_until BIGINT NOT NULL,
+            started_at  BIGINT NOT NULL,
+            clicks      BIGINT NOT NULL
+        )",
+        "CREATE INDEX search_results_clicked ON search_results (query_id) WHERE clicked",
+    ],
 ];
 
 /// The schema version this build migrates to.
@@ -179,7 +207,7 @@ pub enum Param {
     Texts(Vec<Option<String>>),
 }
 
-fn text(value: impl Into<String>) -> Param {
+pub(crate) fn text(value: impl Into<String>) -> Param {
     Param::Text(Some(value.into()))
 }
 
@@ -214,7 +242,7 @@ pub struct Statement {
 }
 
 impl Statement {
-    fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
+    pub(crate) fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
         Self {
             sql: sql.into(),
             params,
@@ -232,23 +260,23 @@ pub trait SqlConnection: MaybeSendSync {
     async fn atomically(&self, statements: &[Statement]) -> Result<(), PortError>;
 }
 
-fn corrupt(what: &str) -> PortError {
+pub(crate) fn corrupt(what: &str) -> PortError {
     PortError::Internal(format!("catalog database holds an unexpected {what}"))
 }
 
 /// Typed reads of a row's cells; a cell of another type is corrupt state.
-struct Cells<'a>(&'a [Cell]);
+pub(crate) struct Cells<'a>(pub(crate) &'a [Cell]);
 
 impl Cells<'_> {
     fn cell(&self, i: usize) -> Result<&Cell, PortError> {
         self.0.get(i).ok_or_else(|| corrupt("row width"))
     }
 
-    fn i64(&self, i: usize) -> Result<i64, PortError> {
+    pub(crate) fn i64(&self, i: usize) -> Result<i64, PortError> {
         self.opt_i64(i)?.ok_or_else(|| corrupt("NULL"))
     }
 
-    fn opt_i64(&self, i: usize) -> Result<Option<i64>, PortError> {
+    pub(crate) fn opt_i64(&self, i: usize) -> Result<Option<i64>, PortError> {
         match self.cell(i)? {
             Cell::Null => Ok(None),
             Cell::I64(v) => Ok(Some(*v)),
@@ -257,7 +285,7 @@ impl Cells<'_> {
         }
     }
 
-    fn i32(&self, i: usize) -> Result<i32, PortError> {
+    pub(crate) fn i32(&self, i: usize) -> Result<i32, PortError> {
         match self.cell(i)? {
             Cell::I32(v) => Ok(*v),
             _ => Err(corrupt("integer")),
@@ -277,11 +305,11 @@ impl Cells<'_> {
         }
     }
 
-    fn text(&self, i: usize) -> Result<String, PortError> {
+    pub(crate) fn text(&self, i: usize) -> Result<String, PortError> {
         self.opt_text(i)?.ok_or_else(|| corrupt("NULL"))
     }
 
-    fn opt_text(&self, i: usize) -> Result<Option<String>, PortError> {
+    pub(crate) fn opt_text(&self, i: usize) -> Result<Option<String>, PortError> {
         match self.cell(i)? {
             Cell::Null => Ok(None),
             Cell::Text(v) => Ok(Some(v.clone())),

@@ -4,6 +4,8 @@
 //! - [`catalog_sql`]: the catalog's Postgres schema, its migrations and every statement, with the
 //!   encoding of rows and parameters (the worker's tokio-postgres adapter and the edge's Spin
 //!   Postgres adapter both run these);
+//! - [`learning_sql`]: learning from clicks in the same database (the catalog as core's
+//!   `LearningStore`);
 //! - [`qdrant`]: how an encoder's vectors are laid out in Qdrant (gRPC in the worker, REST at the
 //!   edge);
 //! - [`api`]: the public API's errors — status, stable code and message for every flow error.
@@ -12,4 +14,5 @@
 
 pub mod api;
 pub mod catalog_sql;
+pub mod learning_sql;
 pub mod qdrant;

@@ -8,15 +8,19 @@
 use std::time::Duration;
 
 use crate::browse::BrowseCursor;
-use crate::learning::{Evaluation, QueryAdapter, SwapCounts};
+use crate::learning::{
+    AdapterFiles, Evaluation, Learner, LearningSettings, QueryAdapter, RerankerExample,
+    RerankerLoop, RerankerTraining, SwapCounts, TrainedAdapter, TrainingOutcome,
+    follow_active_reranker_adapter, reranker_adapter_files, retrain_reranker,
+};
 use crate::photo::{
     Facets, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId, PhotoStatus, StagedUpload,
     UploadId,
 };
 use crate::ports::{
-    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, LearningStore,
-    QueryEmbeddingCache, Requeue, RerankCandidate, Reranker, SearchFilter, TextEmbedder,
-    VectorIndex,
+    BlobStore, Catalog, ImageEmbedder, IndexedPhoto, JobOutcome, LearningStore, PortError,
+    QueryEmbeddingCache, Requeue, RerankCandidate, Reranker, RerankerLearner, SearchFilter,
+    TextEmbedder, VectorIndex,
 };
 use crate::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
 use crate::{Embedding, EncoderId};
@@ -902,20 +906,85 @@ pub async fn learning_store_suite(catalog: &dyn Catalog, store: &dyn LearningSto
     assert!(clicked.iter().all(|e| e.results.iter().any(|r| r.clicked)));
     assert_eq!(store.clicked_searches(&encoder, 1).await.unwrap().len(), 1);
 
-    // One training run at a time; a lease that ran out can be taken over.
-    assert_eq!(store.clicks_at_last_training().await.unwrap(), None);
+    // One training run at a time per learner; a lease that ran out can be taken over.
+    let (query, vlm) = (Learner::QueryAdapter, Learner::Reranker);
+    assert_eq!(store.clicks_at_last_training(query).await.unwrap(), None);
     let minute = Duration::from_secs(60);
-    assert!(store.claim_training("a", minute).await.unwrap());
-    assert!(!store.claim_training("b", minute).await.unwrap());
-    store.release_training("b").await.unwrap();
-    assert!(!store.claim_training("b", minute).await.unwrap());
-    store.release_training("a").await.unwrap();
-    assert!(store.claim_training("b", minute).await.unwrap());
-    store.release_training("b").await.unwrap();
-    assert!(store.claim_training("a", Duration::ZERO).await.unwrap());
-    assert!(store.claim_training("b", minute).await.unwrap());
-    store.release_training("b").await.unwrap();
-    assert_eq!(store.clicks_at_last_training().await.unwrap(), Some(4));
+    assert!(store.claim_training(query, "a", minute).await.unwrap());
+    assert!(!store.claim_training(query, "b", minute).await.unwrap());
+    store.release_training(query, "b").await.unwrap();
+    assert!(!store.claim_training(query, "b", minute).await.unwrap());
+    assert!(
+        store.claim_training(vlm, "b", minute).await.unwrap(),
+        "each learner has its own lease"
+    );
+    store.release_training(vlm, "b").await.unwrap();
+    store.release_training(query, "a").await.unwrap();
+    assert!(store.claim_training(query, "b", minute).await.unwrap());
+    store.release_training(query, "b").await.unwrap();
+    assert!(
+        store
+            .claim_training(query, "a", Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(store.claim_training(query, "b", minute).await.unwrap());
+    store.release_training(query, "b").await.unwrap();
+    assert_eq!(store.clicks_at_last_training(query).await.unwrap(), Some(4));
+    assert_eq!(store.clicks_at_last_training(vlm).await.unwrap(), Some(4));
+
+    // Reranker adapters: versions count up per model, the newest recorded is active, any can be
+    // activated again, and none is the model alone.
+    let (model, another) = ("Qwen/Qwen2-VL-2B-Instruct", "/models/qwen2-vl-tiny");
+    assert_eq!(store.active_reranker_adapter(model).await.unwrap(), None);
+    let first = store
+        .store_reranker_adapter(model, "reranker-adapters/a/1", &Evaluation::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.version, first.blobs.as_str()),
+        (1, "reranker-adapters/a/1")
+    );
+    let second = store
+        .store_reranker_adapter(model, "reranker-adapters/a/2", &Evaluation::default(), 20)
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let elsewhere = store
+        .store_reranker_adapter(another, "reranker-adapters/b/1", &Evaluation::default(), 30)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.version, 1);
+    assert_eq!(
+        store.active_reranker_adapter(model).await.unwrap(),
+        Some(second.clone())
+    );
+    assert!(
+        store
+            .activate_reranker_adapter(model, Some(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.active_reranker_adapter(model).await.unwrap(),
+        Some(first.clone())
+    );
+    assert!(
+        !store
+            .activate_reranker_adapter(model, Some(7))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.reranker_adapter_versions(model).await.unwrap(),
+        vec![second, first]
+    );
+    assert!(store.activate_reranker_adapter(model, None).await.unwrap());
+    assert_eq!(store.active_reranker_adapter(model).await.unwrap(), None);
+    assert_eq!(
+        store.active_reranker_adapter(another).await.unwrap(),
+        Some(elsewhere)
+    );
 
     // Versions count up per encoder; the newest stored is active; any can be activated again.
     assert_eq!(store.active_adapter(&encoder).await.unwrap(), None);
@@ -968,4 +1037,214 @@ pub async fn learning_store_suite(catalog: &dyn Catalog, store: &dyn LearningSto
         store.active_adapter(&other).await.unwrap().unwrap().version,
         1
     );
+}
+
+/// A reranker learner with scripted scores: its new adapters rank the held-out clicked photos
+/// first (`better`) or last, and the active one does the opposite. It records what it trained on
+/// and which adapters it was asked to put on.
+#[derive(Default)]
+pub struct ScriptedLearner {
+    pub better: std::sync::atomic::AtomicBool,
+    pub trained_on: std::sync::Mutex<Vec<RerankerExample>>,
+    pub used: std::sync::Mutex<Vec<Option<(u32, AdapterFiles)>>>,
+}
+
+impl ScriptedLearner {
+    const MODEL: &'static str = "test/scripted-vlm";
+
+    fn files(marker: u8) -> AdapterFiles {
+        AdapterFiles(
+            [
+                ("adapter_config.json".to_owned(), b"{\"r\": 8}".to_vec()),
+                ("adapter_model.safetensors".to_owned(), vec![marker; 16]),
+            ]
+            .into(),
+        )
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl RerankerLearner for ScriptedLearner {
+    fn model(&self) -> &str {
+        Self::MODEL
+    }
+
+    async fn train(
+        &self,
+        training: &[RerankerExample],
+        held_out: &[RerankerExample],
+        _active: Option<&AdapterFiles>,
+        _settings: &RerankerTraining,
+    ) -> Result<TrainedAdapter, PortError> {
+        self.trained_on.lock().unwrap().extend_from_slice(training);
+        let better = self.better.load(std::sync::atomic::Ordering::SeqCst);
+        let score = |relevant: bool, good: bool| if relevant == good { 0.9 } else { 0.1 };
+        Ok(TrainedAdapter {
+            files: Self::files(u8::from(better)),
+            held_out: held_out.iter().map(|e| score(e.relevant, better)).collect(),
+            held_out_before: held_out
+                .iter()
+                .map(|e| score(e.relevant, !better))
+                .collect(),
+        })
+    }
+
+    async fn use_adapter(&self, adapter: Option<(u32, &AdapterFiles)>) -> Result<(), PortError> {
+        self.used
+            .lock()
+            .unwrap()
+            .push(adapter.map(|(version, files)| (version, files.clone())));
+        Ok(())
+    }
+}
+
+/// The reranker's learning loop over a store and a blob store (empty): what it trains on, the gate,
+/// where the adapters go, single flight, and following the active version.
+pub async fn reranker_loop_suite(
+    catalog: &dyn Catalog,
+    store: &dyn LearningStore,
+    blobs: &dyn BlobStore,
+) {
+    let encoder: EncoderId = "clip:test/reranker-loop@1".parse().unwrap();
+    catalog.register_encoder(&encoder, 4).await.unwrap();
+    let shown: Vec<Photo> = (60..66).map(|seed| photo(seed, None)).collect();
+    for (seed, p) in (60u8..).zip(&shown) {
+        catalog.add_photo(p).await.unwrap();
+        blobs
+            .put(&p.origin.blob_key(), vec![seed; 32])
+            .await
+            .unwrap();
+    }
+    let ids: Vec<PhotoId> = shown.iter().map(|p| p.id).collect();
+    // Ten searches for "sled": the fourth result clicked each time.
+    for _ in 0..10 {
+        let query_id = QueryId::random();
+        catalog
+            .log_search(&sled_search(query_id, &encoder, None, 1, &ids))
+            .await
+            .unwrap();
+        catalog.record_click(&query_id, 4).await.unwrap().unwrap();
+    }
+    let learner = ScriptedLearner::default();
+    learner
+        .better
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ports = RerankerLoop {
+        store,
+        catalog,
+        blobs,
+        learner: &learner,
+        encoder: &encoder,
+    };
+    let settings = LearningSettings {
+        min_searches: 5,
+        held_out_share: 0.3,
+        ..LearningSettings::default()
+    };
+    let too_many = LearningSettings {
+        min_searches: 11,
+        ..settings.clone()
+    };
+    assert!(matches!(
+        retrain_reranker(&ports, &too_many, "a", 100).await.unwrap(),
+        TrainingOutcome::NotEnoughClicks {
+            searches: 10,
+            needed: 11
+        }
+    ));
+
+    // Pairs under the click model, with the photos' bytes: the click a positive, the three shown
+    // above it negatives, nothing below it.
+    let shipped = retrain_reranker(&ports, &settings, "a", 200).await.unwrap();
+    let TrainingOutcome::Shipped { version, .. } = shipped else {
+        panic!("a better adapter ships: {shipped:?}");
+    };
+    assert_eq!(version, 1);
+    let trained_on = learner.trained_on.lock().unwrap().clone();
+    assert_eq!(
+        trained_on.len(),
+        7 * 4,
+        "seven training searches of four pairs"
+    );
+    assert!(trained_on.iter().all(|e| e.query == "sled"));
+    let clicked: Vec<&RerankerExample> = trained_on.iter().filter(|e| e.relevant).collect();
+    assert_eq!(clicked.len(), 7);
+    assert!(
+        clicked.iter().all(|e| *e.image == [63u8; 32]),
+        "the clicked photo's bytes"
+    );
+    let active = store
+        .active_reranker_adapter(ScriptedLearner::MODEL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.version, 1);
+    assert_eq!(active.trained_at, 200);
+    assert!(active.evaluation.trained.ndcg_at_10 > active.evaluation.previous.ndcg_at_10);
+    assert_eq!(
+        reranker_adapter_files(blobs, &active).await.unwrap(),
+        ScriptedLearner::files(1),
+        "the files are in the blob store"
+    );
+
+    // A process following the catalog puts it on once.
+    let held = follow_active_reranker_adapter(store, blobs, &learner, None)
+        .await
+        .unwrap();
+    assert_eq!(held.as_ref().map(|a| a.version), Some(1));
+    follow_active_reranker_adapter(store, blobs, &learner, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        *learner.used.lock().unwrap(),
+        vec![Some((1, ScriptedLearner::files(1)))]
+    );
+
+    // A worse adapter is not kept.
+    learner
+        .better
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let rejected = retrain_reranker(&ports, &settings, "a", 300).await.unwrap();
+    assert!(
+        matches!(rejected, TrainingOutcome::Rejected { .. }),
+        "{rejected:?}"
+    );
+    let versions = store
+        .reranker_adapter_versions(ScriptedLearner::MODEL)
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 1);
+
+    // One run at a time: another holder's lease makes a trigger return at once.
+    let lease = Duration::from_secs(60);
+    assert!(
+        store
+            .claim_training(Learner::Reranker, "elsewhere", lease)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        retrain_reranker(&ports, &settings, "a", 400).await.unwrap(),
+        TrainingOutcome::AlreadyRunning
+    );
+    store
+        .release_training(Learner::Reranker, "elsewhere")
+        .await
+        .unwrap();
+
+    // The model alone, chosen by hand, is followed too.
+    assert!(
+        store
+            .activate_reranker_adapter(ScriptedLearner::MODEL, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        follow_active_reranker_adapter(store, blobs, &learner, Some(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(learner.used.lock().unwrap().last(), Some(&None));
 }

@@ -903,7 +903,7 @@ pub async fn search(
     let reranker = ranked
         .iter()
         .any(|(_, _, probability)| probability.is_some())
-        .then(|| ports.reranker.name().to_owned());
+        .then(|| ports.reranker.name());
     let swapped_with = match request.offset {
         0 => ports
             .exploration
@@ -1113,8 +1113,8 @@ pub struct RetrievalOrder;
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl Reranker for RetrievalOrder {
-    fn name(&self) -> &str {
-        "retrieval-order"
+    fn name(&self) -> String {
+        "retrieval-order".to_owned()
     }
 
     async fn rerank(

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::browse::{AlbumSummary, BrowseCursor};
-use crate::learning::{AdapterVersion, Evaluation, QueryAdapter, SwapCounts};
+use crate::learning::{
+    AdapterFiles, AdapterVersion, Evaluation, Learner, QueryAdapter, RerankerAdapterVersion,
+    RerankerExample, RerankerTraining, SwapCounts, TrainedAdapter,
+};
 use crate::photo::{Facets, Photo, PhotoId, PhotoStatus, StagedUpload, UploadId};
 use crate::search::{QueryId, SearchLog, SearchLogEntry};
 use crate::{Embedding, EncoderId};
@@ -177,8 +180,9 @@ pub struct RerankCandidate {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Reranker: MaybeSendSync {
-    /// A short name for logs and metrics.
-    fn name(&self) -> &str;
+    /// A short name for logs, metrics and a search's `ranked_by` (it may change while the
+    /// reranker runs: with the adapter it uses).
+    fn name(&self) -> String;
     /// One probability per candidate, in the candidates' order: how likely it is to be what the
     /// query asks for (a model's calibrated relevance, or a softmax across the candidates for a
     /// reranker that only has retrieval scores). Higher ranks first; they need not sum to 1. A
@@ -394,14 +398,19 @@ pub trait LearningStore: MaybeSendSync {
     /// the rank their first result was swapped with: how many, and in how many the would-be first
     /// result (shown at that rank, or at rank 1 when not swapped) was clicked.
     async fn swap_counts(&self, encoder: &EncoderId) -> Result<Vec<SwapCounts>, PortError>;
-    /// Takes the training lease for `holder` until `lease` from now, unless another holder's
-    /// lease has not run out, and records the [`click_count`](Self::click_count) it starts
-    /// from. Returns whether it was taken.
-    async fn claim_training(&self, holder: &str, lease: Duration) -> Result<bool, PortError>;
-    /// Ends `holder`'s lease (nothing when the lease is not its own any more).
-    async fn release_training(&self, holder: &str) -> Result<(), PortError>;
-    /// The click count the last training run started from, if one ever started.
-    async fn clicks_at_last_training(&self) -> Result<Option<u64>, PortError>;
+    /// Takes `learner`'s training lease for `holder` until `lease` from now, unless another
+    /// holder's lease has not run out, and records the [`click_count`](Self::click_count) it
+    /// starts from. Returns whether it was taken. Each learner has its own lease.
+    async fn claim_training(
+        &self,
+        learner: Learner,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, PortError>;
+    /// Ends `holder`'s lease of `learner` (nothing when the lease is not its own any more).
+    async fn release_training(&self, learner: Learner, holder: &str) -> Result<(), PortError>;
+    /// The click count `learner`'s last training run started from, if one ever started.
+    async fn clicks_at_last_training(&self, learner: Learner) -> Result<Option<u64>, PortError>;
     /// Stores `adapter` as the next version for `encoder` and makes it the active one.
     async fn store_adapter(
         &self,
@@ -425,6 +434,55 @@ pub trait LearningStore: MaybeSendSync {
         encoder: &EncoderId,
         version: Option<u32>,
     ) -> Result<bool, PortError>;
+    /// Records a reranker adapter whose files are stored under `blobs` in the blob store as the
+    /// next version for `model`, and makes it the active one.
+    async fn store_reranker_adapter(
+        &self,
+        model: &str,
+        blobs: &str,
+        evaluation: &Evaluation,
+        trained_at: i64,
+    ) -> Result<RerankerAdapterVersion, PortError>;
+    /// Every recorded reranker adapter version for `model`, newest first.
+    async fn reranker_adapter_versions(
+        &self,
+        model: &str,
+    ) -> Result<Vec<RerankerAdapterVersion>, PortError>;
+    /// The active reranker adapter version for `model`, if any.
+    async fn active_reranker_adapter(
+        &self,
+        model: &str,
+    ) -> Result<Option<RerankerAdapterVersion>, PortError>;
+    /// Makes a recorded version the active one for `model` (`None`: the model alone). Returns
+    /// `false`, changing nothing, for a version that is not recorded.
+    async fn activate_reranker_adapter(
+        &self,
+        model: &str,
+        version: Option<u32>,
+    ) -> Result<bool, PortError>;
+}
+
+/// Trains adapters of a reranker that looks at the photos (the vision-language model), and puts
+/// the chosen one on the reranker that serves searches.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+pub trait RerankerLearner: MaybeSendSync {
+    /// The model its adapters belong to (an adapter of one model never goes on another).
+    fn model(&self) -> &str;
+    /// Trains a new adapter on `training` (starting from the model alone), and scores every
+    /// `held_out` pair with it and with `active` (the model alone when `None`), without touching
+    /// the adapter that serves searches.
+    async fn train(
+        &self,
+        training: &[RerankerExample],
+        held_out: &[RerankerExample],
+        active: Option<&AdapterFiles>,
+        settings: &RerankerTraining,
+    ) -> Result<TrainedAdapter, PortError>;
+    /// Searches are reranked with `adapter`, a recorded version and its files (the model alone
+    /// when `None`), from the next one on, and the reranker's name says which. An adapter that
+    /// does not load is [`PortError::Rejected`], and the one in use stays.
+    async fn use_adapter(&self, adapter: Option<(u32, &AdapterFiles)>) -> Result<(), PortError>;
 }
 
 /// Query embeddings kept for reuse, so a query seen before is answered while the encoder is away

@@ -103,10 +103,15 @@ fn clicks_train_an_adapter_the_running_server_ranks_with() {
         .unwrap()
         .into_string()
         .unwrap();
-    assert!(metrics.contains("glimpse_training_runs_total{outcome=\"shipped\"}"));
     assert!(
         metrics
-            .contains("glimpse_query_adapter_held_out_score{ranker=\"trained\",measure=\"mrr\"}"),
+            .contains("glimpse_training_runs_total{learner=\"query_adapter\",outcome=\"shipped\"}")
+    );
+    assert!(
+        metrics.contains(
+            "glimpse_adapter_held_out_score{learner=\"query_adapter\",ranker=\"trained\",\
+             measure=\"mrr\"}"
+        ),
         "{metrics}"
     );
 }
@@ -261,4 +266,149 @@ fn the_reranker_learns_from_the_same_clicks_with_glimpse_train() {
         !empty.path().join("settings.json").exists(),
         "it was left as it was"
     );
+}
+
+/// The first results' reranker probabilities of a search, in order.
+fn rerank_probabilities(response: &Value) -> Vec<f64> {
+    response["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["rerank_probability"].as_f64())
+        .collect()
+}
+
+#[test]
+fn the_vision_reranker_learns_from_clicks_and_its_versions_are_switched() {
+    let vlm = common::reference().join("checkpoints/qwen2-vl-tiny");
+    let (scratch, server, _, wanted) = household(&[
+        "--reranker",
+        "vlm",
+        "--reranker-model",
+        vlm.to_str().unwrap(),
+        "--rerank-candidates",
+        "4",
+        "--rerank-image-tokens",
+        "16",
+        // No training by click count here: every run is asked for.
+        "--learn-every-clicks",
+        "1000000",
+        "--reranker-training-steps",
+        "30",
+        "--reranker-learning-rate",
+        "0.02",
+        "--reranker-training-image-tokens",
+        "16",
+    ]);
+    let base = server.search(QUERIES[0], 12);
+    assert_eq!(base["ranked_by"]["reranker"], "qwen2-vl", "{base}");
+    let before = rerank_probabilities(&base);
+    assert_eq!(before.len(), 4, "the reranker scores the first four");
+    let (status, listed) = server.get("/api/reranker-adapters");
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["learning"], true, "{listed}");
+    assert_eq!(listed["active"], Value::Null, "{listed}");
+    click_wanted(&server, &wanted, 8);
+
+    // A run trains on the clicks, beats the model alone on held-out searches, and is stored,
+    // recorded and put on the running reranker.
+    let (status, outcome) = server.post_authorised("/api/reranker-adapters/train", json!({}));
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["outcome"], "shipped", "{outcome}");
+    assert_eq!(outcome["version"], 1, "{outcome}");
+    let evaluation = &outcome["evaluation"];
+    assert!(
+        evaluation["trained"]["ndcg_at_10"].as_f64().unwrap()
+            >= evaluation["previous"]["ndcg_at_10"].as_f64().unwrap(),
+        "{outcome}"
+    );
+    let (_, listed) = server.get("/api/reranker-adapters");
+    assert_eq!(listed["active"], 1, "{listed}");
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 1, "{listed}");
+    let adapted = server.search(QUERIES[0], 12);
+    assert_eq!(
+        adapted["ranked_by"]["reranker"], "qwen2-vl+adapter:1",
+        "the response says which adapter reranked it: {adapted}"
+    );
+    let trained = rerank_probabilities(&adapted);
+    assert_ne!(trained, before, "the adapter reranks at once");
+    let stored = std::fs::read_dir(scratch.path().join("data/blobs/reranker-adapters"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 1, "the adapter's files are in the blob store");
+
+    // The model alone again, then the trained version again: each reranks the next search.
+    let (status, body) = server.send_authorised(
+        "PUT",
+        "/api/reranker-adapters/active",
+        json!({ "version": null }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let alone = server.search(QUERIES[0], 12);
+    assert_eq!(alone["ranked_by"]["reranker"], "qwen2-vl", "{alone}");
+    assert_eq!(rerank_probabilities(&alone), before);
+    let (status, body) = server.send_authorised(
+        "PUT",
+        "/api/reranker-adapters/active",
+        json!({ "version": 1 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        rerank_probabilities(&server.search(QUERIES[0], 12)),
+        trained
+    );
+    let (status, body) = server.send_authorised(
+        "PUT",
+        "/api/reranker-adapters/active",
+        json!({ "version": 9 }),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/api/reranker-adapters"),
+        "{body}"
+    );
+    let status = server.status();
+    assert_eq!(status["reranker_adapter"]["version"], 1, "{status}");
+    assert_eq!(status["reranker_training_runs"]["shipped"], 1, "{status}");
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("glimpse_adapter_version{learner=\"reranker\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("glimpse_training_runs_total{learner=\"reranker\",outcome=\"shipped\"} 1"),
+        "{metrics}"
+    );
+
+    // With the server stopped, the command line lists and switches the same versions.
+    server.stop();
+    let adapters = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .arg("adapters")
+            .arg("--data-dir")
+            .arg(scratch.path().join("data"))
+            .args(["--reranker", "--reranker-model", vlm.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(
+        adapters(&["list"]).starts_with("*    1"),
+        "the active one is marked"
+    );
+    adapters(&["activate", "none"]);
+    assert!(adapters(&["list"]).starts_with("     1"), "none is active");
 }

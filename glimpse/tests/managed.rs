@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use common::managed::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, Schema, qdrant};
 use glimpse_core::EncoderId;
+use glimpse_core::learning::Learner;
 use glimpse_core::photo::{ImageFacts, ImageFormat, NewPhotoDetails, Origin, Photo, PhotoId};
-use glimpse_core::ports::{BlobStore, Catalog, JobOutcome, PortError, QueryEmbeddingCache};
+use glimpse_core::ports::{
+    BlobStore, Catalog, JobOutcome, LearningStore, PortError, QueryEmbeddingCache,
+};
 use glimpse_worker::adapters::postgres::SCHEMA_VERSION;
 use glimpse_worker::adapters::s3::{DEFAULT_PRESIGN_EXPIRY, MULTIPART_PART_BYTES};
 use glimpse_worker::adapters::{QdrantIndex, QdrantSettings, S3BlobStore, S3Settings, postgres};
@@ -43,6 +46,51 @@ fn pending_photo(seed: u32) -> Photo {
 async fn postgres_honours_the_catalog_contract() {
     let schema = Schema::new().await;
     glimpse_core::contract::catalog_suite(&schema.catalog().await).await;
+}
+
+#[tokio::test]
+async fn postgres_honours_the_learning_store_contract() {
+    let schema = Schema::new().await;
+    let catalog = schema.catalog().await;
+    glimpse_core::contract::learning_store_suite(&catalog, &catalog).await;
+}
+
+#[tokio::test]
+async fn postgres_runs_the_reranker_learning_loop() {
+    let schema = Schema::new().await;
+    let catalog = schema.catalog().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let blobs = glimpse::adapters::LocalBlobStore::open(scratch.path(), None).unwrap();
+    glimpse_core::contract::reranker_loop_suite(&catalog, &catalog, &blobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_a_hundred_training_triggers_from_two_workers_one_wins_the_lease() {
+    let schema = Schema::new().await;
+    // Two workers: two pools of connections to the same database.
+    let workers = [schema.catalog().await, schema.catalog().await];
+    let workers: Vec<std::sync::Arc<postgres::PostgresCatalog>> =
+        workers.into_iter().map(std::sync::Arc::new).collect();
+    let triggers: Vec<_> = (0..100)
+        .map(|i| {
+            let catalog = std::sync::Arc::clone(&workers[i % 2]);
+            tokio::spawn(async move {
+                catalog
+                    .claim_training(
+                        Learner::Reranker,
+                        &format!("worker-{}-trigger-{i}", i % 2),
+                        Duration::from_secs(600),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for trigger in triggers {
+        won += usize::from(trigger.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one training run starts");
 }
 
 #[tokio::test]

@@ -7,10 +7,14 @@ mod common;
 
 use std::process::{Child, Command};
 
-use common::managed::S3Server;
+use std::time::{Duration, Instant};
+
+use common::managed::{S3Server, Schema};
 use common::{model, reference, response, spawn_listening};
-use glimpse_core::photo::PhotoId;
-use glimpse_core::ports::BlobStore;
+use glimpse_core::EncoderId;
+use glimpse_core::photo::{Photo, PhotoId};
+use glimpse_core::ports::{BlobStore, Catalog, LearningStore};
+use glimpse_core::search::{LoggedResult, LoggedSearch, QueryId, SearchLog, StageTimings};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "internal-token-for-the-pool-0123";
@@ -245,7 +249,7 @@ fn refuses_to_start_with_some_but_not_all_backends_and_keeps_secrets() {
 }
 
 /// A worker whose `/v1/rerank` runs the Qwen2-VL test checkpoint over photos in `s3`.
-fn vision_worker(s3: &S3Server, max_candidates: usize) -> Worker {
+fn vision_worker(s3: &S3Server, max_candidates: usize, extra: &[(&str, String)]) -> Worker {
     let settings = s3.settings();
     let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
     command
@@ -267,7 +271,8 @@ fn vision_worker(s3: &S3Server, max_candidates: usize) -> Worker {
             "GLIMPSE__RERANKER__MAX_CANDIDATES",
             max_candidates.to_string(),
         )
-        .env("GLIMPSE__RERANKER__IMAGE_TOKENS", "16");
+        .env("GLIMPSE__RERANKER__IMAGE_TOKENS", "16")
+        .envs(extra.iter().map(|(key, value)| (*key, value)));
     let (child, base) = spawn_listening(&mut command, "Glimpse worker is serving ");
     Worker { child, base }
 }
@@ -297,7 +302,7 @@ fn the_vision_reranker_scores_photos_from_storage_and_says_which_it_cannot_read(
         let id: PhotoId = ids[1].parse().unwrap();
         store.put(&id.thumbnail_key(), thumbnail).await.unwrap();
     });
-    let worker = vision_worker(&s3, 2);
+    let worker = vision_worker(&s3, 2, &[]);
     let candidates: Vec<Value> = ids
         .iter()
         .enumerate()
@@ -343,4 +348,176 @@ fn the_vision_reranker_scores_photos_from_storage_and_says_which_it_cannot_read(
         .parse()
         .unwrap();
     assert!(micros > 0);
+}
+
+/// A photo of the pool's catalog, uploaded, with `id` as its id.
+fn catalog_photo(id: &str) -> Photo {
+    let mut photo = uploaded(id);
+    photo["sha256"] = json!(id.repeat(4));
+    serde_json::from_value(photo).unwrap()
+}
+
+/// `/v1/rerank` of "kids on a red sled" over `ids`: the reranker's name and probabilities.
+fn rerank_sled(worker: &Worker, ids: &[&str]) -> (String, Vec<f64>) {
+    let candidates: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"photo": uploaded(id), "score": 1.0}))
+        .collect();
+    let (status, body) = worker.post(
+        "/v1/rerank",
+        Some(TOKEN),
+        json!({"query": "kids on a red sled", "candidates": candidates}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let probabilities = body["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    (body["reranker"].as_str().unwrap().to_owned(), probabilities)
+}
+
+/// Polls `/v1/rerank` until the reranker is called `name`.
+fn wait_for_reranker(worker: &Worker, ids: &[&str], name: &str) -> Vec<f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now, probabilities) = rerank_sled(worker, ids);
+        if now == name {
+            return probabilities;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reranker is still {now}, not {name}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_worker_trains_the_reranker_from_the_pools_clicks_and_follows_the_active_adapter() {
+    let s3 = S3Server::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let schema = runtime.block_on(Schema::new());
+    let ids = [
+        "00000000000000d1",
+        "00000000000000d2",
+        "00000000000000d3",
+        "00000000000000d4",
+    ];
+    let encoder: EncoderId = "clip:test/pool-learning@1".parse().unwrap();
+    runtime.block_on(async {
+        let store = s3.store(&s3.settings()).await;
+        let catalog = schema.catalog().await;
+        catalog.register_encoder(&encoder, 4).await.unwrap();
+        catalog.activate_encoder(&encoder).await.unwrap();
+        for (id, file) in
+            ids.iter()
+                .zip(["gradient.jpg", "noise.png", "checkerboard.png", "solid.png"])
+        {
+            let bytes = std::fs::read(reference().join("images").join(file)).unwrap();
+            store.put(&format!("originals/{id}"), bytes).await.unwrap();
+            catalog.add_photo(&catalog_photo(id)).await.unwrap();
+        }
+        // Searches at the edge: the third photo is what people click each time.
+        for _ in 0..12 {
+            let query_id = QueryId::random();
+            let log = SearchLog {
+                search: LoggedSearch {
+                    query_id,
+                    text: "kids on a red sled".to_owned(),
+                    parsed: "{}".to_owned(),
+                    encoder: encoder.clone(),
+                    timings: StageTimings::from_values([0.1; 6]),
+                    rerank_fallback: None,
+                    adapter_version: None,
+                    swapped_with: None,
+                },
+                results: ids
+                    .iter()
+                    .zip(1..)
+                    .map(|(id, rank)| LoggedResult {
+                        rank,
+                        photo_id: id.parse().unwrap(),
+                        score: 1.0,
+                        rerank_probability: None,
+                    })
+                    .collect(),
+            };
+            catalog.log_search(&log).await.unwrap();
+            catalog.record_click(&query_id, 3).await.unwrap().unwrap();
+        }
+    });
+    let model = reference().join("checkpoints/qwen2-vl-tiny");
+    let learning = [
+        ("GLIMPSE__DATABASE__URL", schema.url()),
+        ("GLIMPSE__RERANKER__LEARNING__EVERY_CLICKS", "5".to_owned()),
+        ("GLIMPSE__RERANKER__LEARNING__MIN_SEARCHES", "5".to_owned()),
+        (
+            "GLIMPSE__RERANKER__LEARNING__RERANKER__STEPS",
+            "30".to_owned(),
+        ),
+        (
+            "GLIMPSE__RERANKER__LEARNING__RERANKER__LEARNING_RATE",
+            "0.02".to_owned(),
+        ),
+        (
+            "GLIMPSE__RERANKER__LEARNING__RERANKER__IMAGE_TOKENS",
+            "16".to_owned(),
+        ),
+    ];
+    let worker = vision_worker(&s3, 4, &learning);
+    let (name, before) = rerank_sled(&worker, &ids);
+    assert_eq!(name, "qwen2-vl");
+
+    // Twelve clicks are more than five: the worker trains, the adapter beats the model alone on
+    // held-out searches, goes to storage and the catalog, and the worker reranks with it.
+    let trained = wait_for_reranker(&worker, &ids, "qwen2-vl+adapter:1");
+    assert_ne!(trained, before);
+    let model_name = model.to_str().unwrap();
+    let active = runtime.block_on(async {
+        schema
+            .catalog()
+            .await
+            .active_reranker_adapter(model_name)
+            .await
+            .unwrap()
+            .expect("an active adapter")
+    });
+    assert!(active.blobs.starts_with("reranker-adapters/"), "{active:?}");
+    let metrics = worker.metrics();
+    assert!(
+        metrics.contains("glimpse_training_runs_total{learner=\"reranker\",outcome=\"shipped\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("glimpse_adapter_version{learner=\"reranker\"} 1"),
+        "{metrics}"
+    );
+
+    // The model alone, chosen in the catalog (as `glimpse adapters` or another worker would):
+    // the running worker follows without a restart, and back.
+    runtime.block_on(async {
+        let catalog = schema.catalog().await;
+        assert!(
+            catalog
+                .activate_reranker_adapter(model_name, None)
+                .await
+                .unwrap()
+        );
+    });
+    assert_eq!(wait_for_reranker(&worker, &ids, "qwen2-vl"), before);
+    runtime.block_on(async {
+        let catalog = schema.catalog().await;
+        assert!(
+            catalog
+                .activate_reranker_adapter(model_name, Some(1))
+                .await
+                .unwrap()
+        );
+    });
+    assert_eq!(
+        wait_for_reranker(&worker, &ids, "qwen2-vl+adapter:1"),
+        trained
+    );
 }

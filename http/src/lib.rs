@@ -8,6 +8,7 @@
 pub mod axum;
 mod bodies;
 mod endpoints;
+pub mod metrics;
 pub mod openapi;
 pub mod page;
 

@@ -9,6 +9,7 @@
 mod adapter;
 mod evaluation;
 mod propensity;
+mod reranker;
 mod retraining;
 pub mod simulation;
 
@@ -17,13 +18,57 @@ use std::cmp::Ordering;
 pub use adapter::{QueryAdapter, TrainingSettings};
 pub use evaluation::{RankingScores, evaluate, score_rankings};
 pub use propensity::{ExplorationSettings, Propensities, PropensitySettings, SwapCounts};
-pub use retraining::{LearningSettings, TrainingOutcome, retrain};
+pub use reranker::{
+    AdapterFiles, RerankerAdapterVersion, RerankerExample, RerankerLoop, RerankerTraining,
+    TrainedAdapter, follow_active_reranker_adapter, reranker_adapter_files, reranker_image,
+    retrain_reranker,
+};
+pub use retraining::{LearningSettings, TrainingOutcome, TrainingRuns, retrain};
 
 use serde::{Deserialize, Serialize};
 
 use crate::photo::PhotoId;
 use crate::search::SearchLogEntry;
 use crate::{Embedding, EncoderId};
+
+/// A learning loop: each trains on its own lease, from its own click count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Learner {
+    /// The query adapter (the CPU learner).
+    QueryAdapter,
+    /// The vision-language reranker's LoRA adapter.
+    Reranker,
+}
+
+impl Learner {
+    /// Its name in stores and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QueryAdapter => "query_adapter",
+            Self::Reranker => "reranker",
+        }
+    }
+}
+
+/// Splits `(search id, item)` pairs into (training, held out): the share `held_out_share` (at
+/// least one when there is any) with the lowest search ids is held out. Search ids are random, so
+/// that is a random share, and the same searches every time.
+pub(crate) fn split_held_out<T>(found: Vec<(String, T)>, held_out_share: f64) -> (Vec<T>, Vec<T>) {
+    let mut by_id: Vec<(String, usize, T)> = found
+        .into_iter()
+        .enumerate()
+        .map(|(position, (id, item))| (id, position, item))
+        .collect();
+    by_id.sort_by(|a, b| a.0.cmp(&b.0));
+    let held = ((by_id.len() as f64 * held_out_share).ceil() as usize).min(by_id.len());
+    let mut training = by_id.split_off(held);
+    // Training keeps the order it came in (newest first).
+    training.sort_by_key(|(_, position, _)| *position);
+    (
+        training.into_iter().map(|(_, _, item)| item).collect(),
+        by_id.into_iter().map(|(_, _, item)| item).collect(),
+    )
+}
 
 /// A stored, evaluated query adapter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,14 +2,16 @@
 //! searches against what ranks searches now, and store and activate it only if it is at least as
 //! good.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdapterVersion, ClickedSearch, Evaluation, ExplorationSettings, Propensities,
-    PropensitySettings, QueryAdapter, ShownResult, TrainingSettings, evaluate, triples,
+    AdapterVersion, ClickedSearch, Evaluation, ExplorationSettings, Learner, Propensities,
+    PropensitySettings, QueryAdapter, RerankerTraining, ShownResult, TrainingSettings, evaluate,
+    split_held_out, triples,
 };
 use crate::flows::FlowError;
 use crate::photo::PhotoId;
@@ -32,8 +34,10 @@ pub struct LearningSettings {
     pub max_searches: usize,
     /// How long a run may hold the training lease before another process may take over (10 min).
     pub lease_seconds: u64,
-    /// The adapter's training.
+    /// The query adapter's training.
     pub training: TrainingSettings,
+    /// The vision-language reranker adapter's training (when that reranker is on).
+    pub reranker: RerankerTraining,
     /// Propensity estimation.
     pub propensity: PropensitySettings,
     /// Exploration (its `max_rank` bounds the ranks estimated).
@@ -49,6 +53,7 @@ impl Default for LearningSettings {
             max_searches: 20_000,
             lease_seconds: 600,
             training: TrainingSettings::default(),
+            reranker: RerankerTraining::default(),
             propensity: PropensitySettings::default(),
             exploration: ExplorationSettings::default(),
         }
@@ -125,8 +130,39 @@ impl TrainingOutcome {
             Self::Shipped {
                 version,
                 evaluation,
-            } => format!("query adapter {version} is active: {}", scores(evaluation)),
+            } => format!("adapter {version} is active: {}", scores(evaluation)),
         }
+    }
+}
+
+/// Training runs counted by outcome ([`TrainingOutcome::NAMES`], and [`Self::FAILED`] for runs
+/// that ended in an error), for metrics.
+#[derive(Debug, Default)]
+pub struct TrainingRuns(Mutex<BTreeMap<&'static str, u64>>);
+
+impl TrainingRuns {
+    /// The outcome name of a run that ended in an error.
+    pub const FAILED: &'static str = "failed";
+
+    /// Counts a run.
+    pub fn record<E>(&self, outcome: &Result<TrainingOutcome, E>) {
+        let name = outcome.as_ref().map_or(Self::FAILED, TrainingOutcome::name);
+        if let Ok(mut runs) = self.0.lock() {
+            *runs.entry(name).or_default() += 1;
+        }
+    }
+
+    /// The runs by outcome, every outcome present.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts: BTreeMap<&'static str, u64> = TrainingOutcome::NAMES
+            .iter()
+            .chain([&Self::FAILED])
+            .map(|name| (*name, 0))
+            .collect();
+        if let Ok(runs) = self.0.lock() {
+            counts.extend(runs.iter().map(|(name, count)| (*name, *count)));
+        }
+        counts
     }
 }
 
@@ -141,11 +177,16 @@ pub async fn retrain(
     now: i64,
 ) -> Result<TrainingOutcome, FlowError> {
     let lease = Duration::from_secs(settings.lease_seconds);
-    if !store.claim_training(holder, lease).await? {
+    if !store
+        .claim_training(Learner::QueryAdapter, holder, lease)
+        .await?
+    {
         return Ok(TrainingOutcome::AlreadyRunning);
     }
     let outcome = train_and_evaluate(store, text, index, settings, now).await;
-    store.release_training(holder).await?;
+    store
+        .release_training(Learner::QueryAdapter, holder)
+        .await?;
     outcome
 }
 
@@ -266,12 +307,5 @@ async fn clicked_searches(
             found.push((entry.search.query_id.to_string(), search));
         }
     }
-    // Search ids are random: the lowest ones are a random share, of the same size every time.
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    let held = ((found.len() as f64 * settings.held_out_share).ceil() as usize).min(found.len());
-    let training = found.split_off(held);
-    Ok((
-        training.into_iter().map(|(_, s)| s).collect(),
-        found.into_iter().map(|(_, s)| s).collect(),
-    ))
+    Ok(split_held_out(found, settings.held_out_share))
 }

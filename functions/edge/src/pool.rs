@@ -97,8 +97,8 @@ struct Reranked {
 
 #[async_trait::async_trait(?Send)]
 impl Reranker for PoolReranker<'_> {
-    fn name(&self) -> &str {
-        "worker-pool"
+    fn name(&self) -> String {
+        "worker-pool".to_owned()
     }
 
     async fn rerank(

@@ -1,14 +1,29 @@
-//! `glimpse adapters`: the query adapters learned from clicks in a data directory.
+//! `glimpse adapters`: the adapters learned from clicks in a data directory — the query
+//! adapter's, or with `--reranker` the vision-language reranker's.
+
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
+use glimpse::embedded::Engine;
+use glimpse_core::learning::{Evaluation, Learner};
+use glimpse_core::ports::LearningStore;
+use glimpse_worker::hub;
+use glimpse_worker::reranker::VlmSettings;
 
-use super::{DataDirArgs, ModelArgs, open_engine};
+use super::{DataDirArgs, ModelArgs, load_vision_reranker, open_engine};
 
 #[derive(Args)]
 pub struct AdaptersArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    /// The vision-language reranker's LoRA adapters (of `--reranker-model`) instead of the query
+    /// adapters.
+    #[arg(long)]
+    pub reranker: bool,
+    /// The reranker's model, as `glimpse serve --reranker-model` names it.
+    #[arg(long, default_value = hub::DEFAULT_RERANKER)]
+    pub reranker_model: String,
     #[command(subcommand)]
     pub action: AdaptersAction,
 }
@@ -27,16 +42,61 @@ pub enum AdaptersAction {
     Train,
 }
 
+/// One stored version, as listed.
+struct Listed {
+    version: u32,
+    trained_at: i64,
+    evaluation: Evaluation,
+}
+
 pub async fn adapters(args: AdaptersArgs) -> Result<()> {
     let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
+    let (learner, what) = if args.reranker {
+        (Learner::Reranker, "reranker adapter")
+    } else {
+        (Learner::QueryAdapter, "query adapter")
+    };
+    let model = args.reranker_model.as_str();
     match args.action {
         AdaptersAction::List => {
-            let active = engine.active_adapter().map(|a| a.version);
-            let versions = engine.adapter_versions().await?;
+            let (active, versions): (Option<u32>, Vec<Listed>) = match learner {
+                Learner::QueryAdapter => (
+                    engine.active_adapter().map(|a| a.version),
+                    engine
+                        .adapter_versions()
+                        .await?
+                        .into_iter()
+                        .map(|v| Listed {
+                            version: v.version,
+                            trained_at: v.trained_at,
+                            evaluation: v.evaluation,
+                        })
+                        .collect(),
+                ),
+                Learner::Reranker => (
+                    engine
+                        .catalog
+                        .active_reranker_adapter(model)
+                        .await?
+                        .map(|a| a.version),
+                    engine
+                        .catalog
+                        .reranker_adapter_versions(model)
+                        .await?
+                        .into_iter()
+                        .map(|v| Listed {
+                            version: v.version,
+                            trained_at: v.trained_at,
+                            evaluation: v.evaluation,
+                        })
+                        .collect(),
+                ),
+            };
             if versions.is_empty() {
                 println!(
-                    "No query adapter yet: one is trained after enough clicks (or run \
-                     `glimpse adapters train`)."
+                    "No {what} yet: one is trained after enough clicks (or run `glimpse adapters \
+                     {}train`).",
+                    if args.reranker { "--reranker " } else { "" }
                 );
             }
             for stored in versions {
@@ -67,18 +127,49 @@ pub async fn adapters(args: AdaptersArgs) -> Result<()> {
                     Err(_) => bail!("{number:?} is not a version: give its number, or `none`"),
                 },
             };
-            if !engine.activate_adapter(chosen).await? {
-                bail!("there is no query adapter version {version}: `glimpse adapters list`");
+            let activated = match learner {
+                Learner::QueryAdapter => engine.activate_adapter(chosen).await?,
+                Learner::Reranker => {
+                    engine
+                        .catalog
+                        .activate_reranker_adapter(model, chosen)
+                        .await?
+                }
+            };
+            if !activated {
+                bail!(
+                    "there is no {what} version {version}: `glimpse adapters {}list`",
+                    if args.reranker { "--reranker " } else { "" }
+                );
             }
             match chosen {
-                Some(number) => println!("Searches are scored with query adapter {number}."),
-                None => println!("Searches are scored with the encoder's embeddings alone."),
+                Some(number) => println!(
+                    "Searches are ranked with {what} {number} (a running server picks it up \
+                     within seconds)."
+                ),
+                None => println!("Searches are ranked without a {what}."),
             }
         }
         AdaptersAction::Train => {
-            let outcome = engine.retrain(&engine.learning_settings()).await?;
+            let engine = match learner {
+                Learner::QueryAdapter => engine,
+                Learner::Reranker => with_reranker(engine, model).await?,
+            };
+            let outcome = engine.train(learner, &engine.learning_settings()).await?;
             println!("{}", outcome.summary());
         }
     }
     Ok(())
+}
+
+/// The engine with the vision-language reranker of `model` learning.
+async fn with_reranker(engine: Engine, model: &str) -> Result<Engine> {
+    let reranker = load_vision_reranker(
+        model,
+        None,
+        VlmSettings::default(),
+        Arc::clone(&engine.blobs) as _,
+    )
+    .await?;
+    Ok(engine.with_reranker_learning(reranker))
 }

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use glimpse::embedded::{Engine, OpenOptions};
 use glimpse::memory::MemoryBudget;
-use glimpse_core::ports::{BlobStore, Reranker};
+use glimpse_core::ports::BlobStore;
 use glimpse_worker::adapters::postgres::PostgresCatalog;
 use glimpse_worker::adapters::{QdrantSettings, VisionReranker};
 use glimpse_worker::encoder::{ClipEncoder, Precision};
@@ -161,7 +161,7 @@ pub async fn load_vision_reranker(
     adapter: Option<&Path>,
     settings: VlmSettings,
     blobs: Arc<dyn BlobStore>,
-) -> Result<Arc<dyn Reranker>> {
+) -> Result<Arc<VisionReranker>> {
     let owned = spec.to_owned();
     let (candidates, tokens) = (settings.max_candidates, settings.image_tokens);
     let model = tokio::task::spawn_blocking(move || -> Result<VlmReranker> {
@@ -169,7 +169,7 @@ pub async fn load_vision_reranker(
         Ok(VlmReranker::load(&directory, settings)?)
     })
     .await??;
-    let mut reranker = VisionReranker::new(model, blobs);
+    let mut reranker = VisionReranker::new(model, blobs, spec);
     if let Some(dir) = adapter {
         reranker = reranker.with_adapter(dir)?;
     }

@@ -10,8 +10,9 @@ use clap::Args;
 use glimpse::embedded;
 use glimpse::server::{self, ServerConfig, Stats};
 use glimpse_core::flows;
-use glimpse_core::learning::LearningSettings;
-use glimpse_core::ports::{BlobStore, Reranker};
+use glimpse_core::learning::{LearningSettings, RerankerTraining};
+use glimpse_core::ports::BlobStore;
+use glimpse_worker::adapters::VisionReranker;
 use glimpse_worker::reranker::VlmSettings;
 
 use super::{
@@ -116,7 +117,7 @@ pub struct RerankingArgs {
 impl RerankingArgs {
     /// The reranker over `blobs`, loaded (and downloaded on first use); `None` for retrieval
     /// order.
-    async fn load(&self, blobs: Arc<dyn BlobStore>) -> Result<Option<Arc<dyn Reranker>>> {
+    async fn load(&self, blobs: Arc<dyn BlobStore>) -> Result<Option<Arc<VisionReranker>>> {
         if self.reranker == RerankerChoice::None {
             return Ok(None);
         }
@@ -149,6 +150,15 @@ pub struct LearningArgs {
     /// learn how often people look at each rank and correct clicks for it.
     #[arg(long, env = "GLIMPSE__EXPLORE_SHARE", default_value_t = 0.05)]
     pub explore_share: f64,
+    /// Optimiser steps of each training run of the vision-language reranker's adapter.
+    #[arg(long, env = "GLIMPSE__RERANKER_TRAINING_STEPS", default_value_t = RerankerTraining::default().steps)]
+    pub reranker_training_steps: usize,
+    /// AdamW's learning rate in those runs.
+    #[arg(long, env = "GLIMPSE__RERANKER_LEARNING_RATE", default_value_t = RerankerTraining::default().learning_rate)]
+    pub reranker_learning_rate: f64,
+    /// Pixels per photo in those runs, in 28 × 28 tokens.
+    #[arg(long, env = "GLIMPSE__RERANKER_TRAINING_IMAGE_TOKENS", default_value_t = RerankerTraining::default().image_tokens)]
+    pub reranker_training_image_tokens: usize,
 }
 
 impl LearningArgs {
@@ -163,8 +173,20 @@ impl LearningArgs {
         if self.no_learning {
             return Ok(None);
         }
+        if !(self.reranker_learning_rate.is_finite() && self.reranker_learning_rate > 0.0) {
+            bail!(
+                "--reranker-learning-rate must be a positive number, not {}",
+                self.reranker_learning_rate
+            );
+        }
         let mut settings = LearningSettings {
             every_clicks: self.learn_every_clicks.max(1),
+            reranker: RerankerTraining {
+                steps: self.reranker_training_steps.max(1),
+                learning_rate: self.reranker_learning_rate,
+                image_tokens: self.reranker_training_image_tokens.max(1),
+                ..RerankerTraining::default()
+            },
             ..LearningSettings::default()
         };
         settings.exploration.swap_share = self.explore_share;
@@ -242,7 +264,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     .await?
     .with_learning(learning);
     if let Some(reranker) = args.reranking.load(engine.blobs.clone()).await? {
-        engine = engine.with_reranker(reranker);
+        engine = engine.with_reranker(reranker.clone());
+        // An adapter given by hand is the one used; otherwise the reranker learns from clicks
+        // and follows the catalog's active adapter.
+        if args.reranking.reranker_adapter.is_none() {
+            engine = engine.with_reranker_learning(reranker);
+            engine.refresh_reranker_adapter().await?;
+        }
     }
     let engine = Arc::new(engine);
     args.memory.apply(&engine);

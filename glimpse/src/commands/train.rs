@@ -16,10 +16,10 @@ use glimpse_worker::reranker::{VlmReranker, VlmSettings};
 use serde::{Deserialize, Serialize};
 
 use glimpse::embedded::Engine;
+use glimpse_core::learning::reranker_image;
 use glimpse_core::learning::{LabelledPhoto, Propensities, reranker_pairs};
 use glimpse_core::photo::{Photo, PhotoId};
 use glimpse_core::ports::{Catalog, LearningStore, VectorIndex};
-use glimpse_worker::adapters::reranker_image;
 
 use super::{DataDirArgs, ModelArgs, open_engine, print_report};
 

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_core::flows::RetrievalOrder;
-use glimpse_core::ports::{Reranker, TextEmbedder};
-use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore};
+use glimpse_core::ports::{BlobStore, Reranker, RerankerLearner, TextEmbedder};
+use glimpse_worker::adapters::{LocalEncoder, QdrantIndex, S3BlobStore, VisionReranker};
 use glimpse_worker::encoder::ImageTextEncoder;
 use glimpse_worker::worker::WorkerApi;
 use glimpse_worker::worker::consumer::{Consumer, ConsumerPacing, ConsumerPorts, ConsumerStats};
+use glimpse_worker::worker::learning::{LearningStats, RerankerLearning};
 use glimpse_worker::worker::settings::{Backends, RerankerSection, WorkerSettings};
 
 use super::{load_encoder, load_vision_reranker, shutdown_signal};
@@ -46,15 +47,20 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         Some(backends) => Some(start_consumer(&settings, &backends, &encoder, stopped).await?),
         None => {
             println!(
-                "No [database], [s3] and [qdrant] settings: serving the internal API only (no \
-                 job consumer)."
+                "Not all of [database], [s3] and [qdrant] are set: serving the internal API \
+                 without a job consumer."
             );
             None
         }
     };
-    let reranker = match &settings.reranker {
-        Some(section) => load_reranker(section, &settings).await?,
-        None => Arc::new(RetrievalOrder),
+    let (reranker, learning): (Arc<dyn Reranker>, _) = match &settings.reranker {
+        Some(section) => {
+            let (reranker, blobs) = load_reranker(section, &settings).await?;
+            let learning =
+                start_learning(section, &settings, &reranker, blobs, stop.subscribe()).await?;
+            (reranker, learning)
+        }
+        None => (Arc::new(RetrievalOrder), None),
     };
     let app = glimpse_worker::worker::router(WorkerApi {
         encoder,
@@ -62,6 +68,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         token: settings.token().to_owned(),
         max_body_bytes: settings.worker.max_request_mb.max(1) * 1024 * 1024,
         consumer: consumer.as_ref().map(|(stats, _)| Arc::clone(stats)),
+        learning,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -81,22 +88,57 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads the vision-language reranker (downloading it on first use) over the photos in `[s3]`.
+/// Loads the vision-language reranker (downloading it on first use) over the photos in `[s3]`;
+/// returns it and that store.
 async fn load_reranker(
     section: &RerankerSection,
     settings: &WorkerSettings,
-) -> Result<Arc<dyn Reranker>> {
+) -> Result<(Arc<VisionReranker>, Arc<dyn BlobStore>)> {
     let storage = settings
         .storage()
         .context("[reranker] reads the candidate photos from [s3]")?;
-    let blobs = Arc::new(S3BlobStore::new(&storage));
-    load_vision_reranker(
+    let blobs: Arc<dyn BlobStore> = Arc::new(S3BlobStore::new(&storage));
+    let reranker = load_vision_reranker(
         &section.model,
         section.adapter.as_deref(),
         section.vlm_settings(),
-        blobs,
+        Arc::clone(&blobs),
     )
-    .await
+    .await?;
+    Ok((reranker, blobs))
+}
+
+/// With `[database]` and no adapter pinned by hand, starts the reranker's learning loop: it
+/// follows the catalog's active adapter and, with `[reranker.learning]`, trains new ones.
+async fn start_learning(
+    section: &RerankerSection,
+    settings: &WorkerSettings,
+    reranker: &Arc<VisionReranker>,
+    blobs: Arc<dyn BlobStore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Arc<LearningStats>>> {
+    let (Some(database), None) = (&settings.database, &section.adapter) else {
+        return Ok(None);
+    };
+    let catalog = glimpse_worker::adapters::postgres::connect(database.url.expose(), 2)
+        .await
+        .context("cannot open the catalog database ([database] url)")?;
+    let stats = Arc::new(LearningStats::default());
+    if section.learning.is_some() {
+        println!(
+            "Training the reranker's adapters from clicks (one run at a time across the pool)"
+        );
+    }
+    let learning = RerankerLearning {
+        catalog: Arc::new(catalog),
+        blobs,
+        learner: Arc::clone(reranker) as Arc<dyn RerankerLearner>,
+        settings: section.learning.clone(),
+        holder: format!("worker-{}", std::process::id()),
+        stats: Arc::clone(&stats),
+    };
+    tokio::spawn(learning.run(stop));
+    Ok(Some(stats))
 }
 
 /// Connects the managed backends and starts the job consumer; returns its counters and task.

@@ -114,17 +114,28 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
 /// another process) and for enough new clicks, when no click wakes it.
 const LEARN_POLL: Duration = Duration::from_secs(2);
 
-/// Keeps the active query adapter current (hot swap) and trains a new one whenever enough new
-/// clicks came in (one run at a time: a click during a run waits for the next round).
+/// Keeps the active adapters current (hot swap: the query adapter's, and the reranker's when it
+/// learns) and trains new ones whenever enough new clicks came in (one run at a time: a click
+/// during a run waits for the next round).
 async fn learn_loop(engine: Arc<Engine>) {
     loop {
         engine.wait_for_click(LEARN_POLL).await;
         if let Err(error) = engine.refresh_adapter().await {
             eprintln!("glimpse: cannot read the active query adapter: {error}");
         }
+        if let Err(error) = engine.refresh_reranker_adapter().await {
+            eprintln!("glimpse: cannot put the active reranker adapter on: {error}");
+        }
         match engine.learn_if_due().await {
-            Ok(None) => {}
-            Ok(Some(outcome)) => eprintln!("glimpse: learning from clicks: {}", outcome.summary()),
+            Ok(outcomes) => {
+                for (learner, outcome) in outcomes {
+                    eprintln!(
+                        "glimpse: learning from clicks ({}): {}",
+                        learner.name(),
+                        outcome.summary()
+                    );
+                }
+            }
             Err(error) => eprintln!("glimpse: learning from clicks failed: {error}"),
         }
     }

@@ -6,7 +6,6 @@ pub mod background;
 mod learning;
 mod library;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,8 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use glimpse_core::flows::{
     self, FlowError, IndexRound, Ports, Reconciliation, RetrievalOrder, RetryPolicy,
 };
-use glimpse_core::learning::{AdapterVersion, ExplorationSettings, LearningSettings};
-use glimpse_core::ports::{Catalog, PortError, Requeue, Reranker, VectorIndex};
+use glimpse_core::learning::{
+    AdapterVersion, ExplorationSettings, LearningSettings, RerankerAdapterVersion, TrainingRuns,
+};
+use glimpse_core::ports::{Catalog, PortError, Requeue, Reranker, RerankerLearner, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
 use glimpse_core::{CachedTextEmbedder, EncoderId};
 use serde::{Deserialize, Serialize};
@@ -138,8 +139,14 @@ pub struct Engine {
     learning: Option<LearningSettings>,
     /// Wakes the learning loop (a click came in).
     clicked: tokio::sync::Notify,
-    /// Training runs since start, by outcome name ("failed" for errors).
-    training_runs: Mutex<BTreeMap<&'static str, u64>>,
+    /// The query adapter's training runs since start, by outcome.
+    query_training_runs: TrainingRuns,
+    /// The reranker's training runs since start, by outcome.
+    reranker_training_runs: TrainingRuns,
+    /// The vision-language reranker, when it learns from clicks.
+    reranker_learner: Option<Arc<dyn RerankerLearner>>,
+    /// The reranker adapter in use (the catalog's active one, put on when it changes).
+    reranker_adapter: Mutex<Option<RerankerAdapterVersion>>,
     _lock: File,
 }
 
@@ -265,7 +272,10 @@ impl Engine {
             adapter: RwLock::new(None),
             learning: None,
             clicked: tokio::sync::Notify::new(),
-            training_runs: Mutex::new(BTreeMap::new()),
+            query_training_runs: TrainingRuns::default(),
+            reranker_training_runs: TrainingRuns::default(),
+            reranker_learner: None,
+            reranker_adapter: Mutex::new(None),
             _lock: lock,
         };
         engine.refresh_adapter().await?;

@@ -14,10 +14,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use glimpse_contracts::api;
 use glimpse_core::flows::FlowError;
+use glimpse_core::learning::Learner;
 use glimpse_core::photo::{Photo, THUMBNAIL_SIZE};
 use glimpse_core::ports::{BlobStore, Catalog, VectorIndex};
 use glimpse_core::search::{SearchRequest, SearchResponse};
@@ -31,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use self::gates::Gate;
-pub use self::stats::{Learning, Stats, percentiles};
+pub use self::stats::{Stats, percentiles};
 use crate::embedded::{Engine, EngineError, ScanReport};
 use crate::memory::{MemoryBudget, ProcessMemory};
 
@@ -109,9 +110,8 @@ pub fn router(
         .route("/", any(web_page))
         .route("/assets/{file}", any(web_page))
         .route("/api/library/scan", post(scan_library))
-        .route("/api/adapters", get(adapters::list))
-        .route("/api/adapters/active", put(adapters::activate))
-        .route("/api/adapters/train", post(adapters::train))
+        .merge(adapters::routes(Learner::QueryAdapter))
+        .merge(adapters::routes(Learner::Reranker))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authorise,
@@ -273,7 +273,9 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
             "trained_at": a.trained_at,
             "evaluation": a.evaluation,
         })),
-        "training_runs": engine.training_runs(),
+        "reranker_adapter": engine.reranker_adapter(),
+        "training_runs": engine.training_runs(Learner::QueryAdapter),
+        "reranker_training_runs": engine.training_runs(Learner::Reranker),
         "memory": memory_status(engine.memory_budget()),
     })))
 }
@@ -312,10 +314,7 @@ async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         vectors,
         state.engine.library_available(),
         state.engine.query_cache(),
-        &Learning {
-            adapter: state.engine.active_adapter().as_deref(),
-            training_runs: state.engine.training_runs(),
-        },
+        &state.engine.learning_metrics(),
     );
     stats::write_memory(&mut text, state.engine.memory_budget());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

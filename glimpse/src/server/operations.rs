@@ -7,9 +7,9 @@ use glimpse_http::openapi::{Document, Operation};
 use serde_json::json;
 
 use super::ScanRequest;
-use super::adapters::{Activation, Adapters};
+use super::adapters::{Activation, Adapters, adapters_path};
 use crate::embedded::ScanReport;
-use glimpse_core::learning::TrainingOutcome;
+use glimpse_core::learning::{Learner, TrainingOutcome};
 use glimpse_core::ports::CatalogCounts;
 
 /// Adds the server's own operations to `document`, and the guard's refusals to every operation.
@@ -68,50 +68,71 @@ pub(super) fn own_operations(document: &mut Document) {
 
 fn learning_operations(document: &mut Document) {
     let adapters = document.schema::<Adapters>();
-    let list = Operation::new(
-        "The query adapters learned from clicks: whether this server learns, the version \
-         searches are scored with, and every stored version with its held-out scores.",
-        "learning",
-    )
-    .json_reply(StatusCode::OK, "The adapters.", adapters.clone())
-    .backend_errors();
-    document.add("/api/adapters", &Method::GET, Access::Read, list);
-    let activate = Operation::new(
-        "Score searches with a stored version from the next search on (an older one too), or \
-         with none (null: the encoder's embeddings alone).",
-        "learning",
-    )
-    .json_body(Activation::schema())
-    .json_reply(
-        StatusCode::OK,
-        "The adapters, with the new active one.",
-        adapters,
-    )
-    .errors(&[
-        StatusCode::BAD_REQUEST,
-        StatusCode::NOT_FOUND,
-        StatusCode::PAYLOAD_TOO_LARGE,
-    ])
-    .backend_errors();
-    document.add(
-        "/api/adapters/active",
-        &Method::PUT,
-        Access::Write,
-        activate,
-    );
-    let train = Operation::new(
-        "Train a query adapter from the search log now, as every --learn-every-clicks clicks do: \
-         it is kept and activated only if it ranks held-out clicked searches at least as well as \
-         the active one. One run at a time (already_running while one is under way).",
-        "learning",
-    )
-    .json_reply(
-        StatusCode::OK,
-        "How the run ended.",
-        document.schema::<TrainingOutcome>(),
-    )
-    .backend_errors();
-    document.add("/api/adapters/train", &Method::POST, Access::Write, train);
+    let outcome = document.schema::<TrainingOutcome>();
+    for learner in [Learner::QueryAdapter, Learner::Reranker] {
+        let (what, alone) = match learner {
+            Learner::QueryAdapter => ("query adapters", "the encoder's embeddings alone"),
+            Learner::Reranker => (
+                "vision-language reranker's LoRA adapters (learning with --reranker vlm)",
+                "the reranker's model alone",
+            ),
+        };
+        let path = adapters_path(learner);
+        let list = Operation::new(
+            &format!(
+                "The {what} learned from clicks: whether this server learns them, the version \
+                 searches are ranked with, and every stored version with its held-out scores."
+            ),
+            "learning",
+        )
+        .json_reply(StatusCode::OK, "The adapters.", adapters.clone())
+        .backend_errors();
+        document.add(path, &Method::GET, Access::Read, list);
+        let activate = Operation::new(
+            &format!(
+                "Rank searches with a stored version from the next search on (an older one too), \
+                 or with none (null: {alone})."
+            ),
+            "learning",
+        )
+        .json_body(Activation::schema())
+        .json_reply(
+            StatusCode::OK,
+            "The adapters, with the new active one.",
+            adapters.clone(),
+        )
+        .errors(&[
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::CONFLICT,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ])
+        .backend_errors();
+        document.add(
+            &format!("{path}/active"),
+            &Method::PUT,
+            Access::Write,
+            activate,
+        );
+        let train = Operation::new(
+            &format!(
+                "Train one of the {what} from the search log now, as every --learn-every-clicks \
+                 clicks do: it is kept and activated only if it ranks held-out clicked searches at \
+                 least as well as the active one. One run at a time (already_running while one is \
+                 under way)."
+            ),
+            "learning",
+        )
+        .json_reply(StatusCode::OK, "How the run ended.", outcome.clone())
+        .errors(&[StatusCode::CONFLICT])
+        .backend_errors();
+        document.add(
+            &format!("{path}/train"),
+            &Method::POST,
+            Access::Write,
+            train,
+        );
+    }
 }
 
 fn status_schema(document: &mut Document) -> serde_json::Value {

@@ -1,14 +1,14 @@
 //! Latency percentiles per search stage over a rolling window, and counters, for `/api/stats` and
 //! `/metrics`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use glimpse_core::learning::AdapterVersion;
 use glimpse_core::ports::CatalogCounts;
 use glimpse_core::search::{SearchResponse, StageTimings};
+use glimpse_http::metrics::{Learning, write_learning};
 use serde_json::{Value, json};
 
 use crate::adapters::MemoryQueryCache;
@@ -140,7 +140,7 @@ impl Stats {
         vectors: u64,
         library_available: Option<bool>,
         query_cache: &MemoryQueryCache,
-        learning: &Learning<'_>,
+        learning: &[Learning],
     ) -> String {
         let mut out = String::new();
         let counters = [
@@ -228,7 +228,7 @@ impl Stats {
                 u8::from(available)
             );
         }
-        learning.write(&mut out);
+        write_learning(&mut out, learning);
         let _ = writeln!(
             out,
             "# HELP glimpse_search_stage_seconds Search stage latency over the last {WINDOW} \
@@ -262,58 +262,6 @@ pub fn write_memory(out: &mut String, budget: MemoryBudget) {
         memory.peak,
         budget.bytes()
     );
-}
-
-/// What `/metrics` says about learning from clicks.
-pub struct Learning<'a> {
-    /// The active query adapter.
-    pub adapter: Option<&'a AdapterVersion>,
-    /// Training runs by outcome.
-    pub training_runs: BTreeMap<&'static str, u64>,
-}
-
-impl Learning<'_> {
-    fn write(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_training_runs_total Query adapter training runs by outcome.\n\
-             # TYPE glimpse_training_runs_total counter"
-        );
-        for (outcome, runs) in &self.training_runs {
-            let _ = writeln!(
-                out,
-                "glimpse_training_runs_total{{outcome=\"{outcome}\"}} {runs}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_query_adapter_version The active query adapter's version (0: none).\n\
-             # TYPE glimpse_query_adapter_version gauge\nglimpse_query_adapter_version {}",
-            self.adapter.map_or(0, |a| a.version)
-        );
-        let Some(adapter) = self.adapter else {
-            return;
-        };
-        let _ = writeln!(
-            out,
-            "# HELP glimpse_query_adapter_held_out_score How the active adapter (\"trained\") and \
-             what ranked before it (\"previous\") scored on held-out clicked searches.\n\
-             # TYPE glimpse_query_adapter_held_out_score gauge"
-        );
-        let evaluation = &adapter.evaluation;
-        for (ranker, scores) in [
-            ("trained", &evaluation.trained),
-            ("previous", &evaluation.previous),
-        ] {
-            for (measure, value) in [("ndcg_at_10", scores.ndcg_at_10), ("mrr", scores.mrr)] {
-                let _ = writeln!(
-                    out,
-                    "glimpse_query_adapter_held_out_score{{ranker=\"{ranker}\",\
-                     measure=\"{measure}\"}} {value}"
-                );
-            }
-        }
-    }
 }
 
 #[cfg(test)]

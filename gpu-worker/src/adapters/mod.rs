@@ -11,4 +11,4 @@ pub use local_encoder::LocalEncoder;
 pub use postgres::PostgresCatalog;
 pub use qdrant::{QdrantIndex, QdrantSettings};
 pub use s3::{S3BlobStore, S3Settings};
-pub use vision_reranker::{VisionReranker, reranker_image};
+pub use vision_reranker::VisionReranker;

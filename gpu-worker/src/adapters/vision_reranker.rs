@@ -1,41 +1,58 @@
 //! The vision-language reranker behind core's `Reranker` port: each candidate photo is read from
 //! the blob store (its thumbnail where one was made, else the original), and the model scores them
-//! on tokio's blocking pool, one query's candidates as one batch. A LoRA adapter it carries is
-//! followed on disk and swapped in when a new one is written there.
+//! on tokio's blocking pool, one query's candidates as one batch. It is also core's
+//! `RerankerLearner`: it trains LoRA adapters on a copy of the model of its own (searches go on
+//! meanwhile) and swaps the chosen adapter in. An adapter directory given by hand is followed on
+//! disk instead.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use candle_core::DType;
 use futures_util::future::try_join_all;
-use glimpse_core::photo::Photo;
-use glimpse_core::ports::{BlobStore, PortError, RerankCandidate, Reranker};
+use glimpse_core::learning::{
+    AdapterFiles, RerankerExample, RerankerTraining, TrainedAdapter, reranker_image,
+};
+use glimpse_core::ports::{BlobStore, PortError, RerankCandidate, Reranker, RerankerLearner};
 
 use super::local_encoder::{join_error, port_error};
 use crate::encoder::EncoderError;
-use crate::reranker::VlmReranker;
-use crate::reranker::lora::LoraAdapter;
+use crate::models::qwen2_vl::ImageTokens;
+use crate::reranker::lora::{LoraAdapter, LoraConfig, detach};
+use crate::reranker::training::{self, Example, TrainingSettings, probabilities};
+use crate::reranker::{VlmReranker, VlmSettings};
 
 /// Qwen2-VL over the photos of a blob store.
 pub struct VisionReranker {
     model: Arc<RwLock<VlmReranker>>,
     max_candidates: usize,
     blobs: Arc<dyn BlobStore>,
-    name: String,
+    /// `qwen2-vl`, with the adapter in use: `+lora:<directory name>` for one given by hand,
+    /// `+adapter:<version>` for the catalog's.
+    name: RwLock<String>,
+    /// The model as the user named it (a Hub id or a directory): what its adapters belong to.
+    model_name: String,
 }
+
+/// The reranker's name without an adapter.
+const BASE_NAME: &str = "qwen2-vl";
 
 /// How often a followed adapter directory is looked at.
 const ADAPTER_POLL: Duration = Duration::from_secs(2);
 
 impl VisionReranker {
-    /// Scores photos read from `blobs` with `model`.
-    pub fn new(model: VlmReranker, blobs: Arc<dyn BlobStore>) -> Self {
+    /// Scores photos read from `blobs` with `model`, which the user named `model_name`.
+    pub fn new(model: VlmReranker, blobs: Arc<dyn BlobStore>, model_name: &str) -> Self {
         Self {
             max_candidates: model.settings().max_candidates,
             model: Arc::new(RwLock::new(model)),
             blobs,
-            name: "qwen2-vl".to_owned(),
+            name: RwLock::new(BASE_NAME.to_owned()),
+            model_name: model_name.to_owned(),
         }
     }
 
@@ -51,7 +68,7 @@ impl VisionReranker {
             || directory.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        self.name = format!("qwen2-vl+lora:{name}");
+        self.name = RwLock::new(format!("{BASE_NAME}+lora:{name}"));
         let model = Arc::downgrade(&self.model);
         let directory = directory.to_path_buf();
         std::thread::spawn(move || follow_adapter(&model, &directory, stamp));
@@ -72,9 +89,7 @@ fn adapter_stamp(directory: &Path) -> Vec<Option<SystemTime>> {
 }
 
 fn attach_from(model: &RwLock<VlmReranker>, directory: &Path) -> Result<(), EncoderError> {
-    let mut model = model
-        .write()
-        .map_err(|_| EncoderError::Internal("the reranker's lock is poisoned".into()))?;
+    let mut model = model.write().map_err(|_| poisoned())?;
     let (device, dtype) = (model.model().device().clone(), model.model().dtype());
     LoraAdapter::load(directory, &device, dtype)?.attach(model.model_mut(), false)
 }
@@ -111,25 +126,12 @@ fn follow_adapter(
     }
 }
 
-/// The bytes the reranker looks at for `photo`: the thumbnail the indexer made (small and already
-/// oriented), else the original.
-pub async fn reranker_image(blobs: &dyn BlobStore, photo: &Photo) -> Result<Vec<u8>, PortError> {
-    if let Some(thumbnail) = blobs.get(&photo.id.thumbnail_key()).await? {
-        return Ok(thumbnail);
-    }
-    let key = photo.origin.blob_key();
-    blobs.get(&key).await?.ok_or_else(|| {
-        PortError::Rejected(format!(
-            "photo {} has no original in storage ({key})",
-            photo.id
-        ))
-    })
-}
-
 #[async_trait]
 impl Reranker for VisionReranker {
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> String {
+        self.name
+            .read()
+            .map_or_else(|_| BASE_NAME.to_owned(), |name| name.clone())
     }
 
     /// `P(yes)` of the first `max_candidates` candidates (see [`VlmReranker`]); a photo that cannot
@@ -145,9 +147,7 @@ impl Reranker for VisionReranker {
         let model = Arc::clone(&self.model);
         let query = query.to_owned();
         let relevance = tokio::task::spawn_blocking(move || {
-            let model = model
-                .read()
-                .map_err(|_| EncoderError::Internal("the reranker's lock is poisoned".into()))?;
+            let model = model.read().map_err(|_| poisoned())?;
             let prepared = images
                 .iter()
                 .map(|bytes| model.prepare(bytes))
@@ -158,5 +158,167 @@ impl Reranker for VisionReranker {
         .map_err(join_error)?
         .map_err(port_error)?;
         Ok(relevance.probabilities)
+    }
+}
+
+/// The error of a poisoned lock on the served model.
+fn poisoned() -> EncoderError {
+    EncoderError::Internal("the reranker's lock is poisoned".into())
+}
+
+#[async_trait]
+impl RerankerLearner for VisionReranker {
+    fn model(&self) -> &str {
+        &self.model_name
+    }
+
+    /// Loads a copy of the model (f32, on the served model's device) for the run: searches keep
+    /// their reranker meanwhile. Photos go through the vision tower once, at the training pixel
+    /// budget.
+    async fn train(
+        &self,
+        training: &[RerankerExample],
+        held_out: &[RerankerExample],
+        active: Option<&AdapterFiles>,
+        settings: &RerankerTraining,
+    ) -> Result<TrainedAdapter, PortError> {
+        let run = TrainingRun {
+            directory: self
+                .model
+                .read()
+                .map_err(|_| port_error(poisoned()))?
+                .directory()
+                .to_path_buf(),
+            base_model: self.model_name.clone(),
+            training: training.to_vec(),
+            held_out: held_out.to_vec(),
+            active: active.cloned(),
+            settings: settings.clone(),
+        };
+        let device = self
+            .model
+            .read()
+            .map_err(|_| port_error(poisoned()))?
+            .placement()
+            .0;
+        tokio::task::spawn_blocking(move || run.run(device))
+            .await
+            .map_err(join_error)?
+            .map_err(port_error)
+    }
+
+    async fn use_adapter(&self, adapter: Option<(u32, &AdapterFiles)>) -> Result<(), PortError> {
+        let model = Arc::clone(&self.model);
+        let name = adapter.map_or_else(
+            || BASE_NAME.to_owned(),
+            |(version, _)| format!("{BASE_NAME}+adapter:{version}"),
+        );
+        let adapter = adapter.map(|(_, files)| files.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), EncoderError> {
+            let mut model = model.write().map_err(|_| poisoned())?;
+            match adapter {
+                Some(files) => {
+                    let (device, dtype) = model.placement();
+                    let loaded = LoraAdapter::from_files(&files, &device, dtype)?;
+                    loaded.attach(model.model_mut(), false)
+                }
+                None => {
+                    detach(model.model_mut());
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(|error| match error {
+            EncoderError::BadModel(message) => {
+                PortError::Rejected(format!("the adapter does not load: {message}"))
+            }
+            other => port_error(other),
+        })?;
+        if let Ok(mut held) = self.name.write() {
+            *held = name;
+        }
+        Ok(())
+    }
+}
+
+/// One training run's inputs, moved to a blocking thread.
+struct TrainingRun {
+    directory: PathBuf,
+    base_model: String,
+    training: Vec<RerankerExample>,
+    held_out: Vec<RerankerExample>,
+    active: Option<AdapterFiles>,
+    settings: RerankerTraining,
+}
+
+impl TrainingRun {
+    fn run(self, device: candle_core::Device) -> Result<TrainedAdapter, EncoderError> {
+        let settings = &self.settings;
+        let mut reranker = VlmReranker::load_on(
+            &self.directory,
+            VlmSettings {
+                max_candidates: 1,
+                image_tokens: settings.image_tokens.max(1),
+            },
+            device.clone(),
+            DType::F32,
+        )?;
+        // Each photo goes through the (frozen) vision tower once, however many pairs show it.
+        let mut tokens: HashMap<*const u8, ImageTokens> = HashMap::new();
+        let mut examples = |pairs: &[RerankerExample]| -> Result<Vec<Example>, EncoderError> {
+            pairs
+                .iter()
+                .map(|pair| {
+                    let image = match tokens.entry(pair.image.as_ptr()) {
+                        Entry::Occupied(known) => known.get().clone(),
+                        Entry::Vacant(new) => {
+                            let prepared = reranker.prepare(&pair.image)?;
+                            new.insert(reranker.image_tokens(&[prepared])?.remove(0))
+                                .clone()
+                        }
+                    };
+                    Ok(Example {
+                        query: pair.query.clone(),
+                        image,
+                        relevant: pair.relevant,
+                        weight: pair.weight,
+                    })
+                })
+                .collect()
+        };
+        let training_set = examples(&self.training)?;
+        let held_out = examples(&self.held_out)?;
+        let held_out_before = match &self.active {
+            Some(files) => {
+                LoraAdapter::from_files(files, &device, DType::F32)?
+                    .attach(reranker.model_mut(), false)?;
+                let scored = probabilities(&reranker, &held_out)?;
+                detach(reranker.model_mut());
+                scored
+            }
+            None => probabilities(&reranker, &held_out)?,
+        };
+        let config = LoraConfig {
+            r: settings.rank,
+            lora_alpha: settings.alpha,
+            lora_dropout: settings.dropout,
+            ..LoraConfig::default()
+        };
+        let adapter = LoraAdapter::new(reranker.model(), config, settings.seed)?;
+        let steps = TrainingSettings {
+            steps: settings.steps.max(1),
+            batch: settings.batch.max(1),
+            learning_rate: settings.learning_rate,
+            seed: settings.seed,
+            ..TrainingSettings::default()
+        };
+        training::train(&mut reranker, &adapter, &training_set, &steps)?;
+        Ok(TrainedAdapter {
+            held_out: probabilities(&reranker, &held_out)?,
+            held_out_before,
+            files: adapter.to_files(&self.base_model)?,
+        })
     }
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
+use glimpse_core::learning::AdapterFiles;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -117,14 +118,39 @@ impl LoraAdapter {
 
     /// Reads an adapter directory in the PEFT layout.
     pub fn load(directory: &Path, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
-        let bad = |e: &dyn std::fmt::Display| {
-            EncoderError::BadModel(format!("adapter {}: {e}", directory.display()))
+        let mut files = BTreeMap::new();
+        for name in [CONFIG_FILE, WEIGHTS_FILE] {
+            let bytes = std::fs::read(directory.join(name)).map_err(|e| {
+                EncoderError::BadModel(format!("adapter {}: {e}", directory.display()))
+            })?;
+            files.insert(name.to_owned(), bytes);
+        }
+        Self::from_files(&AdapterFiles(files), device, dtype).map_err(|e| match e {
+            EncoderError::BadModel(message) => {
+                EncoderError::BadModel(format!("adapter {}: {message}", directory.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// Reads an adapter from its files in the PEFT layout.
+    pub fn from_files(
+        files: &AdapterFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, EncoderError> {
+        let bad = |e: &dyn std::fmt::Display| EncoderError::BadModel(e.to_string());
+        let file = |name: &str| {
+            files
+                .0
+                .get(name)
+                .ok_or_else(|| EncoderError::BadModel(format!("{name} is missing")))
         };
-        let text = std::fs::read_to_string(directory.join(CONFIG_FILE)).map_err(|e| bad(&e))?;
-        let config: LoraConfig = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+        let config: LoraConfig = serde_json::from_slice(file(CONFIG_FILE)?)
+            .map_err(|e| bad(&format!("{CONFIG_FILE}: {e}")))?;
         validate(&config)?;
-        let tensors = candle_core::safetensors::load(directory.join(WEIGHTS_FILE), device)
-            .map_err(|e| bad(&e))?;
+        let tensors = candle_core::safetensors::load_buffer(file(WEIGHTS_FILE)?, device)
+            .map_err(|e| bad(&format!("{WEIGHTS_FILE}: {e}")))?;
         let mut pairs: HashMap<Site, [Option<Tensor>; 2]> = HashMap::new();
         for (name, tensor) in tensors {
             let Some((site, matrix)) = parse_name(&name) else {
@@ -147,12 +173,11 @@ impl LoraAdapter {
         Ok(Self { config, weights })
     }
 
-    /// Writes the adapter in the PEFT layout (creating `directory`).
-    pub fn save(&self, directory: &Path, base_model: &str) -> Result<(), EncoderError> {
+    /// The adapter's files in the PEFT layout, naming `base_model` as the model it adapts.
+    pub fn to_files(&self, base_model: &str) -> Result<AdapterFiles, EncoderError> {
         let failed = |e: &dyn std::fmt::Display| {
-            EncoderError::Internal(format!("writing the adapter {}: {e}", directory.display()))
+            EncoderError::Internal(format!("serialising the adapter: {e}"))
         };
-        std::fs::create_dir_all(directory).map_err(|e| failed(&e))?;
         let config = PeftConfigFile {
             peft_type: "LORA",
             task_type: "CAUSAL_LM",
@@ -169,27 +194,41 @@ impl LoraAdapter {
             use_dora: false,
             modules_to_save: None,
         };
-        let json = serde_json::to_string_pretty(&config).map_err(|e| failed(&e))?;
-        let mut tensors = HashMap::new();
+        let json = serde_json::to_string_pretty(&config).map_err(|e| failed(&e))? + "\n";
+        let mut tensors = Vec::new();
         for ((layer, module), (a, b)) in &self.weights {
             let stem = format!("{}{layer}.self_attn.{module}", LAYER_PREFIXES[0]);
-            tensors.insert(
+            tensors.push((
                 format!("{stem}.lora_A.weight"),
                 a.as_tensor().to_dtype(DType::F32)?,
-            );
-            tensors.insert(
+            ));
+            tensors.push((
                 format!("{stem}.lora_B.weight"),
                 b.as_tensor().to_dtype(DType::F32)?,
-            );
+            ));
         }
+        let weights = safetensors::serialize(tensors, None).map_err(|e| failed(&e))?;
+        Ok(AdapterFiles(BTreeMap::from([
+            (CONFIG_FILE.to_owned(), json.into_bytes()),
+            (WEIGHTS_FILE.to_owned(), weights),
+        ])))
+    }
+
+    /// Writes the adapter in the PEFT layout (creating `directory`).
+    pub fn save(&self, directory: &Path, base_model: &str) -> Result<(), EncoderError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            EncoderError::Internal(format!("writing the adapter {}: {e}", directory.display()))
+        };
+        let files = self.to_files(base_model)?;
+        std::fs::create_dir_all(directory).map_err(|e| failed(&e))?;
         // Each file is written beside its place and renamed into it, weights first: a process
         // following the directory never reads half a file.
-        let partial = directory.join(format!("{WEIGHTS_FILE}.partial"));
-        candle_core::safetensors::save(&tensors, &partial).map_err(|e| failed(&e))?;
-        std::fs::rename(&partial, directory.join(WEIGHTS_FILE)).map_err(|e| failed(&e))?;
-        let partial = directory.join(format!("{CONFIG_FILE}.partial"));
-        std::fs::write(&partial, json + "\n").map_err(|e| failed(&e))?;
-        std::fs::rename(&partial, directory.join(CONFIG_FILE)).map_err(|e| failed(&e))
+        for name in [WEIGHTS_FILE, CONFIG_FILE] {
+            let partial = directory.join(format!("{name}.partial"));
+            std::fs::write(&partial, &files.0[name]).map_err(|e| failed(&e))?;
+            std::fs::rename(&partial, directory.join(name)).map_err(|e| failed(&e))?;
+        }
+        Ok(())
     }
 
     /// Its shape.

@@ -59,6 +59,7 @@ pub struct Relevance {
 
 /// Qwen2-VL with its tokenizer, scoring (query, photo) pairs.
 pub struct VlmReranker {
+    directory: PathBuf,
     model: Qwen2Vl,
     tokenizer: Tokenizer,
     answers: [u32; 2],
@@ -129,6 +130,7 @@ impl VlmReranker {
             .map_err(|e| bad(directory, &e))?;
         let model = Qwen2Vl::new(vb, &config).map_err(|e| bad(directory, &e))?;
         Ok(Self {
+            directory: directory.to_path_buf(),
             model,
             tokenizer,
             answers,
@@ -136,6 +138,16 @@ impl VlmReranker {
             device,
             dtype,
         })
+    }
+
+    /// The checkpoint directory it was loaded from.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// The device and dtype it runs on.
+    pub fn placement(&self) -> (Device, DType) {
+        (self.device.clone(), self.dtype)
     }
 
     /// How it runs.

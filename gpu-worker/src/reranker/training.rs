@@ -99,8 +99,8 @@ pub fn train(
     settings: &TrainingSettings,
 ) -> Result<Vec<f32>, EncoderError> {
     if examples.is_empty() || settings.batch == 0 {
-        return Err(EncoderError::BadImage(
-            "there is nothing to train on".into(),
+        return Err(EncoderError::Internal(
+            "training was started without pairs to train on".into(),
         ));
     }
     adapter.attach(reranker.model_mut(), true)?;
@@ -124,6 +124,27 @@ pub fn train(
     }
     adapter.attach(reranker.model_mut(), false)?;
     Ok(losses)
+}
+
+/// `P(yes)` of each pair with the adapter as attached, in order (a few pairs per pass, without
+/// gradients).
+pub fn probabilities(
+    reranker: &VlmReranker,
+    examples: &[Example],
+) -> Result<Vec<f32>, EncoderError> {
+    const PAIRS_PER_PASS: usize = 8;
+    let mut found = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(PAIRS_PER_PASS) {
+        let pairs: Vec<(&str, &ImageTokens)> =
+            chunk.iter().map(|e| (e.query.as_str(), &e.image)).collect();
+        let logits = reranker
+            .answer_logits(&pairs)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        found.extend(logits.iter().map(|l| 1.0 / (1.0 + (l[1] - l[0]).exp())));
+    }
+    Ok(found)
 }
 
 /// Ranking quality on `examples`: each query's photos ranked by the reranker (its adapter as

@@ -5,6 +5,7 @@
 //! feature-job queue ([`consumer`]).
 
 pub mod consumer;
+pub mod learning;
 pub mod settings;
 
 use std::sync::Arc;
@@ -17,15 +18,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use glimpse_core::learning::Learner;
 use glimpse_core::ports::{ImageEmbedder, RerankCandidate, Reranker, TextEmbedder};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use self::consumer::ConsumerStats;
+use self::learning::LearningStats;
 use crate::adapters::LocalEncoder;
 use glimpse_contracts::api::BearerProblem;
 
 use glimpse_http::axum::{ApiError, check_bearer, json_body};
+use glimpse_http::metrics::{Learning, write_learning};
 
 /// The most texts one request may embed.
 pub const MAX_TEXTS: usize = 64;
@@ -48,6 +52,8 @@ pub struct WorkerApi {
     pub max_body_bytes: usize,
     /// The job consumer's counters, when it runs.
     pub consumer: Option<Arc<ConsumerStats>>,
+    /// The reranker's learning loop, when it runs.
+    pub learning: Option<Arc<LearningStats>>,
 }
 
 struct WorkerState {
@@ -55,6 +61,7 @@ struct WorkerState {
     reranker: Arc<dyn Reranker>,
     token: String,
     consumer: Option<Arc<ConsumerStats>>,
+    learning: Option<Arc<LearningStats>>,
     reranked: AtomicU64,
     rerank_failures: AtomicU64,
     rerank_micros: AtomicU64,
@@ -74,6 +81,7 @@ pub fn router(api: WorkerApi) -> Router {
         reranker: api.reranker,
         token: api.token,
         consumer: api.consumer,
+        learning: api.learning,
         reranked: AtomicU64::new(0),
         rerank_failures: AtomicU64::new(0),
         rerank_micros: AtomicU64::new(0),
@@ -334,6 +342,16 @@ async fn metrics(State(state): Shared) -> Response {
         for (name, help, value) in consumer {
             counter(&mut text, name, help, load(value));
         }
+    }
+    if let Some(learning) = &state.learning {
+        write_learning(
+            &mut text,
+            &[Learning {
+                learner: Learner::Reranker,
+                active: learning.active(),
+                training_runs: learning.runs.counts(),
+            }],
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use glimpse_core::flows::{LogRetention, RetryPolicy};
+use glimpse_core::learning::LearningSettings;
 use serde::Deserialize;
 
 use crate::adapters::{QdrantSettings, S3Settings};
@@ -106,6 +107,11 @@ pub struct RerankerSection {
     /// Pixels per candidate, in 28 × 28 tokens (default 144: a 336-pixel square).
     #[serde(default = "default_image_tokens")]
     pub image_tokens: usize,
+    /// `[reranker.learning]`: this worker trains the reranker's LoRA adapters from the clicks
+    /// in `[database]` (every `every_clicks` new clicks, one run across the pool), storing them
+    /// in `[s3]`. Without it, a worker with `[database]` still follows the active adapter.
+    #[serde(default)]
+    pub learning: Option<LearningSettings>,
 }
 
 fn default_reranker_model() -> String {
@@ -405,10 +411,25 @@ impl WorkerSettings {
                         .to_owned(),
                 ));
             }
+            if reranker.learning.is_some() && self.database.is_none() {
+                return Err(SettingsError(
+                    "[reranker.learning] trains from the clicks in the catalog: configure \
+                     [database] too (e.g. GLIMPSE__DATABASE__URL)"
+                        .to_owned(),
+                ));
+            }
+            if reranker.learning.is_some() && reranker.adapter.is_some() {
+                return Err(SettingsError(
+                    "reranker.adapter pins an adapter by hand, and [reranker.learning] trains \
+                     and activates new ones: keep one of the two"
+                        .to_owned(),
+                ));
+            }
         }
-        // [s3] alone serves the reranker's photos; the job consumer needs all three.
-        let reranker_storage_only = missing == ["database", "qdrant"] && self.reranker.is_some();
-        if !missing.is_empty() && missing.len() < configured.len() && !reranker_storage_only {
+        // [s3] alone serves the reranker's photos, and with [database] it learns; the job
+        // consumer needs all three.
+        let reranker_only = self.reranker.is_some() && missing.contains(&"qdrant");
+        if !missing.is_empty() && missing.len() < configured.len() && !reranker_only {
             return Err(SettingsError(format!(
                 "the job consumer needs [database], [s3] and [qdrant]; [{}] is missing (e.g. \
                  GLIMPSE__{}__…)",
@@ -613,5 +634,42 @@ mod tests {
             storage_only.contains("[database], [qdrant] is missing"),
             "{storage_only}"
         );
+    }
+
+    #[test]
+    fn a_learning_reranker_needs_the_catalog_and_no_pinned_adapter() {
+        let backends = [
+            ("GLIMPSE__S3__BUCKET", "photos"),
+            ("GLIMPSE__S3__ACCESS_KEY_ID", "id"),
+            ("GLIMPSE__S3__SECRET_ACCESS_KEY", "secret"),
+            ("GLIMPSE__DATABASE__URL", "postgres://localhost/glimpse"),
+            ("GLIMPSE__QDRANT__URL", "http://localhost:6334"),
+        ];
+        let learning = ("GLIMPSE__RERANKER__LEARNING__EVERY_CLICKS", "25");
+        let steps = ("GLIMPSE__RERANKER__LEARNING__RERANKER__STEPS", "40");
+        let mut vars = vec![TOKEN, learning, steps];
+        vars.extend(backends);
+        let settings = WorkerSettings::load(None, env(&vars)).expect("a learning reranker");
+        let section = settings.reranker.as_ref().unwrap();
+        let learning_settings = section.learning.as_ref().unwrap();
+        assert_eq!(learning_settings.every_clicks, 25);
+        assert_eq!(learning_settings.reranker.steps, 40);
+        assert_eq!(
+            learning_settings.held_out_share,
+            LearningSettings::default().held_out_share
+        );
+        let without_catalog = WorkerSettings::load(
+            None,
+            env(&[TOKEN, learning, backends[0], backends[1], backends[2]]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(without_catalog.contains("[database]"), "{without_catalog}");
+        let mut pinned = vars.clone();
+        pinned.push(("GLIMPSE__RERANKER__ADAPTER", "/adapters/mine"));
+        let pinned = WorkerSettings::load(None, env(&pinned))
+            .unwrap_err()
+            .to_string();
+        assert!(pinned.contains("keep one of the two"), "{pinned}");
     }
 }

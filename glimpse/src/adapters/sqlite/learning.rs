@@ -1,17 +1,38 @@
 //! The embedded [`LearningStore`]: clicked searches and swap counts from the search log, adapter
-//! versions in `query_adapters` (the active one per encoder in `engine_state`), and the training
-//! lease in `training_lease`.
+//! versions in `query_adapters` and `reranker_adapters` (the active ones in `engine_state`), and the
+//! training leases (one per learner) in `training_leases`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use glimpse_core::EncoderId;
-use glimpse_core::learning::{AdapterVersion, Evaluation, QueryAdapter, SwapCounts};
+use glimpse_core::learning::{
+    AdapterVersion, Evaluation, Learner, QueryAdapter, RerankerAdapterVersion, SwapCounts,
+};
 use glimpse_core::ports::{Catalog, LearningStore, PortError};
 use glimpse_core::search::{QueryId, SearchLogEntry};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteCatalog, internal, now_seconds};
+
+/// The engine-state key of a reranker model's active adapter version.
+fn active_reranker_key(model: &str) -> String {
+    format!("active_reranker_adapter:{model}")
+}
+
+fn reranker_adapter_version(
+    model: &str,
+    (version, blobs, evaluation, trained_at): StoredRow,
+) -> Result<RerankerAdapterVersion, PortError> {
+    Ok(RerankerAdapterVersion {
+        version,
+        model: model.to_owned(),
+        blobs,
+        evaluation: serde_json::from_str(&evaluation)
+            .map_err(|e| internal(format!("reranker adapter {version}'s evaluation: {e}")))?,
+        trained_at,
+    })
+}
 
 /// The engine-state key of an encoder's active adapter version.
 fn active_key(encoder: &EncoderId) -> String {
@@ -100,37 +121,42 @@ impl LearningStore for SqliteCatalog {
         })
     }
 
-    async fn claim_training(&self, holder: &str, lease: Duration) -> Result<bool, PortError> {
+    async fn claim_training(
+        &self,
+        learner: Learner,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, PortError> {
         let now = now_seconds();
         let until = now.saturating_add(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX));
         self.with(|c| {
             let changed = c.execute(
-                "INSERT INTO training_lease (id, holder, lease_until, started_at, clicks) \
-                 VALUES (1, ?1, ?2, ?3, (SELECT COUNT(*) FROM search_results WHERE clicked)) \
-                 ON CONFLICT (id) DO UPDATE SET holder = ?1, lease_until = ?2, started_at = ?3, \
-                     clicks = excluded.clicks \
-                 WHERE training_lease.holder IS NULL OR training_lease.lease_until <= ?3",
-                params![holder, until, now],
+                "INSERT INTO training_leases (learner, holder, lease_until, started_at, clicks) \
+                 VALUES (?4, ?1, ?2, ?3, (SELECT COUNT(*) FROM search_results WHERE clicked)) \
+                 ON CONFLICT (learner) DO UPDATE SET holder = ?1, lease_until = ?2, \
+                     started_at = ?3, clicks = excluded.clicks \
+                 WHERE training_leases.holder IS NULL OR training_leases.lease_until <= ?3",
+                params![holder, until, now, learner.name()],
             )?;
             Ok(changed == 1)
         })
     }
 
-    async fn release_training(&self, holder: &str) -> Result<(), PortError> {
+    async fn release_training(&self, learner: Learner, holder: &str) -> Result<(), PortError> {
         self.with(|c| {
             c.execute(
-                "UPDATE training_lease SET holder = NULL WHERE holder = ?1",
-                params![holder],
+                "UPDATE training_leases SET holder = NULL WHERE learner = ?1 AND holder = ?2",
+                params![learner.name(), holder],
             )
             .map(drop)
         })
     }
 
-    async fn clicks_at_last_training(&self) -> Result<Option<u64>, PortError> {
+    async fn clicks_at_last_training(&self, learner: Learner) -> Result<Option<u64>, PortError> {
         self.with(|c| {
             c.query_row(
-                "SELECT clicks FROM training_lease WHERE id = 1",
-                [],
+                "SELECT clicks FROM training_leases WHERE learner = ?1",
+                params![learner.name()],
                 |row| row.get(0),
             )
             .optional()
@@ -228,6 +254,95 @@ impl LearningStore for SqliteCatalog {
                 .map(|changed| changed == 1),
         })
     }
+
+    async fn store_reranker_adapter(
+        &self,
+        model: &str,
+        blobs: &str,
+        evaluation: &Evaluation,
+        trained_at: i64,
+    ) -> Result<RerankerAdapterVersion, PortError> {
+        let measured = serde_json::to_string(evaluation).map_err(internal)?;
+        let version: u32 = self.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: u32 = transaction.query_row(
+                "INSERT INTO reranker_adapters (model, version, blobs, evaluation, trained_at) \
+                 SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM reranker_adapters \
+                 WHERE model = ?1 RETURNING version",
+                params![model, blobs, measured, trained_at],
+                |row| row.get(0),
+            )?;
+            transaction.execute(
+                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![active_reranker_key(model), version.to_string()],
+            )?;
+            transaction.commit()?;
+            Ok(version)
+        })?;
+        Ok(RerankerAdapterVersion {
+            version,
+            model: model.to_owned(),
+            blobs: blobs.to_owned(),
+            evaluation: *evaluation,
+            trained_at,
+        })
+    }
+
+    async fn reranker_adapter_versions(
+        &self,
+        model: &str,
+    ) -> Result<Vec<RerankerAdapterVersion>, PortError> {
+        let rows: Vec<StoredRow> = self.with(|c| {
+            let mut statement = c.prepare_cached(
+                "SELECT version, blobs, evaluation, trained_at FROM reranker_adapters \
+                 WHERE model = ?1 ORDER BY version DESC",
+            )?;
+            statement.query_map(params![model], stored_row)?.collect()
+        })?;
+        rows.into_iter()
+            .map(|row| reranker_adapter_version(model, row))
+            .collect()
+    }
+
+    async fn active_reranker_adapter(
+        &self,
+        model: &str,
+    ) -> Result<Option<RerankerAdapterVersion>, PortError> {
+        let row: Option<StoredRow> = self.with(|c| {
+            c.query_row(
+                "SELECT a.version, a.blobs, a.evaluation, a.trained_at FROM reranker_adapters a \
+                 JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
+                 WHERE a.model = ?1",
+                params![model, active_reranker_key(model)],
+                stored_row,
+            )
+            .optional()
+        })?;
+        row.map(|row| reranker_adapter_version(model, row))
+            .transpose()
+    }
+
+    async fn activate_reranker_adapter(
+        &self,
+        model: &str,
+        version: Option<u32>,
+    ) -> Result<bool, PortError> {
+        let state = active_reranker_key(model);
+        self.with(|c| match version {
+            None => c
+                .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
+                .map(|_| true),
+            Some(version) => c
+                .execute(
+                    "INSERT INTO engine_state (key, value) \
+                     SELECT ?1, version FROM reranker_adapters WHERE model = ?2 AND version = ?3 \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![state, model, version],
+                )
+                .map(|changed| changed == 1),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -245,7 +360,11 @@ mod tests {
                 let catalog = Arc::clone(&catalog);
                 tokio::spawn(async move {
                     catalog
-                        .claim_training(&format!("trigger-{i}"), Duration::from_secs(60))
+                        .claim_training(
+                            Learner::QueryAdapter,
+                            &format!("trigger-{i}"),
+                            Duration::from_secs(60),
+                        )
                         .await
                         .unwrap()
                 })

@@ -152,6 +152,28 @@ CREATE TABLE training_lease (
     clicks      INTEGER NOT NULL
 );
 "#,
+    // The vision-language reranker learns too: a lease per learner, and its adapters' versions
+    // (their files are in the blob store).
+    r#"
+CREATE TABLE training_leases (
+    learner     TEXT PRIMARY KEY,
+    holder      TEXT,
+    lease_until INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    clicks      INTEGER NOT NULL
+);
+INSERT INTO training_leases (learner, holder, lease_until, started_at, clicks)
+    SELECT 'query_adapter', holder, lease_until, started_at, clicks FROM training_lease;
+DROP TABLE training_lease;
+CREATE TABLE reranker_adapters (
+    model      TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    blobs      TEXT NOT NULL,
+    evaluation TEXT NOT NULL,
+    trained_at INTEGER NOT NULL,
+    PRIMARY KEY (model, version)
+);
+"#,
 ];
 
 /// A library file as the catalog last saw it.
@@ -1206,6 +1228,15 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).unwrap();
         glimpse_core::contract::learning_store_suite(&catalog, &catalog).await;
+    }
+
+    #[tokio::test]
+    async fn runs_the_reranker_learning_loop() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = SqliteCatalog::open(&directory.path().join("catalog.sqlite3")).unwrap();
+        let blobs =
+            crate::adapters::LocalBlobStore::open(&directory.path().join("blobs"), None).unwrap();
+        glimpse_core::contract::reranker_loop_suite(&catalog, &catalog, &blobs).await;
     }
 
     #[tokio::test]
