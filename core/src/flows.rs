@@ -894,6 +894,9 @@ pub async fn search(
         .filter_map(|(id, score)| photos.get(&id).map(|p| (p.clone(), score, None)))
         .collect();
     let rerank_text = parsed.rerank_text();
+    // Named before it runs: a reranker renamed when its adapter changes is renamed after the
+    // change, so the name read first is never newer than the probabilities.
+    let reranker_name = ports.reranker.name();
     let rerank_fallback = if reranked {
         rerank(ports.reranker, &rerank_text, &mut ranked).await
     } else {
@@ -903,7 +906,7 @@ pub async fn search(
     let reranker = ranked
         .iter()
         .any(|(_, _, probability)| probability.is_some())
-        .then(|| ports.reranker.name());
+        .then_some(reranker_name);
     let swapped_with = match request.offset {
         0 => ports
             .exploration

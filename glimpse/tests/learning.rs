@@ -24,8 +24,18 @@ fn household(learning: &[&str]) -> (tempfile::TempDir, Server, Vec<Value>, Vec<S
     let scratch = tempfile::tempdir().unwrap();
     let library = scratch.path().join("Pictures");
     fixture_library(&library);
+    household_over(scratch, fixture_count(), learning)
+}
+
+/// [`household`] over the library already in `scratch`'s `Pictures` folder, of `photos` photos.
+fn household_over(
+    scratch: tempfile::TempDir,
+    photos: usize,
+    learning: &[&str],
+) -> (tempfile::TempDir, Server, Vec<Value>, Vec<String>) {
+    let library = scratch.path().join("Pictures");
     let server = Server::start(Some(&library), &scratch.path().join("data"), learning);
-    server.wait_indexed(fixture_count() as u64);
+    server.wait_indexed(photos as u64);
     let before: Vec<Value> = QUERIES.iter().map(|q| server.search(q, 200)).collect();
     for response in &before {
         assert_eq!(response["ranked_by"]["adapter_version"], Value::Null);
@@ -281,25 +291,41 @@ fn rerank_probabilities(response: &Value) -> Vec<f64> {
 #[test]
 fn the_vision_reranker_learns_from_clicks_and_its_versions_are_switched() {
     let vlm = common::reference().join("checkpoints/qwen2-vl-tiny");
-    let (scratch, server, _, wanted) = household(&[
-        "--reranker",
-        "vlm",
-        "--reranker-model",
-        vlm.to_str().unwrap(),
-        "--rerank-candidates",
-        "4",
-        "--rerank-image-tokens",
-        "16",
-        // No training by click count here: every run is asked for.
-        "--learn-every-clicks",
-        "1000000",
-        "--reranker-training-steps",
-        "30",
-        "--reranker-learning-rate",
-        "0.02",
-        "--reranker-training-image-tokens",
-        "16",
-    ]);
+    // Four photos, all of which the reranker looks at.
+    let scratch = tempfile::tempdir().unwrap();
+    let library = scratch.path().join("Pictures");
+    std::fs::create_dir_all(&library).unwrap();
+    let photos = ["checkerboard.png", "noise.png", "solid.png", "gradient.png"];
+    for photo in photos {
+        std::fs::copy(
+            common::reference().join("images").join(photo),
+            library.join(photo),
+        )
+        .unwrap();
+    }
+    let (scratch, server, _, wanted) = household_over(
+        scratch,
+        photos.len(),
+        &[
+            "--reranker",
+            "vlm",
+            "--reranker-model",
+            vlm.to_str().unwrap(),
+            "--rerank-candidates",
+            "4",
+            "--rerank-image-tokens",
+            "16",
+            // No training by click count here: every run is asked for.
+            "--learn-every-clicks",
+            "1000000",
+            "--reranker-training-steps",
+            "60",
+            "--reranker-learning-rate",
+            "0.01",
+            "--reranker-training-image-tokens",
+            "16",
+        ],
+    );
     let base = server.search(QUERIES[0], 12);
     assert_eq!(base["ranked_by"]["reranker"], "qwen2-vl", "{base}");
     let before = rerank_probabilities(&base);
@@ -338,30 +364,25 @@ fn the_vision_reranker_learns_from_clicks_and_its_versions_are_switched() {
     assert_eq!(stored, 1, "the adapter's files are in the blob store");
 
     // The model alone again, then the trained version again: each reranks the next search.
-    let (status, body) = server.send_authorised(
-        "PUT",
-        "/api/reranker-adapters/active",
-        json!({ "version": null }),
-    );
+    let activate = |version: Value| {
+        server.send_authorised(
+            "PUT",
+            "/api/reranker-adapters/active",
+            json!({ "version": version }),
+        )
+    };
+    let (status, body) = activate(json!(null));
     assert_eq!(status, 200, "{body}");
     let alone = server.search(QUERIES[0], 12);
     assert_eq!(alone["ranked_by"]["reranker"], "qwen2-vl", "{alone}");
     assert_eq!(rerank_probabilities(&alone), before);
-    let (status, body) = server.send_authorised(
-        "PUT",
-        "/api/reranker-adapters/active",
-        json!({ "version": 1 }),
-    );
+    let (status, body) = activate(json!(1));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         rerank_probabilities(&server.search(QUERIES[0], 12)),
         trained
     );
-    let (status, body) = server.send_authorised(
-        "PUT",
-        "/api/reranker-adapters/active",
-        json!({ "version": 9 }),
-    );
+    let (status, body) = activate(json!(9));
     assert_eq!(status, 404, "{body}");
     assert!(
         body["error"]["message"]

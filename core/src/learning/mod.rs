@@ -85,6 +85,43 @@ pub struct AdapterVersion {
     pub trained_at: i64,
 }
 
+/// A stored adapter of either learner, as listed: its version, when it was trained and how it
+/// scored.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct AdapterSummary {
+    /// Its version.
+    pub version: u32,
+    /// When it was trained, seconds since 1970.
+    pub trained_at: i64,
+    /// How it and what ranked before it scored on held-out clicked searches.
+    pub evaluation: Evaluation,
+}
+
+impl From<AdapterVersion> for AdapterSummary {
+    fn from(stored: AdapterVersion) -> Self {
+        Self {
+            version: stored.version,
+            trained_at: stored.trained_at,
+            evaluation: stored.evaluation,
+        }
+    }
+}
+
+impl From<RerankerAdapterVersion> for AdapterSummary {
+    fn from(stored: RerankerAdapterVersion) -> Self {
+        Self {
+            version: stored.version,
+            trained_at: stored.trained_at,
+            evaluation: stored.evaluation,
+        }
+    }
+}
+
+/// Each version's summary, in order.
+pub fn summaries<T: Into<AdapterSummary>>(versions: Vec<T>) -> Vec<AdapterSummary> {
+    versions.into_iter().map(Into::into).collect()
+}
+
 /// What a training run measured on held-out searches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evaluation {

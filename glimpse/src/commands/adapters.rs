@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use glimpse::embedded::Engine;
-use glimpse_core::learning::{Evaluation, Learner};
+use glimpse_core::learning::{AdapterSummary, Learner, summaries};
 use glimpse_core::ports::LearningStore;
 use glimpse_worker::hub;
 use glimpse_worker::reranker::VlmSettings;
@@ -42,13 +42,6 @@ pub enum AdaptersAction {
     Train,
 }
 
-/// One stored version, as listed.
-struct Listed {
-    version: u32,
-    trained_at: i64,
-    evaluation: Evaluation,
-}
-
 pub async fn adapters(args: AdaptersArgs) -> Result<()> {
     let engine = open_engine(&args.data, None, ModelArgs::default(), None).await?;
     let (learner, what) = if args.reranker {
@@ -59,19 +52,10 @@ pub async fn adapters(args: AdaptersArgs) -> Result<()> {
     let model = args.reranker_model.as_str();
     match args.action {
         AdaptersAction::List => {
-            let (active, versions): (Option<u32>, Vec<Listed>) = match learner {
+            let (active, versions): (Option<u32>, Vec<AdapterSummary>) = match learner {
                 Learner::QueryAdapter => (
                     engine.active_adapter().map(|a| a.version),
-                    engine
-                        .adapter_versions()
-                        .await?
-                        .into_iter()
-                        .map(|v| Listed {
-                            version: v.version,
-                            trained_at: v.trained_at,
-                            evaluation: v.evaluation,
-                        })
-                        .collect(),
+                    summaries(engine.adapter_versions().await?),
                 ),
                 Learner::Reranker => (
                     engine
@@ -79,17 +63,7 @@ pub async fn adapters(args: AdaptersArgs) -> Result<()> {
                         .active_reranker_adapter(model)
                         .await?
                         .map(|a| a.version),
-                    engine
-                        .catalog
-                        .reranker_adapter_versions(model)
-                        .await?
-                        .into_iter()
-                        .map(|v| Listed {
-                            version: v.version,
-                            trained_at: v.trained_at,
-                            evaluation: v.evaluation,
-                        })
-                        .collect(),
+                    summaries(engine.catalog.reranker_adapter_versions(model).await?),
                 ),
             };
             if versions.is_empty() {

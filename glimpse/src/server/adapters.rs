@@ -7,9 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use glimpse_contracts::api;
-use glimpse_core::learning::{
-    AdapterVersion, Evaluation, Learner, RerankerAdapterVersion, TrainingOutcome,
-};
+use glimpse_core::learning::{AdapterSummary, Learner, TrainingOutcome, summaries};
 use glimpse_http::axum::ApiError;
 use serde::{Deserialize, Serialize};
 
@@ -51,37 +49,6 @@ pub(super) struct Adapters {
     active: Option<u32>,
     /// Every stored version, newest first.
     versions: Vec<AdapterSummary>,
-}
-
-/// A stored adapter.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub(super) struct AdapterSummary {
-    /// Its version.
-    version: u32,
-    /// When it was trained, seconds since 1970.
-    trained_at: i64,
-    /// How it and what ranked before it scored on held-out clicked searches.
-    evaluation: Evaluation,
-}
-
-impl From<RerankerAdapterVersion> for AdapterSummary {
-    fn from(stored: RerankerAdapterVersion) -> Self {
-        Self {
-            version: stored.version,
-            trained_at: stored.trained_at,
-            evaluation: stored.evaluation,
-        }
-    }
-}
-
-impl From<AdapterVersion> for AdapterSummary {
-    fn from(stored: AdapterVersion) -> Self {
-        Self {
-            version: stored.version,
-            trained_at: stored.trained_at,
-            evaluation: stored.evaluation,
-        }
-    }
 }
 
 /// What `PUT /api/adapters/active` accepts: `{"version": 3}`, or `{"version": null}` for none.
@@ -131,10 +98,6 @@ async fn listing(state: &AppState, learner: Learner) -> Result<Adapters, ApiErro
         active,
         versions,
     })
-}
-
-fn summaries<T: Into<AdapterSummary>>(versions: Vec<T>) -> Vec<AdapterSummary> {
-    versions.into_iter().map(Into::into).collect()
 }
 
 /// Lists `learner`'s stored versions and the active one.

@@ -236,6 +236,9 @@ async fn rerank(
             "the query is longer than {MAX_TEXT_BYTES} bytes"
         )));
     }
+    // Named before it runs: a reranker is renamed after its adapter changes, so the name read
+    // first is never newer than the probabilities.
+    let reranker = state.reranker.name();
     let started = std::time::Instant::now();
     let outcome = state
         .reranker
@@ -248,7 +251,7 @@ async fn rerank(
     })?;
     state.reranked.fetch_add(1, Ordering::Relaxed);
     Ok(Json(json!({
-        "reranker": state.reranker.name(),
+        "reranker": reranker,
         "probabilities": probabilities,
     })))
 }

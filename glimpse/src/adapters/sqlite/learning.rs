@@ -15,49 +15,185 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteCatalog, internal, now_seconds};
 
-/// The engine-state key of a reranker model's active adapter version.
-fn active_reranker_key(model: &str) -> String {
-    format!("active_reranker_adapter:{model}")
+/// Where one kind of adapter is kept: its table, the column naming what it adapts (an encoder or
+/// a reranker model), the column of its contents, and the `engine_state` key prefix of the active
+/// version.
+struct AdapterTable {
+    table: &'static str,
+    owner: &'static str,
+    payload: &'static str,
+    active_prefix: &'static str,
 }
 
-fn reranker_adapter_version(
-    model: &str,
-    (version, blobs, evaluation, trained_at): StoredRow,
-) -> Result<RerankerAdapterVersion, PortError> {
-    Ok(RerankerAdapterVersion {
-        version,
-        model: model.to_owned(),
-        blobs,
-        evaluation: serde_json::from_str(&evaluation)
-            .map_err(|e| internal(format!("reranker adapter {version}'s evaluation: {e}")))?,
-        trained_at,
-    })
+const QUERY_ADAPTERS: AdapterTable = AdapterTable {
+    table: "query_adapters",
+    owner: "encoder",
+    payload: "adapter",
+    active_prefix: "active_adapter:",
+};
+
+const RERANKER_ADAPTERS: AdapterTable = AdapterTable {
+    table: "reranker_adapters",
+    owner: "model",
+    payload: "blobs",
+    active_prefix: "active_reranker_adapter:",
+};
+
+/// A stored version as read: version, payload, evaluation, trained_at.
+struct StoredRow {
+    version: u32,
+    payload: String,
+    evaluation: Evaluation,
+    trained_at: i64,
 }
 
-/// The engine-state key of an encoder's active adapter version.
-fn active_key(encoder: &EncoderId) -> String {
-    format!("active_adapter:{encoder}")
+impl AdapterTable {
+    fn active_key(&self, owner: &str) -> String {
+        format!("{}{owner}", self.active_prefix)
+    }
+
+    fn rows(rows: Vec<(u32, String, String, i64)>) -> Result<Vec<StoredRow>, PortError> {
+        rows.into_iter()
+            .map(|(version, payload, evaluation, trained_at)| {
+                Ok(StoredRow {
+                    version,
+                    payload,
+                    evaluation: serde_json::from_str(&evaluation)
+                        .map_err(|e| internal(format!("adapter {version}'s evaluation: {e}")))?,
+                    trained_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores the next version for `owner` and makes it the active one, in one transaction.
+    fn store(
+        &self,
+        catalog: &SqliteCatalog,
+        owner: &str,
+        payload: &str,
+        evaluation: &Evaluation,
+        trained_at: i64,
+    ) -> Result<u32, PortError> {
+        let measured = serde_json::to_string(evaluation).map_err(internal)?;
+        let Self {
+            table,
+            owner: column,
+            payload: contents,
+            ..
+        } = self;
+        catalog.with(|c| {
+            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: u32 = transaction.query_row(
+                &format!(
+                    "INSERT INTO {table} ({column}, version, {contents}, evaluation, trained_at) \
+                     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM {table} \
+                     WHERE {column} = ?1 RETURNING version"
+                ),
+                params![owner, payload, measured, trained_at],
+                |row| row.get(0),
+            )?;
+            transaction.execute(
+                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![self.active_key(owner), version.to_string()],
+            )?;
+            transaction.commit()?;
+            Ok(version)
+        })
+    }
+
+    fn versions(&self, catalog: &SqliteCatalog, owner: &str) -> Result<Vec<StoredRow>, PortError> {
+        let Self {
+            table,
+            owner: column,
+            payload,
+            ..
+        } = self;
+        Self::rows(catalog.with(|c| {
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT version, {payload}, evaluation, trained_at FROM {table} \
+                 WHERE {column} = ?1 ORDER BY version DESC"
+            ))?;
+            statement.query_map(params![owner], stored_row)?.collect()
+        })?)
+    }
+
+    fn active(&self, catalog: &SqliteCatalog, owner: &str) -> Result<Option<StoredRow>, PortError> {
+        let Self {
+            table,
+            owner: column,
+            payload,
+            ..
+        } = self;
+        let row = catalog.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT a.version, a.{payload}, a.evaluation, a.trained_at FROM {table} a \
+                     JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
+                     WHERE a.{column} = ?1"
+                ),
+                params![owner, self.active_key(owner)],
+                stored_row,
+            )
+            .optional()
+        })?;
+        Ok(Self::rows(row.into_iter().collect())?.pop())
+    }
+
+    fn activate(
+        &self,
+        catalog: &SqliteCatalog,
+        owner: &str,
+        version: Option<u32>,
+    ) -> Result<bool, PortError> {
+        let Self {
+            table,
+            owner: column,
+            ..
+        } = self;
+        let state = self.active_key(owner);
+        catalog.with(|c| match version {
+            None => c
+                .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
+                .map(|_| true),
+            Some(version) => c
+                .execute(
+                    &format!(
+                        "INSERT INTO engine_state (key, value) \
+                         SELECT ?1, version FROM {table} WHERE {column} = ?2 AND version = ?3 \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                    ),
+                    params![state, owner, version],
+                )
+                .map(|changed| changed == 1),
+        })
+    }
 }
 
-type StoredRow = (u32, String, String, i64);
-
-fn adapter_version(
-    encoder: &EncoderId,
-    (version, adapter, evaluation, trained_at): StoredRow,
-) -> Result<AdapterVersion, PortError> {
-    Ok(AdapterVersion {
-        version,
-        encoder: encoder.clone(),
-        adapter: serde_json::from_str(&adapter)
-            .map_err(|e| internal(format!("query adapter {version}: {e}")))?,
-        evaluation: serde_json::from_str(&evaluation)
-            .map_err(|e| internal(format!("query adapter {version}'s evaluation: {e}")))?,
-        trained_at,
-    })
-}
-
-fn stored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+fn stored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u32, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn query_adapter(encoder: &EncoderId, row: StoredRow) -> Result<AdapterVersion, PortError> {
+    Ok(AdapterVersion {
+        version: row.version,
+        encoder: encoder.clone(),
+        adapter: serde_json::from_str(&row.payload)
+            .map_err(|e| internal(format!("query adapter {}: {e}", row.version)))?,
+        evaluation: row.evaluation,
+        trained_at: row.trained_at,
+    })
+}
+
+fn reranker_adapter(model: &str, row: StoredRow) -> RerankerAdapterVersion {
+    RerankerAdapterVersion {
+        version: row.version,
+        model: model.to_owned(),
+        blobs: row.payload,
+        evaluation: row.evaluation,
+        trained_at: row.trained_at,
+    }
 }
 
 #[async_trait]
@@ -170,26 +306,9 @@ impl LearningStore for SqliteCatalog {
         evaluation: &Evaluation,
         trained_at: i64,
     ) -> Result<AdapterVersion, PortError> {
-        let stored = serde_json::to_string(adapter).map_err(internal)?;
-        let measured = serde_json::to_string(evaluation).map_err(internal)?;
-        let key = encoder.to_string();
-        let version: u32 = self.with(|c| {
-            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let version: u32 = transaction.query_row(
-                "INSERT INTO query_adapters (encoder, version, adapter, evaluation, trained_at) \
-                 SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM query_adapters \
-                 WHERE encoder = ?1 RETURNING version",
-                params![key, stored, measured, trained_at],
-                |row| row.get(0),
-            )?;
-            transaction.execute(
-                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![active_key(encoder), version.to_string()],
-            )?;
-            transaction.commit()?;
-            Ok(version)
-        })?;
+        let payload = serde_json::to_string(adapter).map_err(internal)?;
+        let version =
+            QUERY_ADAPTERS.store(self, &encoder.to_string(), &payload, evaluation, trained_at)?;
         Ok(AdapterVersion {
             version,
             encoder: encoder.clone(),
@@ -203,16 +322,10 @@ impl LearningStore for SqliteCatalog {
         &self,
         encoder: &EncoderId,
     ) -> Result<Vec<AdapterVersion>, PortError> {
-        let key = encoder.to_string();
-        let rows: Vec<StoredRow> = self.with(|c| {
-            let mut statement = c.prepare_cached(
-                "SELECT version, adapter, evaluation, trained_at FROM query_adapters \
-                 WHERE encoder = ?1 ORDER BY version DESC",
-            )?;
-            statement.query_map(params![key], stored_row)?.collect()
-        })?;
-        rows.into_iter()
-            .map(|row| adapter_version(encoder, row))
+        QUERY_ADAPTERS
+            .versions(self, &encoder.to_string())?
+            .into_iter()
+            .map(|row| query_adapter(encoder, row))
             .collect()
     }
 
@@ -220,18 +333,10 @@ impl LearningStore for SqliteCatalog {
         &self,
         encoder: &EncoderId,
     ) -> Result<Option<AdapterVersion>, PortError> {
-        let key = encoder.to_string();
-        let row: Option<StoredRow> = self.with(|c| {
-            c.query_row(
-                "SELECT a.version, a.adapter, a.evaluation, a.trained_at FROM query_adapters a \
-                 JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
-                 WHERE a.encoder = ?1",
-                params![key, active_key(encoder)],
-                stored_row,
-            )
-            .optional()
-        })?;
-        row.map(|row| adapter_version(encoder, row)).transpose()
+        QUERY_ADAPTERS
+            .active(self, &encoder.to_string())?
+            .map(|row| query_adapter(encoder, row))
+            .transpose()
     }
 
     async fn activate_adapter(
@@ -239,20 +344,7 @@ impl LearningStore for SqliteCatalog {
         encoder: &EncoderId,
         version: Option<u32>,
     ) -> Result<bool, PortError> {
-        let (key, state) = (encoder.to_string(), active_key(encoder));
-        self.with(|c| match version {
-            None => c
-                .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
-                .map(|_| true),
-            Some(version) => c
-                .execute(
-                    "INSERT INTO engine_state (key, value) \
-                     SELECT ?1, version FROM query_adapters WHERE encoder = ?2 AND version = ?3 \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![state, key, version],
-                )
-                .map(|changed| changed == 1),
-        })
+        QUERY_ADAPTERS.activate(self, &encoder.to_string(), version)
     }
 
     async fn store_reranker_adapter(
@@ -262,24 +354,7 @@ impl LearningStore for SqliteCatalog {
         evaluation: &Evaluation,
         trained_at: i64,
     ) -> Result<RerankerAdapterVersion, PortError> {
-        let measured = serde_json::to_string(evaluation).map_err(internal)?;
-        let version: u32 = self.with(|c| {
-            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let version: u32 = transaction.query_row(
-                "INSERT INTO reranker_adapters (model, version, blobs, evaluation, trained_at) \
-                 SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM reranker_adapters \
-                 WHERE model = ?1 RETURNING version",
-                params![model, blobs, measured, trained_at],
-                |row| row.get(0),
-            )?;
-            transaction.execute(
-                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![active_reranker_key(model), version.to_string()],
-            )?;
-            transaction.commit()?;
-            Ok(version)
-        })?;
+        let version = RERANKER_ADAPTERS.store(self, model, blobs, evaluation, trained_at)?;
         Ok(RerankerAdapterVersion {
             version,
             model: model.to_owned(),
@@ -293,34 +368,20 @@ impl LearningStore for SqliteCatalog {
         &self,
         model: &str,
     ) -> Result<Vec<RerankerAdapterVersion>, PortError> {
-        let rows: Vec<StoredRow> = self.with(|c| {
-            let mut statement = c.prepare_cached(
-                "SELECT version, blobs, evaluation, trained_at FROM reranker_adapters \
-                 WHERE model = ?1 ORDER BY version DESC",
-            )?;
-            statement.query_map(params![model], stored_row)?.collect()
-        })?;
-        rows.into_iter()
-            .map(|row| reranker_adapter_version(model, row))
-            .collect()
+        Ok(RERANKER_ADAPTERS
+            .versions(self, model)?
+            .into_iter()
+            .map(|row| reranker_adapter(model, row))
+            .collect())
     }
 
     async fn active_reranker_adapter(
         &self,
         model: &str,
     ) -> Result<Option<RerankerAdapterVersion>, PortError> {
-        let row: Option<StoredRow> = self.with(|c| {
-            c.query_row(
-                "SELECT a.version, a.blobs, a.evaluation, a.trained_at FROM reranker_adapters a \
-                 JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
-                 WHERE a.model = ?1",
-                params![model, active_reranker_key(model)],
-                stored_row,
-            )
-            .optional()
-        })?;
-        row.map(|row| reranker_adapter_version(model, row))
-            .transpose()
+        Ok(RERANKER_ADAPTERS
+            .active(self, model)?
+            .map(|row| reranker_adapter(model, row)))
     }
 
     async fn activate_reranker_adapter(
@@ -328,20 +389,7 @@ impl LearningStore for SqliteCatalog {
         model: &str,
         version: Option<u32>,
     ) -> Result<bool, PortError> {
-        let state = active_reranker_key(model);
-        self.with(|c| match version {
-            None => c
-                .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
-                .map(|_| true),
-            Some(version) => c
-                .execute(
-                    "INSERT INTO engine_state (key, value) \
-                     SELECT ?1, version FROM reranker_adapters WHERE model = ?2 AND version = ?3 \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![state, model, version],
-                )
-                .map(|changed| changed == 1),
-        })
+        RERANKER_ADAPTERS.activate(self, model, version)
     }
 }
 
