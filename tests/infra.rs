@@ -46,6 +46,7 @@ fn sample(placeholder: &str) -> &'static str {
         "reranker_model" => "Qwen/Qwen2-VL-2B-Instruct",
         "reranker_max_candidates" => "10",
         "reranker_image_tokens" => "144",
+        "reranker_learn_every_clicks" => "100",
         other => panic!(
             "the gpu_worker templates use ${{{other}}}: give it a sample value in tests/infra.rs"
         ),
@@ -124,13 +125,16 @@ fn a_worker_with_the_reranker_loads_the_settings_the_module_writes() {
     let settings = load(
         &(render("worker.toml.tftpl")
             + &render("backends.toml.tftpl")
-            + &render("reranker.toml.tftpl")),
+            + &render("reranker.toml.tftpl")
+            + &render("reranker_learning.toml.tftpl")),
         &(render("worker.env.tftpl") + &render("backends.env.tftpl")),
     );
     let reranker = settings.reranker.as_ref().expect("the [reranker] section");
     assert_eq!(reranker.model, sample("reranker_model"));
     assert_eq!(reranker.vlm_settings().max_candidates, 10);
     assert_eq!(reranker.vlm_settings().image_tokens, 144);
+    let learning = reranker.learning.as_ref().expect("[reranker.learning]");
+    assert_eq!(learning.every_clicks, 100);
     assert!(
         settings.storage().is_some(),
         "it reads the photos from the bucket"

@@ -839,9 +839,22 @@ pub async fn reranker_suite(reranker: &dyn Reranker) {
             score: f32::from(seed),
         })
         .collect();
-    let probabilities = reranker.rerank("a red sled", &candidates).await.unwrap();
-    assert_eq!(probabilities.len(), 3);
-    assert!(probabilities.iter().all(|p| (0.0..=1.0).contains(p)));
+    let relevance = reranker.rerank("a red sled", &candidates).await.unwrap();
+    // None scored (a reranker without a model), or the first ones, each with a probability and a
+    // share of one.
+    let scored = relevance.probabilities.len();
+    assert!(scored <= candidates.len());
+    assert_eq!(relevance.shares.len(), scored);
+    assert!(
+        relevance
+            .probabilities
+            .iter()
+            .all(|p| (0.0..=1.0).contains(p))
+    );
+    if scored > 0 {
+        let total: f32 = relevance.shares.iter().sum();
+        assert!((total - 1.0).abs() < 1e-4, "{relevance:?}");
+    }
 }
 
 /// The LearningStore contract, on an empty catalog that is also `store`.

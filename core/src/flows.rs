@@ -15,7 +15,8 @@ use crate::photo::{
 };
 use crate::ports::{
     Added, BlobStore, Catalog, CatalogCounts, ClaimedJob, IndexedPhoto, JobClaim, JobOutcome,
-    PortError, Requeue, RerankCandidate, Reranker, SearchFilter, TextEmbedder, VectorIndex,
+    PortError, Relevance, Requeue, RerankCandidate, Reranker, SearchFilter, TextEmbedder,
+    VectorIndex,
 };
 use crate::query::{self, Date, ParsedQuery, QueryError};
 use crate::search::{
@@ -1089,7 +1090,9 @@ async fn rerank(
         })
         .collect();
     match reranker.rerank(query, &candidates).await {
-        Ok(probabilities) if (1..=head).contains(&probabilities.len()) => {
+        // A reranker without a model of relevance: retrieval order, nothing to report.
+        Ok(Relevance { probabilities, .. }) if probabilities.is_empty() => None,
+        Ok(Relevance { probabilities, .. }) if probabilities.len() <= head => {
             let scored = probabilities.len();
             for (entry, probability) in ranked[..scored].iter_mut().zip(probabilities) {
                 entry.2 = Some(probability);
@@ -1100,7 +1103,7 @@ async fn rerank(
             });
             None
         }
-        Ok(probabilities) => Some(format!(
+        Ok(Relevance { probabilities, .. }) => Some(format!(
             "reranker {} returned {} scores for {head} candidates",
             reranker.name(),
             probabilities.len()
@@ -1109,8 +1112,8 @@ async fn rerank(
     }
 }
 
-/// The reranker of a deployment without a reranking model: keeps retrieval order and reports it
-/// as probabilities (softmax of the retrieval scores).
+/// The reranker of a deployment without a reranking model: it scores nothing, so searches keep
+/// their retrieval order and carry no reranker probability.
 pub struct RetrievalOrder;
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
@@ -1123,15 +1126,9 @@ impl Reranker for RetrievalOrder {
     async fn rerank(
         &self,
         _query: &str,
-        candidates: &[RerankCandidate],
-    ) -> Result<Vec<f32>, PortError> {
-        let top = candidates
-            .iter()
-            .map(|c| c.score)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f32> = candidates.iter().map(|c| (c.score - top).exp()).collect();
-        let sum: f32 = exps.iter().sum();
-        Ok(exps.into_iter().map(|e| e / sum).collect())
+        _candidates: &[RerankCandidate],
+    ) -> Result<Relevance, PortError> {
+        Ok(Relevance::default())
     }
 }
 

@@ -176,6 +176,17 @@ pub struct RerankCandidate {
     pub score: f32,
 }
 
+/// What a reranker made of the candidates of one query, in their order (also the wire form of
+/// the worker's `POST /v1/rerank` answer, beside the reranker's name).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Relevance {
+    /// Each scored candidate's own calibrated probability of being what the query asks for
+    /// (`P(yes)` of a vision-language model): higher ranks first; they need not sum to 1.
+    pub probabilities: Vec<f32>,
+    /// The softmax of the model's relevance logits across the scored candidates (sums to 1).
+    pub shares: Vec<f32>,
+}
+
 /// Scores (query, image) pairs.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
@@ -183,16 +194,15 @@ pub trait Reranker: MaybeSendSync {
     /// A short name for logs, metrics and a search's `ranked_by` (it may change while the
     /// reranker runs: with the adapter it uses).
     fn name(&self) -> String;
-    /// One probability per candidate, in the candidates' order: how likely it is to be what the
-    /// query asks for (a model's calibrated relevance, or a softmax across the candidates for a
-    /// reranker that only has retrieval scores). Higher ranks first; they need not sum to 1. A
-    /// reranker that takes fewer candidates than it is sent scores the first ones only and returns
-    /// fewer probabilities (at least one): the rest keep their retrieval order below them.
+    /// The relevance of the candidates, in their order. A reranker that takes fewer candidates
+    /// than it is sent scores the first ones only: the rest keep their retrieval order below them.
+    /// One without a model of relevance scores none (empty): the search keeps its retrieval order
+    /// and says no reranker ranked it.
     async fn rerank(
         &self,
         query: &str,
         candidates: &[RerankCandidate],
-    ) -> Result<Vec<f32>, PortError>;
+    ) -> Result<Relevance, PortError>;
 }
 
 /// The outcome of adding a photo to the catalog.

@@ -159,7 +159,8 @@ fn embeds_texts_and_images_for_holders_of_the_internal_token() {
     let (status, _) = worker.post_images(&[]);
     assert_eq!(status, 400);
 
-    // Rerank: one probability per candidate, in order, from the configured reranker.
+    // Rerank without a reranking model: nothing scored, so the edge keeps retrieval order and
+    // shows no probability.
     let photo = |id: &str| {
         json!({"id": id, "sha256": "ab", "origin": {"kind": "upload", "key": format!("originals/{id}")},
                "format": "png", "bytes": 10, "width": 4, "height": 4, "taken_at": null,
@@ -175,14 +176,8 @@ fn embeds_texts_and_images_for_holders_of_the_internal_token() {
     let (status, body_ok) = worker.post("/v1/rerank", Some(TOKEN), candidates);
     assert_eq!(status, 200, "{body_ok} {body}");
     assert_eq!(body_ok["reranker"], "retrieval-order");
-    let p: Vec<f64> = body_ok["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_f64().unwrap())
-        .collect();
-    assert_eq!(p.len(), 2);
-    assert!(p[0] > p[1] && (p[0] + p[1] - 1.0).abs() < 1e-4, "{p:?}");
+    assert_eq!(body_ok["probabilities"], json!([]), "{body_ok}");
+    assert_eq!(body_ok["shares"], json!([]), "{body_ok}");
     let (status, body) = worker.post(
         "/v1/rerank",
         Some(TOKEN),
@@ -321,6 +316,14 @@ fn the_vision_reranker_scores_photos_from_storage_and_says_which_it_cannot_read(
         .collect();
     assert_eq!(p.len(), 2, "{body}");
     assert!(p.iter().all(|p| (0.0..=1.0).contains(p)), "{p:?}");
+    // And the softmax of the "yes" logits across them.
+    let shares: f64 = body["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-4, "{body}");
 
     // A candidate whose original is not in storage: the request fails with the reason (the
     // edge then keeps retrieval order).

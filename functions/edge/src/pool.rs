@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use glimpse_core::ports::{PortError, RerankCandidate, Reranker, TextEmbedder};
+use glimpse_core::ports::{PortError, Relevance, RerankCandidate, Reranker, TextEmbedder};
 use glimpse_core::{Embedding, EncoderId};
 use http::StatusCode;
 use serde::Deserialize;
@@ -90,11 +90,6 @@ impl<'a> PoolReranker<'a> {
     }
 }
 
-#[derive(Deserialize)]
-struct Reranked {
-    probabilities: Vec<f32>,
-}
-
 #[async_trait::async_trait(?Send)]
 impl Reranker for PoolReranker<'_> {
     fn name(&self) -> String {
@@ -105,7 +100,7 @@ impl Reranker for PoolReranker<'_> {
         &self,
         query: &str,
         candidates: &[RerankCandidate],
-    ) -> Result<Vec<f32>, PortError> {
+    ) -> Result<Relevance, PortError> {
         const SERVICE: &str = "the worker pool's reranker";
         let url = format!(
             "{}/v1/rerank",
@@ -128,8 +123,7 @@ impl Reranker for PoolReranker<'_> {
         if reply.status != StatusCode::OK {
             return Err(pool_error(SERVICE, &reply));
         }
-        serde_json::from_slice::<Reranked>(&reply.body)
-            .map(|r| r.probabilities)
+        serde_json::from_slice::<Relevance>(&reply.body)
             .map_err(|e| PortError::Internal(format!("{SERVICE}: unexpected answer: {e}")))
     }
 }

@@ -17,7 +17,9 @@ use futures_util::future::try_join_all;
 use glimpse_core::learning::{
     AdapterFiles, RerankerExample, RerankerTraining, TrainedAdapter, reranker_image,
 };
-use glimpse_core::ports::{BlobStore, PortError, RerankCandidate, Reranker, RerankerLearner};
+use glimpse_core::ports::{
+    BlobStore, PortError, Relevance, RerankCandidate, Reranker, RerankerLearner,
+};
 
 use super::local_encoder::{join_error, port_error};
 use crate::encoder::EncoderError;
@@ -140,13 +142,13 @@ impl Reranker for VisionReranker {
         &self,
         query: &str,
         candidates: &[RerankCandidate],
-    ) -> Result<Vec<f32>, PortError> {
+    ) -> Result<Relevance, PortError> {
         let head = &candidates[..candidates.len().min(self.max_candidates)];
         let images =
             try_join_all(head.iter().map(|c| reranker_image(&*self.blobs, &c.photo))).await?;
         let model = Arc::clone(&self.model);
         let query = query.to_owned();
-        let relevance = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let model = model.read().map_err(|_| poisoned())?;
             let prepared = images
                 .iter()
@@ -156,8 +158,7 @@ impl Reranker for VisionReranker {
         })
         .await
         .map_err(join_error)?
-        .map_err(port_error)?;
-        Ok(relevance.probabilities)
+        .map_err(port_error)
     }
 }
 
@@ -173,7 +174,8 @@ impl RerankerLearner for VisionReranker {
     }
 
     /// Loads a copy of the model (f32, on the served model's device) for the run: searches keep
-    /// their reranker meanwhile. Photos go through the vision tower once, at the training pixel
+    /// their reranker meanwhile. Photos go through the vision tower once for training, at the
+    /// training pixel budget, and the held-out pairs are scored as searches are, at the serving
     /// budget.
     async fn train(
         &self,
@@ -182,25 +184,23 @@ impl RerankerLearner for VisionReranker {
         active: Option<&AdapterFiles>,
         settings: &RerankerTraining,
     ) -> Result<TrainedAdapter, PortError> {
+        let (directory, device, serving_tokens) = {
+            let served = self.model.read().map_err(|_| port_error(poisoned()))?;
+            (
+                served.directory().to_path_buf(),
+                served.placement().0,
+                served.settings().image_tokens,
+            )
+        };
         let run = TrainingRun {
-            directory: self
-                .model
-                .read()
-                .map_err(|_| port_error(poisoned()))?
-                .directory()
-                .to_path_buf(),
+            directory,
             base_model: self.model_name.clone(),
             training: training.to_vec(),
             held_out: held_out.to_vec(),
             active: active.cloned(),
             settings: settings.clone(),
+            serving_tokens,
         };
-        let device = self
-            .model
-            .read()
-            .map_err(|_| port_error(poisoned()))?
-            .placement()
-            .0;
         tokio::task::spawn_blocking(move || run.run(device))
             .await
             .map_err(join_error)?
@@ -251,6 +251,8 @@ struct TrainingRun {
     held_out: Vec<RerankerExample>,
     active: Option<AdapterFiles>,
     settings: RerankerTraining,
+    /// The pixel budget searches are reranked at: the held-out pairs are scored at it.
+    serving_tokens: usize,
 }
 
 impl TrainingRun {
@@ -265,31 +267,33 @@ impl TrainingRun {
             device.clone(),
             DType::F32,
         )?;
-        // Each photo goes through the (frozen) vision tower once, however many pairs show it.
-        let mut tokens: HashMap<*const u8, ImageTokens> = HashMap::new();
-        let mut examples = |pairs: &[RerankerExample]| -> Result<Vec<Example>, EncoderError> {
-            pairs
-                .iter()
-                .map(|pair| {
-                    let image = match tokens.entry(pair.image.as_ptr()) {
-                        Entry::Occupied(known) => known.get().clone(),
-                        Entry::Vacant(new) => {
-                            let prepared = reranker.prepare(&pair.image)?;
-                            new.insert(reranker.image_tokens(&[prepared])?.remove(0))
-                                .clone()
-                        }
-                    };
-                    Ok(Example {
-                        query: pair.query.clone(),
-                        image,
-                        relevant: pair.relevant,
-                        weight: pair.weight,
+        // Each photo goes through the (frozen) vision tower once per pixel budget, however many
+        // pairs show it: training at the training budget, the held-out pairs at the serving one.
+        let mut tokens: HashMap<(*const u8, usize), ImageTokens> = HashMap::new();
+        let mut examples =
+            |pairs: &[RerankerExample], budget: usize| -> Result<Vec<Example>, EncoderError> {
+                pairs
+                    .iter()
+                    .map(|pair| {
+                        let image = match tokens.entry((pair.image.as_ptr(), budget)) {
+                            Entry::Occupied(known) => known.get().clone(),
+                            Entry::Vacant(new) => {
+                                let prepared = reranker.prepare_at(&pair.image, budget)?;
+                                new.insert(reranker.image_tokens(&[prepared])?.remove(0))
+                                    .clone()
+                            }
+                        };
+                        Ok(Example {
+                            query: pair.query.clone(),
+                            image,
+                            relevant: pair.relevant,
+                            weight: pair.weight,
+                        })
                     })
-                })
-                .collect()
-        };
-        let training_set = examples(&self.training)?;
-        let held_out = examples(&self.held_out)?;
+                    .collect()
+            };
+        let training_set = examples(&self.training, settings.image_tokens.max(1))?;
+        let held_out = examples(&self.held_out, self.serving_tokens.max(1))?;
         let held_out_before = match &self.active {
             Some(files) => {
                 LoraAdapter::from_files(files, &device, DType::F32)?

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use glimpse_core::ports::Relevance;
 use tokenizers::Tokenizer;
 
 pub use self::patches::{resize_and_normalise, smart_resize, to_patches};
@@ -46,15 +47,6 @@ impl Default for VlmSettings {
             image_tokens: 144,
         }
     }
-}
-
-/// What the reranker made of the candidates of one query, in their order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Relevance {
-    /// `P(yes)` of each candidate over the two answer tokens: its own calibrated probability.
-    pub probabilities: Vec<f32>,
-    /// The softmax of the "yes" logits across the candidates (sums to 1).
-    pub shares: Vec<f32>,
 }
 
 /// Qwen2-VL with its tokenizer, scoring (query, photo) pairs.
@@ -269,7 +261,8 @@ impl VlmReranker {
         Ok(Tensor::cat(&outputs, 0)?.index_select(&inverse, 0)?)
     }
 
-    /// Scores prepared images against `query`.
+    /// Scores prepared images against `query`: `P(yes)` of each over the two answer tokens, and
+    /// the softmax of the "yes" logits across them.
     pub fn score(&self, query: &str, images: &[PreparedImage]) -> Result<Relevance, EncoderError> {
         if images.is_empty() {
             return Ok(Relevance {

@@ -246,13 +246,14 @@ async fn rerank(
         .await;
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     state.rerank_micros.fetch_add(micros, Ordering::Relaxed);
-    let probabilities = outcome.inspect_err(|_| {
+    let relevance = outcome.inspect_err(|_| {
         state.rerank_failures.fetch_add(1, Ordering::Relaxed);
     })?;
     state.reranked.fetch_add(1, Ordering::Relaxed);
     Ok(Json(json!({
         "reranker": reranker,
-        "probabilities": probabilities,
+        "probabilities": relevance.probabilities,
+        "shares": relevance.shares,
     })))
 }
 

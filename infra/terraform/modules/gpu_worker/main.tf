@@ -99,6 +99,9 @@ locals {
       reranker_max_candidates = var.reranker_max_candidates
       reranker_image_tokens   = var.reranker_image_tokens
     })] : [],
+    var.reranker_model != null && var.reranker_learn_every_clicks != null ? [templatefile("${path.module}/templates/reranker_learning.toml.tftpl", {
+      reranker_learn_every_clicks = var.reranker_learn_every_clicks
+    })] : [],
   ))
 
   worker_env = join("", concat(

@@ -91,6 +91,17 @@ variable "reranker_image_tokens" {
   default     = 144
 }
 
+variable "reranker_learn_every_clicks" {
+  description = "With reranker_model: the workers train the reranker's LoRA adapters from the clicks in the catalog, a run after this many new clicks (one at a time across the pool); null: they only follow the adapter activated in the catalog."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.reranker_learn_every_clicks == null || try(var.reranker_learn_every_clicks >= 1, false)
+    error_message = "reranker_learn_every_clicks must be at least 1, or null to train no adapters."
+  }
+}
+
 variable "consume_jobs" {
   description = "Whether the workers index uploads (the feature-job consumer, with the database, bucket and index). A worker that only answers query text for the edge sets this false."
   type        = bool
