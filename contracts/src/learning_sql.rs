@@ -13,53 +13,16 @@ use glimpse_core::learning::{
 use glimpse_core::ports::{Catalog, LearningStore, PortError};
 use glimpse_core::search::{QueryId, SearchLogEntry};
 
+use crate::adapter_tables::{AdapterTable, QUERY_ADAPTERS, RERANKER_ADAPTERS, StoredAdapter};
 use crate::catalog_sql::{Cells, Param, SqlCatalog, SqlConnection, Statement, corrupt, text};
 
-/// Where one kind of adapter is kept: its table, the column naming what it adapts (an encoder or
-/// a reranker model), the column of its contents, and the `pool_state` key prefix of the active
-/// version.
-struct AdapterTable {
-    table: &'static str,
-    owner: &'static str,
-    payload: &'static str,
-    active_prefix: &'static str,
-}
-
-const QUERY_ADAPTERS: AdapterTable = AdapterTable {
-    table: "query_adapters",
-    owner: "encoder",
-    payload: "adapter",
-    active_prefix: "active_adapter:",
-};
-
-const RERANKER_ADAPTERS: AdapterTable = AdapterTable {
-    table: "reranker_adapters",
-    owner: "model",
-    payload: "blobs",
-    active_prefix: "active_reranker_adapter:",
-};
-
-/// A stored version as read: version, payload, evaluation, trained_at.
-struct StoredRow {
-    version: u32,
-    payload: String,
-    evaluation: Evaluation,
-    trained_at: i64,
+fn stored(row: &[crate::catalog_sql::Cell]) -> Result<StoredAdapter, PortError> {
+    let cells = Cells(row);
+    let version = u32::try_from(cells.i32(0)?).map_err(|_| corrupt("adapter version"))?;
+    StoredAdapter::parse(version, cells.text(1)?, &cells.text(2)?, cells.i64(3)?)
 }
 
 impl AdapterTable {
-    fn row(row: &[crate::catalog_sql::Cell]) -> Result<StoredRow, PortError> {
-        let cells = Cells(row);
-        let version = u32::try_from(cells.i32(0)?).map_err(|_| corrupt("adapter version"))?;
-        Ok(StoredRow {
-            version,
-            payload: cells.text(1)?,
-            evaluation: serde_json::from_str(&cells.text(2)?)
-                .map_err(|_| corrupt("adapter evaluation"))?,
-            trained_at: cells.i64(3)?,
-        })
-    }
-
     /// Stores the next version for `owner` and makes it the active one, in one statement.
     async fn store<C: SqlConnection>(
         &self,
@@ -75,7 +38,7 @@ impl AdapterTable {
             table,
             owner: column,
             payload: contents,
-            active_prefix,
+            ..
         } = self;
         let rows = catalog
             .connection()
@@ -97,7 +60,7 @@ impl AdapterTable {
                     text(payload),
                     text(measured),
                     Param::I64(Some(trained_at)),
-                    text(format!("{active_prefix}{owner}")),
+                    text(self.active_key(owner)),
                 ],
             ))
             .await?;
@@ -109,7 +72,7 @@ impl AdapterTable {
         &self,
         catalog: &SqlCatalog<C>,
         owner: &str,
-    ) -> Result<Vec<StoredRow>, PortError> {
+    ) -> Result<Vec<StoredAdapter>, PortError> {
         let AdapterTable {
             table,
             owner: column,
@@ -127,7 +90,7 @@ impl AdapterTable {
             ))
             .await?
             .iter()
-            .map(|row| Self::row(row))
+            .map(|row| stored(row))
             .collect()
     }
 
@@ -135,12 +98,12 @@ impl AdapterTable {
         &self,
         catalog: &SqlCatalog<C>,
         owner: &str,
-    ) -> Result<Option<StoredRow>, PortError> {
+    ) -> Result<Option<StoredAdapter>, PortError> {
         let AdapterTable {
             table,
             owner: column,
             payload,
-            active_prefix,
+            ..
         } = self;
         catalog
             .connection()
@@ -150,11 +113,11 @@ impl AdapterTable {
                      JOIN pool_state s ON s.key = $2::TEXT AND s.value = a.version::TEXT \
                      WHERE a.{column} = $1::TEXT"
                 ),
-                vec![text(owner), text(format!("{active_prefix}{owner}"))],
+                vec![text(owner), text(self.active_key(owner))],
             ))
             .await?
             .first()
-            .map(|row| Self::row(row))
+            .map(|row| stored(row))
             .transpose()
     }
 
@@ -167,10 +130,9 @@ impl AdapterTable {
         let AdapterTable {
             table,
             owner: column,
-            active_prefix,
             ..
         } = self;
-        let key = text(format!("{active_prefix}{owner}"));
+        let key = text(self.active_key(owner));
         let Some(version) = version else {
             catalog
                 .connection()
@@ -196,26 +158,6 @@ impl AdapterTable {
             ))
             .await?;
         Ok(!rows.is_empty())
-    }
-}
-
-fn query_adapter(encoder: &EncoderId, row: StoredRow) -> Result<AdapterVersion, PortError> {
-    Ok(AdapterVersion {
-        version: row.version,
-        encoder: encoder.clone(),
-        adapter: serde_json::from_str(&row.payload).map_err(|_| corrupt("query adapter"))?,
-        evaluation: row.evaluation,
-        trained_at: row.trained_at,
-    })
-}
-
-fn reranker_adapter(model: &str, row: StoredRow) -> RerankerAdapterVersion {
-    RerankerAdapterVersion {
-        version: row.version,
-        model: model.to_owned(),
-        blobs: row.payload,
-        evaluation: row.evaluation,
-        trained_at: row.trained_at,
     }
 }
 
@@ -380,7 +322,7 @@ impl<C: SqlConnection> LearningStore for SqlCatalog<C> {
             .versions(self, &encoder.to_string())
             .await?
             .into_iter()
-            .map(|row| query_adapter(encoder, row))
+            .map(|row| row.into_query_adapter(encoder))
             .collect()
     }
 
@@ -391,7 +333,7 @@ impl<C: SqlConnection> LearningStore for SqlCatalog<C> {
         QUERY_ADAPTERS
             .active(self, &encoder.to_string())
             .await?
-            .map(|row| query_adapter(encoder, row))
+            .map(|row| row.into_query_adapter(encoder))
             .transpose()
     }
 
@@ -432,7 +374,7 @@ impl<C: SqlConnection> LearningStore for SqlCatalog<C> {
             .versions(self, model)
             .await?
             .into_iter()
-            .map(|row| reranker_adapter(model, row))
+            .map(|row| row.into_reranker_adapter(model))
             .collect())
     }
 
@@ -443,7 +385,7 @@ impl<C: SqlConnection> LearningStore for SqlCatalog<C> {
         Ok(RERANKER_ADAPTERS
             .active(self, model)
             .await?
-            .map(|row| reranker_adapter(model, row)))
+            .map(|row| row.into_reranker_adapter(model)))
     }
 
     async fn activate_reranker_adapter(

@@ -116,6 +116,7 @@ impl Engine {
         let Some(settings) = &self.learning else {
             return Ok(Vec::new());
         };
+        let clicks = self.catalog.click_count().await?;
         let mut outcomes = Vec::new();
         for learner in self.learners() {
             let before = self
@@ -123,7 +124,6 @@ impl Engine {
                 .clicks_at_last_training(learner)
                 .await?
                 .unwrap_or(0);
-            let clicks = self.catalog.click_count().await?;
             if clicks.saturating_sub(before) >= settings.every_clicks.max(1) {
                 outcomes.push((learner, self.train(learner, settings).await?));
             }

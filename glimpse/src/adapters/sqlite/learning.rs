@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use glimpse_contracts::adapter_tables::{
+    AdapterTable, QUERY_ADAPTERS, RERANKER_ADAPTERS, StoredAdapter,
+};
 use glimpse_core::EncoderId;
 use glimpse_core::learning::{
     AdapterVersion, Evaluation, Learner, QueryAdapter, RerankerAdapterVersion, SwapCounts,
@@ -15,185 +18,129 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteCatalog, internal, now_seconds};
 
-/// Where one kind of adapter is kept: its table, the column naming what it adapts (an encoder or
-/// a reranker model), the column of its contents, and the `engine_state` key prefix of the active
-/// version.
-struct AdapterTable {
-    table: &'static str,
-    owner: &'static str,
-    payload: &'static str,
-    active_prefix: &'static str,
+/// Rows of an [`AdapterTable`] as read.
+fn parsed(rows: Vec<(u32, String, String, i64)>) -> Result<Vec<StoredAdapter>, PortError> {
+    rows.into_iter()
+        .map(|(version, payload, evaluation, trained_at)| {
+            StoredAdapter::parse(version, payload, &evaluation, trained_at)
+        })
+        .collect()
 }
 
-const QUERY_ADAPTERS: AdapterTable = AdapterTable {
-    table: "query_adapters",
-    owner: "encoder",
-    payload: "adapter",
-    active_prefix: "active_adapter:",
-};
-
-const RERANKER_ADAPTERS: AdapterTable = AdapterTable {
-    table: "reranker_adapters",
-    owner: "model",
-    payload: "blobs",
-    active_prefix: "active_reranker_adapter:",
-};
-
-/// A stored version as read: version, payload, evaluation, trained_at.
-struct StoredRow {
-    version: u32,
-    payload: String,
-    evaluation: Evaluation,
+/// Stores the next version of `adapters` for `owner` and makes it the active one, in one transaction.
+fn store(
+    adapters: &AdapterTable,
+    catalog: &SqliteCatalog,
+    owner: &str,
+    payload: &str,
+    evaluation: &Evaluation,
     trained_at: i64,
+) -> Result<u32, PortError> {
+    let measured = serde_json::to_string(evaluation).map_err(internal)?;
+    let AdapterTable {
+        table,
+        owner: column,
+        payload: contents,
+        ..
+    } = adapters;
+    catalog.with(|c| {
+        let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: u32 = transaction.query_row(
+            &format!(
+                "INSERT INTO {table} ({column}, version, {contents}, evaluation, trained_at) \
+                 SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM {table} \
+                 WHERE {column} = ?1 RETURNING version"
+            ),
+            params![owner, payload, measured, trained_at],
+            |row| row.get(0),
+        )?;
+        transaction.execute(
+            "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![adapters.active_key(owner), version.to_string()],
+        )?;
+        transaction.commit()?;
+        Ok(version)
+    })
 }
 
-impl AdapterTable {
-    fn active_key(&self, owner: &str) -> String {
-        format!("{}{owner}", self.active_prefix)
-    }
+fn versions(
+    adapters: &AdapterTable,
+    catalog: &SqliteCatalog,
+    owner: &str,
+) -> Result<Vec<StoredAdapter>, PortError> {
+    let AdapterTable {
+        table,
+        owner: column,
+        payload,
+        ..
+    } = adapters;
+    parsed(catalog.with(|c| {
+        let mut statement = c.prepare_cached(&format!(
+            "SELECT version, {payload}, evaluation, trained_at FROM {table} \
+             WHERE {column} = ?1 ORDER BY version DESC"
+        ))?;
+        statement.query_map(params![owner], stored_row)?.collect()
+    })?)
+}
 
-    fn rows(rows: Vec<(u32, String, String, i64)>) -> Result<Vec<StoredRow>, PortError> {
-        rows.into_iter()
-            .map(|(version, payload, evaluation, trained_at)| {
-                Ok(StoredRow {
-                    version,
-                    payload,
-                    evaluation: serde_json::from_str(&evaluation)
-                        .map_err(|e| internal(format!("adapter {version}'s evaluation: {e}")))?,
-                    trained_at,
-                })
-            })
-            .collect()
-    }
+fn active(
+    adapters: &AdapterTable,
+    catalog: &SqliteCatalog,
+    owner: &str,
+) -> Result<Option<StoredAdapter>, PortError> {
+    let AdapterTable {
+        table,
+        owner: column,
+        payload,
+        ..
+    } = adapters;
+    let row = catalog.with(|c| {
+        c.query_row(
+            &format!(
+                "SELECT a.version, a.{payload}, a.evaluation, a.trained_at FROM {table} a \
+                 JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
+                 WHERE a.{column} = ?1"
+            ),
+            params![owner, adapters.active_key(owner)],
+            stored_row,
+        )
+        .optional()
+    })?;
+    Ok(parsed(row.into_iter().collect())?.pop())
+}
 
-    /// Stores the next version for `owner` and makes it the active one, in one transaction.
-    fn store(
-        &self,
-        catalog: &SqliteCatalog,
-        owner: &str,
-        payload: &str,
-        evaluation: &Evaluation,
-        trained_at: i64,
-    ) -> Result<u32, PortError> {
-        let measured = serde_json::to_string(evaluation).map_err(internal)?;
-        let Self {
-            table,
-            owner: column,
-            payload: contents,
-            ..
-        } = self;
-        catalog.with(|c| {
-            let transaction = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let version: u32 = transaction.query_row(
+fn activate(
+    adapters: &AdapterTable,
+    catalog: &SqliteCatalog,
+    owner: &str,
+    version: Option<u32>,
+) -> Result<bool, PortError> {
+    let AdapterTable {
+        table,
+        owner: column,
+        ..
+    } = adapters;
+    let state = adapters.active_key(owner);
+    catalog.with(|c| match version {
+        None => c
+            .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
+            .map(|_| true),
+        Some(version) => c
+            .execute(
                 &format!(
-                    "INSERT INTO {table} ({column}, version, {contents}, evaluation, trained_at) \
-                     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM {table} \
-                     WHERE {column} = ?1 RETURNING version"
+                    "INSERT INTO engine_state (key, value) \
+                     SELECT ?1, version FROM {table} WHERE {column} = ?2 AND version = ?3 \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
                 ),
-                params![owner, payload, measured, trained_at],
-                |row| row.get(0),
-            )?;
-            transaction.execute(
-                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![self.active_key(owner), version.to_string()],
-            )?;
-            transaction.commit()?;
-            Ok(version)
-        })
-    }
-
-    fn versions(&self, catalog: &SqliteCatalog, owner: &str) -> Result<Vec<StoredRow>, PortError> {
-        let Self {
-            table,
-            owner: column,
-            payload,
-            ..
-        } = self;
-        Self::rows(catalog.with(|c| {
-            let mut statement = c.prepare_cached(&format!(
-                "SELECT version, {payload}, evaluation, trained_at FROM {table} \
-                 WHERE {column} = ?1 ORDER BY version DESC"
-            ))?;
-            statement.query_map(params![owner], stored_row)?.collect()
-        })?)
-    }
-
-    fn active(&self, catalog: &SqliteCatalog, owner: &str) -> Result<Option<StoredRow>, PortError> {
-        let Self {
-            table,
-            owner: column,
-            payload,
-            ..
-        } = self;
-        let row = catalog.with(|c| {
-            c.query_row(
-                &format!(
-                    "SELECT a.version, a.{payload}, a.evaluation, a.trained_at FROM {table} a \
-                     JOIN engine_state s ON s.key = ?2 AND a.version = CAST(s.value AS INTEGER) \
-                     WHERE a.{column} = ?1"
-                ),
-                params![owner, self.active_key(owner)],
-                stored_row,
+                params![state, owner, version],
             )
-            .optional()
-        })?;
-        Ok(Self::rows(row.into_iter().collect())?.pop())
-    }
-
-    fn activate(
-        &self,
-        catalog: &SqliteCatalog,
-        owner: &str,
-        version: Option<u32>,
-    ) -> Result<bool, PortError> {
-        let Self {
-            table,
-            owner: column,
-            ..
-        } = self;
-        let state = self.active_key(owner);
-        catalog.with(|c| match version {
-            None => c
-                .execute("DELETE FROM engine_state WHERE key = ?1", params![state])
-                .map(|_| true),
-            Some(version) => c
-                .execute(
-                    &format!(
-                        "INSERT INTO engine_state (key, value) \
-                         SELECT ?1, version FROM {table} WHERE {column} = ?2 AND version = ?3 \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                    ),
-                    params![state, owner, version],
-                )
-                .map(|changed| changed == 1),
-        })
-    }
+            .map(|changed| changed == 1),
+    })
 }
 
 fn stored_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u32, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-}
-
-fn query_adapter(encoder: &EncoderId, row: StoredRow) -> Result<AdapterVersion, PortError> {
-    Ok(AdapterVersion {
-        version: row.version,
-        encoder: encoder.clone(),
-        adapter: serde_json::from_str(&row.payload)
-            .map_err(|e| internal(format!("query adapter {}: {e}", row.version)))?,
-        evaluation: row.evaluation,
-        trained_at: row.trained_at,
-    })
-}
-
-fn reranker_adapter(model: &str, row: StoredRow) -> RerankerAdapterVersion {
-    RerankerAdapterVersion {
-        version: row.version,
-        model: model.to_owned(),
-        blobs: row.payload,
-        evaluation: row.evaluation,
-        trained_at: row.trained_at,
-    }
 }
 
 #[async_trait]
@@ -307,8 +254,14 @@ impl LearningStore for SqliteCatalog {
         trained_at: i64,
     ) -> Result<AdapterVersion, PortError> {
         let payload = serde_json::to_string(adapter).map_err(internal)?;
-        let version =
-            QUERY_ADAPTERS.store(self, &encoder.to_string(), &payload, evaluation, trained_at)?;
+        let version = store(
+            &QUERY_ADAPTERS,
+            self,
+            &encoder.to_string(),
+            &payload,
+            evaluation,
+            trained_at,
+        )?;
         Ok(AdapterVersion {
             version,
             encoder: encoder.clone(),
@@ -322,10 +275,9 @@ impl LearningStore for SqliteCatalog {
         &self,
         encoder: &EncoderId,
     ) -> Result<Vec<AdapterVersion>, PortError> {
-        QUERY_ADAPTERS
-            .versions(self, &encoder.to_string())?
+        versions(&QUERY_ADAPTERS, self, &encoder.to_string())?
             .into_iter()
-            .map(|row| query_adapter(encoder, row))
+            .map(|row| row.into_query_adapter(encoder))
             .collect()
     }
 
@@ -333,9 +285,8 @@ impl LearningStore for SqliteCatalog {
         &self,
         encoder: &EncoderId,
     ) -> Result<Option<AdapterVersion>, PortError> {
-        QUERY_ADAPTERS
-            .active(self, &encoder.to_string())?
-            .map(|row| query_adapter(encoder, row))
+        active(&QUERY_ADAPTERS, self, &encoder.to_string())?
+            .map(|row| row.into_query_adapter(encoder))
             .transpose()
     }
 
@@ -344,7 +295,7 @@ impl LearningStore for SqliteCatalog {
         encoder: &EncoderId,
         version: Option<u32>,
     ) -> Result<bool, PortError> {
-        QUERY_ADAPTERS.activate(self, &encoder.to_string(), version)
+        activate(&QUERY_ADAPTERS, self, &encoder.to_string(), version)
     }
 
     async fn store_reranker_adapter(
@@ -354,7 +305,14 @@ impl LearningStore for SqliteCatalog {
         evaluation: &Evaluation,
         trained_at: i64,
     ) -> Result<RerankerAdapterVersion, PortError> {
-        let version = RERANKER_ADAPTERS.store(self, model, blobs, evaluation, trained_at)?;
+        let version = store(
+            &RERANKER_ADAPTERS,
+            self,
+            model,
+            blobs,
+            evaluation,
+            trained_at,
+        )?;
         Ok(RerankerAdapterVersion {
             version,
             model: model.to_owned(),
@@ -368,10 +326,9 @@ impl LearningStore for SqliteCatalog {
         &self,
         model: &str,
     ) -> Result<Vec<RerankerAdapterVersion>, PortError> {
-        Ok(RERANKER_ADAPTERS
-            .versions(self, model)?
+        Ok(versions(&RERANKER_ADAPTERS, self, model)?
             .into_iter()
-            .map(|row| reranker_adapter(model, row))
+            .map(|row| row.into_reranker_adapter(model))
             .collect())
     }
 
@@ -379,9 +336,7 @@ impl LearningStore for SqliteCatalog {
         &self,
         model: &str,
     ) -> Result<Option<RerankerAdapterVersion>, PortError> {
-        Ok(RERANKER_ADAPTERS
-            .active(self, model)?
-            .map(|row| reranker_adapter(model, row)))
+        Ok(active(&RERANKER_ADAPTERS, self, model)?.map(|row| row.into_reranker_adapter(model)))
     }
 
     async fn activate_reranker_adapter(
@@ -389,7 +344,7 @@ impl LearningStore for SqliteCatalog {
         model: &str,
         version: Option<u32>,
     ) -> Result<bool, PortError> {
-        RERANKER_ADAPTERS.activate(self, model, version)
+        activate(&RERANKER_ADAPTERS, self, model, version)
     }
 }
 
