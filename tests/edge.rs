@@ -9,6 +9,7 @@
 mod api_check;
 #[path = "../glimpse/tests/common/browser.rs"]
 mod browser;
+mod bucket_cors;
 #[path = "../glimpse/tests/common/managed.rs"]
 #[allow(dead_code)]
 mod managed;
@@ -61,6 +62,32 @@ fn glimpse_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A 24-bit BMP of `side`×`side` random pixels: incompressible, so its size is what it says
+/// (3 bytes a pixel).
+fn noise_bmp(side: u32) -> Vec<u8> {
+    let row = (side * 3).div_ceil(4) * 4;
+    let pixels = row * side;
+    let mut bytes = Vec::with_capacity(54 + pixels as usize);
+    bytes.extend(b"BM");
+    bytes.extend((54 + pixels).to_le_bytes());
+    bytes.extend([0; 4]);
+    bytes.extend(54u32.to_le_bytes());
+    bytes.extend(40u32.to_le_bytes());
+    bytes.extend(side.to_le_bytes());
+    bytes.extend(side.to_le_bytes());
+    bytes.extend(1u16.to_le_bytes());
+    bytes.extend(24u16.to_le_bytes());
+    bytes.extend(0u32.to_le_bytes());
+    bytes.extend(pixels.to_le_bytes());
+    bytes.extend(2835u32.to_le_bytes());
+    bytes.extend(2835u32.to_le_bytes());
+    bytes.extend([0; 8]);
+    let mut body = vec![0; pixels as usize];
+    getrandom::fill(&mut body).unwrap();
+    bytes.extend(body);
+    bytes
 }
 
 /// A port nothing listens on.
@@ -541,12 +568,28 @@ async fn a_thumbnail_the_pool_made_is_served_from_storage_and_a_missing_one_says
 async fn the_web_page_at_the_edge_takes_uploads_while_the_pool_sleeps_in_a_real_browser() {
     let backends = Backends::start().await;
     backends.register_encoder().await;
-    let host = backends.edge().await;
+    // The page reaches storage through the bucket's CORS rule, as in production.
+    let bucket = bucket_cors::BucketCors::start(
+        backends
+            .s3
+            .endpoint()
+            .trim_start_matches("http://")
+            .to_owned(),
+    )
+    .await;
+    let mut variables = backends.variables();
+    variables.insert("s3_endpoint".to_owned(), bucket.endpoint());
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
     let base = host.url();
-    let storage = backends.s3.endpoint();
+    bucket.admit(&base);
+    let storage = bucket.endpoint();
     let scratch = tempfile::tempdir().unwrap();
     let good = scratch.path().join("sled.png");
     std::fs::write(&good, image("noise.png")).unwrap();
+    // Over the test edge's max_upload_mb (1): the page sends it straight to storage.
+    let large = scratch.path().join("panorama.bmp");
+    let large_bytes = noise_bmp(640);
+    std::fs::write(&large, &large_bytes).unwrap();
     tokio::task::spawn_blocking(move || {
         browser::run_browser_tests(
             "edge.test.mjs",
@@ -556,6 +599,7 @@ async fn the_web_page_at_the_edge_takes_uploads_while_the_pool_sleeps_in_a_real_
                 ("GLIMPSE_TOKEN", API_TOKEN.to_owned()),
                 ("STORAGE_ORIGIN", storage),
                 ("UPLOAD_GOOD", good.display().to_string()),
+                ("UPLOAD_LARGE", large.display().to_string()),
             ],
         );
     })
@@ -567,8 +611,18 @@ async fn the_web_page_at_the_edge_takes_uploads_while_the_pool_sleeps_in_a_real_
         .await;
     assert_eq!(
         queued[0].get::<_, i64>(0),
-        1,
-        "the upload waits for the pool"
+        2,
+        "both uploads wait for the pool"
+    );
+    let storage = backends.storage().await;
+    let photo = backends
+        .database
+        .rows("SELECT origin_key FROM photos WHERE format = 'bmp'")
+        .await;
+    let kept = storage.get(&photo[0].get::<_, String>(0)).await.unwrap();
+    assert!(
+        kept == Some(large_bytes),
+        "the large original is in storage as the page sent it"
     );
 }
 
@@ -1045,10 +1099,32 @@ struct Worker {
     base: String,
 }
 
+/// The worker settings that have it rerank with the Qwen2-VL test checkpoint (at a small pixel
+/// budget), as a pool with a GPU reranks with the real model.
+fn vision_reranker() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "GLIMPSE__RERANKER__MODEL",
+            repository()
+                .join("tests/reference/checkpoints/qwen2-vl-tiny")
+                .display()
+                .to_string(),
+        ),
+        ("GLIMPSE__RERANKER__IMAGE_TOKENS", "16".to_owned()),
+    ]
+}
+
 impl Worker {
-    fn start(backends: &Backends, qdrant: &glimpse_worker::adapters::QdrantSettings) -> Self {
+    /// A worker listening on `listen` with `extra` settings (environment variables) besides the
+    /// backends'.
+    fn start(
+        backends: &Backends,
+        qdrant: &glimpse_worker::adapters::QdrantSettings,
+        listen: &str,
+        extra: &[(&str, String)],
+    ) -> Self {
         let mut child = Command::new(glimpse_binary())
-            .args(["worker", "--model", &model(), "--listen", "127.0.0.1:0"])
+            .args(["worker", "--model", &model(), "--listen", listen])
             .env("GLIMPSE__WORKER__TOKEN", WORKER_TOKEN)
             .env("GLIMPSE__WORKER__IDLE_POLL_MS", "100")
             .env("GLIMPSE__DATABASE__URL", backends.database.url())
@@ -1061,12 +1137,48 @@ impl Worker {
                 "GLIMPSE__QDRANT__COLLECTION_PREFIX",
                 &qdrant.collection_prefix,
             )
+            .envs(extra.iter().map(|(key, value)| (*key, value)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let base = serving_address(&mut child, "Glimpse worker is serving ");
         Self { child, base }
+    }
+
+    /// The worker's own `/v1/rerank` answer for `query` over `photos` (as the edge returned
+    /// them): the reranker's name and each photo's probability.
+    fn rerank(&self, query: &str, photos: &[Value]) -> (String, HashMap<String, f64>) {
+        let candidates: Vec<Value> = photos
+            .iter()
+            .map(|photo| json!({"photo": photo, "score": 1.0}))
+            .collect();
+        let answer = call(
+            agent()
+                .post(&format!("{}/v1/rerank", self.base))
+                .set("Authorization", &format!("Bearer {WORKER_TOKEN}"))
+                .set("Content-Type", "application/json"),
+            Some(
+                json!({"query": query, "candidates": candidates})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let probabilities = photos
+            .iter()
+            .zip(answer.body["probabilities"].as_array().unwrap())
+            .map(|(photo, p)| {
+                (
+                    photo["id"].as_str().unwrap().to_owned(),
+                    p.as_f64().unwrap(),
+                )
+            })
+            .collect();
+        (
+            answer.body["reranker"].as_str().unwrap().to_owned(),
+            probabilities,
+        )
     }
 
     /// Points the edge's `variables` at this worker (encoder and reranker) and at `qdrant`.
@@ -1085,6 +1197,20 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Stops the worker as a pool scaling in does (SIGTERM: it finishes what it holds) and
+    /// checks that it exited cleanly.
+    fn stop(mut self) {
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(terminated.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "the worker exited with {exit} on SIGTERM");
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1092,20 +1218,57 @@ impl Drop for Worker {
     }
 }
 
+/// A search for "a photo" through a new edge host with `variables`, and how long it took.
+async fn search_a_photo(variables: &HashMap<String, String>) -> (Answer, Duration) {
+    let host = SpinHost::start(&manifest(), variables).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        let answer = get(&host.url(), "/api/search?q=a+photo&top_k=3");
+        (answer, started.elapsed())
+    })
+}
+
+/// Waits (two minutes at most) until the edge says each of `ids` is indexed.
+fn wait_until_indexed(base: &str, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ids
+        .iter()
+        .any(|id| get(base, &format!("/api/photos/{id}")).body["status"] != "indexed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not index the uploads"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Uploads `name` from the test images through the edge; its id.
+fn upload_image(base: &str, name: &str) -> String {
+    let answer = upload(base, &image(name), Some(API_TOKEN));
+    assert_eq!(answer.status, 202, "{name}: {}", answer.body);
+    answer.body["id"].as_str().unwrap().to_owned()
+}
+
 /// Qdrant's REST URL beside the gRPC one of `QDRANT_URL` (6334 → 6333, or `QDRANT_REST_URL`).
 fn qdrant_rest(grpc: &str) -> String {
     std::env::var("QDRANT_REST_URL").unwrap_or_else(|_| grpc.replace(":6334", ":6333"))
 }
 
+/// How long the edge's searches wait for the reranker in the flow test: the test checkpoint
+/// answers well inside it on a loaded CI machine, and the test holds it to that.
+const RERANK_BUDGET_MS: u64 = 5_000;
+
 #[tokio::test(flavor = "multi_thread")]
-async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool() {
-    let Some(qdrant) = managed::qdrant("upload_index_search_click_through_the_edge") else {
+async fn upload_index_search_rerank_click_through_the_edge_and_degrade_without_the_pool() {
+    let Some(qdrant) = managed::qdrant("upload_index_search_rerank_click_through_the_edge") else {
         return;
     };
     let backends = Backends::start().await;
-    let worker = Worker::start(&backends, &qdrant);
+    let worker = Worker::start(&backends, &qdrant, "127.0.0.1:0", &vision_reranker());
     let mut variables = backends.variables();
     worker.serve_the_edge(&qdrant, &mut variables);
+    variables.insert("rerank_budget_ms".to_owned(), RERANK_BUDGET_MS.to_string());
     let host = SpinHost::start(&manifest(), &variables).await.unwrap();
     let base = host.url();
 
@@ -1114,24 +1277,9 @@ async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool
         move || {
             let ids: Vec<String> = ["gradient.jpg", "noise.png", "checkerboard.png"]
                 .iter()
-                .map(|name| {
-                    upload(&base, &image(name), Some(API_TOKEN)).body["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
+                .map(|name| upload_image(&base, name))
                 .collect();
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while ids
-                .iter()
-                .any(|id| get(&base, &format!("/api/photos/{id}")).body["status"] != "indexed")
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "the worker did not index the uploads"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            wait_until_indexed(&base, &ids);
             let search = get(&base, "/api/search?q=a+photo&top_k=3");
             let query_id = search.body["query_id"]
                 .as_str()
@@ -1156,43 +1304,81 @@ async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool
             .iter()
             .all(|r| ids.contains(&r["photo"]["id"].as_str().unwrap().to_owned()))
     );
+
+    // Reranked by the pool's vision-language reranker, within the budget: every result carries
+    // the probability the worker itself gives that photo for that query.
     assert_eq!(
         search.body["rerank_fallback"],
         Value::Null,
         "{}",
         search.body
     );
+    assert_eq!(
+        search.body["ranked_by"]["reranker"], "qwen2-vl",
+        "{}",
+        search.body
+    );
+    let rerank_ms = search.body["timings"]["rerank_ms"].as_f64().unwrap();
+    assert!(rerank_ms <= RERANK_BUDGET_MS as f64, "{rerank_ms} ms");
+    let photos: Vec<Value> = results.iter().map(|r| r["photo"].clone()).collect();
+    let (reranker, expected) = tokio::task::block_in_place(|| worker.rerank("a photo", &photos));
+    assert_eq!(reranker, "qwen2-vl");
+    for result in results {
+        let id = result["photo"]["id"].as_str().unwrap();
+        let probability = result["rerank_probability"].as_f64().unwrap();
+        assert!(
+            (probability - expected[id]).abs() < 1e-4,
+            "{id}: {probability} vs {}",
+            expected[id]
+        );
+    }
     assert_eq!(click.status, 200, "{}", click.body);
     let clicked = backends
         .database
         .rows("SELECT rank FROM search_results WHERE clicked")
         .await;
     assert_eq!(clicked.len(), 1);
+    let logged = backends
+        .database
+        .rows("SELECT rank FROM search_results WHERE rerank_probability IS NOT NULL")
+        .await;
+    assert_eq!(logged.len(), 3, "the search log keeps the probabilities");
 
-    // The reranker silent: retrieval order within the budget, the fallback logged.
+    // The reranker too slow for the budget: retrieval order at once, the reason logged.
+    variables.insert("rerank_budget_ms".to_owned(), "1".to_owned());
+    let (too_slow, _) = search_a_photo(&variables).await;
+    assert_eq!(too_slow.status, 200, "{}", too_slow.body);
+    assert_eq!(too_slow.body["results"].as_array().unwrap().len(), 3);
+    let reason = too_slow.body["rerank_fallback"].as_str().unwrap();
+    assert!(reason.contains("rerank_budget_ms"), "{reason}");
+    assert_eq!(too_slow.body["ranked_by"]["reranker"], Value::Null);
+    assert!(
+        too_slow.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["rerank_probability"].is_null()),
+        "{}",
+        too_slow.body
+    );
+
+    // The reranker silent: retrieval order within the (default) budget, the fallback logged.
+    variables.remove("rerank_budget_ms");
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     variables.insert(
         "rerank_url".to_owned(),
         format!("http://{}", silent.local_addr().unwrap()),
     );
-    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
-    let base = host.url();
-    let started = Instant::now();
-    let fallback = tokio::task::spawn_blocking({
-        let base = base.clone();
-        move || get(&base, "/api/search?q=a+photo&top_k=3")
-    })
-    .await
-    .unwrap();
+    let (fallback, took) = search_a_photo(&variables).await;
     assert_eq!(fallback.status, 200, "{}", fallback.body);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5), "{took:?}");
     let reason = fallback.body["rerank_fallback"].as_str().unwrap();
     assert!(reason.contains("rerank_budget_ms"), "{reason}");
     let logged = backends
         .database
         .rows("SELECT rerank_fallback FROM searches WHERE rerank_fallback IS NOT NULL")
         .await;
-    assert_eq!(logged.len(), 1);
+    assert_eq!(logged.len(), 2, "both fallbacks are in the search log");
     drop(silent);
 
     // The pool away: a query seen before is answered from the cache, a new one gets 503.
@@ -1216,6 +1402,110 @@ async fn upload_index_search_click_through_the_edge_and_degrade_without_the_pool
     assert_eq!(new.status, 503, "{}", new.body);
 }
 
+/// The pool scaled to zero and back with real processes, the edge unchanged throughout: while no
+/// worker runs, uploads are accepted and wait (the pending count says how many, which is what
+/// wakes the pool) and a search asked before still answers; a worker started at the pool's
+/// address drains the queue; stopped as the pool scales in (SIGTERM), it finishes and exits; no
+/// photo is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_sleeps_wakes_drains_and_sleeps_again_without_losing_an_upload() {
+    let Some(qdrant) = managed::qdrant("the_pool_sleeps_wakes_drains_and_sleeps_again") else {
+        return;
+    };
+    let backends = Backends::start().await;
+    let awake = Worker::start(&backends, &qdrant, "127.0.0.1:0", &[]);
+    let pool_address = awake.base.trim_start_matches("http://").to_owned();
+    let mut variables = backends.variables();
+    awake.serve_the_edge(&qdrant, &mut variables);
+    let host = SpinHost::start(&manifest(), &variables).await.unwrap();
+    let base = host.url();
+    let search = |base: &str| get(base, "/api/search?q=a+photo&top_k=10");
+    let status = |base: &str| get(base, "/api/status").body["photos"].clone();
+
+    let (first, before) = tokio::task::block_in_place(|| {
+        let first = upload_image(&base, "gradient.jpg");
+        wait_until_indexed(&base, std::slice::from_ref(&first));
+        (first, search(&base))
+    });
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert_eq!(before.body["results"].as_array().unwrap().len(), 1);
+    awake.stop();
+
+    // Asleep: uploads wait, counted; the search asked before answers from the indexed photo;
+    // a new one says when to come back.
+    let (queued, asleep, repeated, new) = tokio::task::block_in_place(|| {
+        let queued: Vec<String> = ["noise.png", "checkerboard.png"]
+            .iter()
+            .map(|name| upload_image(&base, name))
+            .collect();
+        let new = get(&base, "/api/search?q=something+never+asked");
+        (queued, status(&base), search(&base), new)
+    });
+    assert_eq!(asleep["pending"], 2, "{asleep}");
+    assert_eq!(asleep["indexed"], 1, "{asleep}");
+    assert_eq!(repeated.status, 200, "{}", repeated.body);
+    let shown: Vec<&str> = repeated.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["photo"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, [first.as_str()]);
+    assert_eq!(new.status, 503, "{}", new.body);
+    assert!(new.header.contains_key("retry-after"));
+
+    // Awake again at the same address: the queue drains.
+    let woken = Worker::start(&backends, &qdrant, &pool_address, &[]);
+    let all: Vec<String> = std::iter::once(first).chain(queued).collect();
+    let drained = tokio::task::block_in_place(|| {
+        wait_until_indexed(&base, &all);
+        status(&base)
+    });
+    assert_eq!(drained["pending"], 0, "{drained}");
+    woken.stop();
+
+    // Asleep again: every photo is indexed, found and kept as uploaded.
+    let (after, found, originals) = tokio::task::block_in_place(|| {
+        let originals: Vec<Vec<u8>> = all
+            .iter()
+            .map(|id| {
+                let original = get(&base, &format!("/api/photos/{id}/original"));
+                let location = &original.header["location"];
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut agent().get(location).call().unwrap().into_reader(),
+                    &mut bytes,
+                )
+                .unwrap();
+                bytes
+            })
+            .collect();
+        (status(&base), search(&base), originals)
+    });
+    assert_eq!(
+        (after["photos"].as_u64(), after["indexed"].as_u64()),
+        (Some(3), Some(3)),
+        "{after}"
+    );
+    assert_eq!(found.status, 200, "{}", found.body);
+    let mut found: Vec<&str> = found.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["photo"]["id"].as_str().unwrap())
+        .collect();
+    found.sort_unstable();
+    let mut expected: Vec<&str> = all.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(found, expected);
+    for (original, name) in originals
+        .iter()
+        .zip(["gradient.jpg", "noise.png", "checkerboard.png"])
+    {
+        assert!(*original == image(name), "{name} came back changed");
+    }
+}
+
 /// The operations that need the vector index (Qdrant) and the worker pool.
 const INDEX_OPERATIONS: [&str; 4] = [
     "get_api_search",
@@ -1232,7 +1522,7 @@ async fn schemathesis_finds_no_disagreement_between_the_edge_and_its_document() 
         "schemathesis against the edge's searches and deletions (the other operations run)",
     );
     let worker = qdrant.as_ref().map(|qdrant| {
-        let worker = Worker::start(&backends, qdrant);
+        let worker = Worker::start(&backends, qdrant, "127.0.0.1:0", &[]);
         worker.serve_the_edge(qdrant, &mut variables);
         worker
     });

@@ -622,29 +622,95 @@ function pumpUploads() {
     (waiting ? ` — ${waiting} to go` : "");
 }
 
-function send(job) {
+/** Sends `body` with `method` to `url`, reporting upload progress on `progress`; the status and
+ * the JSON answer (status 0 when nothing answered). */
+function transfer(method, url, body, headers, progress) {
   return new Promise((resolve) => {
-    const form = new FormData();
-    form.append("file", job.file, job.file.name);
-    if (job.album) form.append("album", job.album);
     const request = new XMLHttpRequest();
-    request.open("POST", "/api/photos");
-    const headers = authHeaders();
-    if (headers.Authorization) request.setRequestHeader("Authorization", headers.Authorization);
-    request.upload.onprogress = (event) => {
-      if (event.lengthComputable) job.progress.value = event.loaded / event.total;
-    };
+    request.open(method, url);
+    for (const [name, value] of Object.entries(headers)) request.setRequestHeader(name, value);
+    if (progress) {
+      request.upload.onprogress = (event) => {
+        if (event.lengthComputable) progress.value = event.loaded / event.total;
+      };
+    }
     request.onload = () => {
-      let body = null;
-      try { body = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
-      resolve({ status: request.status, body });
+      let answer = null;
+      try { answer = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
+      resolve({ status: request.status, body: answer });
     };
     request.onerror = () => resolve({ status: 0, body: null });
-    request.send(form);
+    request.send(body);
   });
 }
 
+/** The media type of `file` by its first bytes, as the server will judge it (the browser's
+ * guess goes by the name, and is empty for names it does not know). */
+async function mediaType(file) {
+  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  const bytes = (at, ...expected) => expected.every((b, i) => head[at + i] === b);
+  const text = (at, expected) => bytes(at, ...Array.from(expected, (c) => c.charCodeAt(0)));
+  if (bytes(0, 0xff, 0xd8, 0xff)) return "image/jpeg";
+  if (bytes(0, 0x89, 0x50, 0x4e, 0x47)) return "image/png";
+  if (text(0, "GIF8")) return "image/gif";
+  if (text(0, "RIFF") && text(8, "WEBP")) return "image/webp";
+  if (text(0, "BM")) return "image/bmp";
+  if (bytes(0, 0x49, 0x49, 0x2a, 0x00) || bytes(0, 0x4d, 0x4d, 0x00, 0x2a)) return "image/tiff";
+  return file.type;
+}
+
+/** How `file` goes to the server, by the limits /api/status gave: in the request ("direct"),
+ * straight to storage ("staged", for an original too large for a request where the server
+ * takes those), or not at all ("too large"). */
+function uploadRoute(file) {
+  const limits = state.status && state.status.uploads;
+  if (!limits || file.size <= limits.max_bytes) return "direct";
+  if (limits.staged_max_bytes !== null && file.size <= limits.staged_max_bytes) return "staged";
+  return "too large";
+}
+
+/** Sends an original too large for a request straight to storage: declares its size and type,
+ * PUTs it to the URL handed back, then completes the upload. */
+async function sendStaged(job) {
+  let started;
+  try {
+    started = await api("/api/uploads", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ bytes: job.file.size, content_type: await mediaType(job.file) }),
+    });
+  } catch (error) {
+    return { status: error.status, body: { error: { code: error.code, message: error.message } } };
+  }
+  const put = await transfer("PUT", started.put_url, job.file, started.put_headers, job.progress);
+  if (put.status < 200 || put.status >= 300) {
+    const message = put.status === 0
+      ? "not sent: the storage could not be reached"
+      : `the storage refused the original (${put.status})`;
+    return { status: put.status, body: { error: { message } } };
+  }
+  const album = job.album ? `?album=${encodeURIComponent(job.album)}` : "";
+  return transfer("POST", started.complete_url + album, null, authHeaders(), null);
+}
+
+function send(job) {
+  if (uploadRoute(job.file) === "staged") return sendStaged(job);
+  const form = new FormData();
+  form.append("file", job.file, job.file.name);
+  if (job.album) form.append("album", job.album);
+  return transfer("POST", "/api/photos", form, authHeaders(), job.progress);
+}
+
 async function uploadOne(job) {
+  if (uploadRoute(job.file) === "too large") {
+    const { staged_max_bytes: staged, max_bytes: direct } = state.status.uploads;
+    uploadTally.refused += 1;
+    job.outcome.className = "outcome error";
+    job.outcome.textContent =
+      `too large: ${formatBytes(job.file.size)}, and this Glimpse takes originals up to ` +
+      `${formatBytes(staged === null ? direct : staged)} (its operator can raise the limit)`;
+    return;
+  }
   job.outcome.textContent = "uploading…";
   job.outcome.className = "outcome";
   let answer = await send(job);

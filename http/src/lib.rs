@@ -156,6 +156,40 @@ pub trait StagedUploads: MaybeSendSync {
     ) -> Result<(String, u64), ApiError>;
 }
 
+/// What `GET /api/status` answers in both shapes (the embedded server says more beside): the
+/// photos by indexing state, and how large an original a client may send, and which way.
+#[derive(Serialize, JsonSchema)]
+pub struct Status {
+    /// The photos by indexing state.
+    #[serde(flatten)]
+    pub indexing: flows::IndexingStatus,
+    /// How originals are sent.
+    pub uploads: UploadLimits,
+}
+
+/// How large an original a client may send, and which way: the web page sends one larger than
+/// `max_bytes` straight to storage when `staged_max_bytes` admits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct UploadLimits {
+    /// The largest original `POST /api/photos` takes in its body, in bytes.
+    pub max_bytes: u64,
+    /// The largest original `POST /api/uploads` takes straight into storage, in bytes; `null`
+    /// where this server takes no staged uploads.
+    pub staged_max_bytes: Option<u64>,
+}
+
+/// `shape`'s upload limits, as its settings stand.
+pub async fn upload_limits(shape: &dyn Shape) -> Result<UploadLimits, ApiError> {
+    let staged_max_bytes = match shape.staged_uploads() {
+        Some(staged) => Some(staged.max_bytes().await?),
+        None => None,
+    };
+    Ok(UploadLimits {
+        max_bytes: shape.max_upload_bytes().await? as u64,
+        staged_max_bytes,
+    })
+}
+
 /// Serves one request of the public API on `shape`.
 pub async fn serve<B>(shape: &dyn Shape, request: http::Request<B>) -> Reply
 where
@@ -258,14 +292,9 @@ fn capable(shape: &dyn Shape, endpoint: &Endpoint<'_>) -> bool {
 
 /// The shape's OpenAPI document, as its settings stand.
 pub async fn document(shape: &dyn Shape) -> Result<Value, ApiError> {
-    let max_staged_bytes = match shape.staged_uploads() {
-        Some(staged) => Some(staged.max_bytes().await?),
-        None => None,
-    };
     let facts = openapi::Facts {
         settings: shape.settings().await?,
-        max_upload_bytes: shape.max_upload_bytes().await?,
-        max_staged_bytes,
+        uploads: upload_limits(shape).await?,
         originals_by_redirect: shape.originals_by_redirect(),
     };
     let mut document = openapi::document(&facts, |endpoint| {
@@ -322,9 +351,10 @@ where
     let query = parts.uri.query().unwrap_or_default();
     let headers = &parts.headers;
     match (method, endpoint) {
-        (&Method::GET, Endpoint::Status) => {
-            ok(&flows::indexing_status(shape.catalog().await?).await?)
-        }
+        (&Method::GET, Endpoint::Status) => ok(&Status {
+            indexing: flows::indexing_status(shape.catalog().await?).await?,
+            uploads: upload_limits(shape).await?,
+        }),
         (&Method::GET, Endpoint::Albums) => {
             let albums = shape.catalog().await?.albums().await?;
             ok(&AlbumList { albums })

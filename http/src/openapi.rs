@@ -7,7 +7,7 @@
 
 use glimpse_contracts::api::{BrowseParams, SearchParams, SimilarParams};
 use glimpse_core::browse::BrowsePage;
-use glimpse_core::flows::{IndexingStatus, UploadDeclaration};
+use glimpse_core::flows::UploadDeclaration;
 use glimpse_core::photo::{AlbumName, ImageFormat, Photo, PhotoId, UploadId};
 use glimpse_core::search::{QueryId, SearchLogEntry, SearchRequest, SearchResponse};
 use http::{Method, StatusCode};
@@ -18,7 +18,8 @@ use serde_json::{Map, Value, json};
 
 use crate::endpoints::ID;
 use crate::{
-    Access, AlbumList, AlbumParams, Click, Clicked, Endpoint, Settings, StartedUpload, Uploaded,
+    Access, AlbumList, AlbumParams, Click, Clicked, Endpoint, Settings, StartedUpload, Status,
+    UploadLimits, Uploaded,
 };
 
 /// What a shape decides at run time that its document states.
@@ -26,10 +27,8 @@ use crate::{
 pub struct Facts {
     /// The token settings (whether reads need it).
     pub settings: Settings,
-    /// The largest upload taken in a request's body, in bytes.
-    pub max_upload_bytes: usize,
-    /// The largest staged upload, in bytes, where the shape takes them.
-    pub max_staged_bytes: Option<u64>,
+    /// How large an original may be, by each way of sending it.
+    pub uploads: UploadLimits,
     /// Whether originals are a redirect to storage (else their bytes).
     pub originals_by_redirect: bool,
 }
@@ -456,11 +455,7 @@ fn operation(
              (uploads are kept and queued while no worker runs).",
             "operations",
         )
-        .json_reply(
-            StatusCode::OK,
-            "The status.",
-            document.schema::<IndexingStatus>(),
-        )
+        .json_reply(StatusCode::OK, "The status.", document.schema::<Status>())
         .backend_errors(),
         (Endpoint::Albums, _) => Operation::new(
             "Every album with its photo count, by name (albums differing only in case are one).",
@@ -577,7 +572,7 @@ fn operation(
         .backend_errors(),
         (Endpoint::Uploads, _) => {
             let mut declaration = document.schema::<UploadDeclaration>();
-            if let Some(max) = facts.max_staged_bytes {
+            if let Some(max) = facts.uploads.staged_max_bytes {
                 declaration["properties"]["bytes"]["maximum"] = json!(max);
             }
             Operation::new(
@@ -692,7 +687,7 @@ fn added_photo(document: &mut Document, operation: Operation) -> Operation {
 }
 
 fn upload_operation(document: &mut Document, facts: &Facts) -> Operation {
-    let limit = facts.max_upload_bytes;
+    let limit = facts.uploads.max_bytes;
     let binary = json!({"type": "string", "format": "binary", "maxLength": limit});
     let mut content = image_content(&binary);
     let mut operation = Operation::new("Upload a photo in the request's body.", "photos");
@@ -748,8 +743,10 @@ mod tests {
                 token: "t".repeat(32),
                 protect_reads,
             },
-            max_upload_bytes: 1024,
-            max_staged_bytes: Some(4096),
+            uploads: UploadLimits {
+                max_bytes: 1024,
+                staged_max_bytes: Some(4096),
+            },
             originals_by_redirect: true,
         }
     }

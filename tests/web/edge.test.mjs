@@ -4,10 +4,11 @@
 //   GLIMPSE_TOKEN   the deployment's api_token
 //   STORAGE_ORIGIN  where originals are redirected to (the S3 server's origin)
 //   UPLOAD_GOOD     a photo to upload through the page
+//   UPLOAD_LARGE    a photo larger than the edge takes in a request (max_upload_mb)
 //   SCREENSHOTS     where to save a screenshot of each main state
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { launchChromium } from "./chromium.mjs";
 
@@ -109,6 +110,26 @@ describe("the web page at the edge, the worker pool asleep", () => {
     await page.locator("#indexing").waitFor({ state: "visible", timeout: TIMEOUT });
     assert.match(await page.locator("#indexing-text").textContent(), /Indexing: 0 of 1 photo done/);
     await shot("edge-waiting");
+  });
+
+  it("sends an original too large for a request straight to storage, and completes it", async () => {
+    const file = env("UPLOAD_LARGE");
+    const status = await (await fetch(base + "/api/status")).json();
+    assert.ok(statSync(file).size > status.uploads.max_bytes, "the test photo is over the limit");
+    assert.ok(statSync(file).size <= status.uploads.staged_max_bytes);
+    const [chooser] = await Promise.all([page.waitForEvent("filechooser"), page.click("#upload-open")]);
+    const put = page.waitForRequest(
+      (r) => r.method() === "PUT" && r.url().startsWith(storage),
+      { timeout: TIMEOUT },
+    );
+    await chooser.setFiles([file]);
+    assert.match((await put).url(), /X-Amz-Signature=/);
+    const row = page.locator("#upload-list li", { hasText: basename(file) });
+    await row.locator(".outcome.ok, .outcome.error").waitFor({ timeout: TIMEOUT });
+    assert.equal(await row.locator(".outcome").textContent(), "added — indexing");
+    assert.equal(await row.locator("progress").evaluate((p) => p.value), 1);
+    await page.waitForFunction(() => document.querySelectorAll("#grid .tile").length === 2, null, { timeout: TIMEOUT });
+    await shot("edge-staged-upload");
   });
 
   it("says why a new search cannot run while the pool sleeps, and when to try again", async () => {

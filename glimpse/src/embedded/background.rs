@@ -9,6 +9,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use glimpse_core::flows::{self, LogRetention};
+use glimpse_core::learning::Learner;
 
 use super::Engine;
 
@@ -54,7 +55,9 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
         stopped,
     ));
     tokio::spawn(prune_loop(Arc::clone(&engine), retention));
-    tokio::spawn(learn_loop(Arc::clone(&engine)));
+    for learner in engine.learners() {
+        tokio::spawn(learn_loop(Arc::clone(&engine), learner));
+    }
     tokio::spawn(memory_loop(Arc::clone(&engine)));
     let Some(library) = engine.library().map(|p| p.to_path_buf()) else {
         return Background {
@@ -110,33 +113,34 @@ pub fn start(engine: Arc<Engine>, rescan_every: Duration, retention: LogRetentio
     }
 }
 
-/// How often the learning loop looks for another active adapter (activated by hand, or trained by
+/// How often a learning loop looks for another active adapter (activated by hand, or trained by
 /// another process) and for enough new clicks, when no click wakes it.
 const LEARN_POLL: Duration = Duration::from_secs(2);
 
-/// Keeps the active adapters current (hot swap: the query adapter's, and the reranker's when it
-/// learns) and trains new ones whenever enough new clicks came in (one run at a time: a click
-/// during a run waits for the next round).
-async fn learn_loop(engine: Arc<Engine>) {
+/// Keeps `learner`'s active adapter current (hot swap) and trains a new one whenever enough new
+/// clicks came in (one run at a time: clicks during a run count for the next round). Each learner
+/// has a loop of its own, so a long run of one (the reranker's) never holds up the other's swaps.
+async fn learn_loop(engine: Arc<Engine>, learner: Learner) {
+    let mut clicks = engine.clicks();
     loop {
-        engine.wait_for_click(LEARN_POLL).await;
-        if let Err(error) = engine.refresh_adapter().await {
-            eprintln!("glimpse: cannot read the active query adapter: {error}");
+        let _ = tokio::time::timeout(LEARN_POLL, clicks.changed()).await;
+        if let Err(error) = engine.refresh(learner).await {
+            eprintln!(
+                "glimpse: learning from clicks ({}): cannot put the active adapter in use: {error}",
+                learner.name()
+            );
         }
-        if let Err(error) = engine.refresh_reranker_adapter().await {
-            eprintln!("glimpse: cannot put the active reranker adapter on: {error}");
-        }
-        match engine.learn_if_due().await {
-            Ok(outcomes) => {
-                for (learner, outcome) in outcomes {
-                    eprintln!(
-                        "glimpse: learning from clicks ({}): {}",
-                        learner.name(),
-                        outcome.summary()
-                    );
-                }
-            }
-            Err(error) => eprintln!("glimpse: learning from clicks failed: {error}"),
+        match engine.learn_if_due(learner).await {
+            Ok(Some(outcome)) => eprintln!(
+                "glimpse: learning from clicks ({}): {}",
+                learner.name(),
+                outcome.summary()
+            ),
+            Ok(None) => {}
+            Err(error) => eprintln!(
+                "glimpse: learning from clicks ({}) failed: {error}",
+                learner.name()
+            ),
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use glimpse_core::CachedTextEmbedder;
 use glimpse_core::flows::FlowError;
@@ -57,14 +56,16 @@ impl Engine {
         Ok(version)
     }
 
-    /// Tells the learning loop a click came in.
+    /// Tells the learning loops a click came in.
     pub fn notice_click(&self) {
-        self.clicked.notify_one();
+        self.clicked.send_modify(|clicks| *clicks += 1);
     }
 
-    /// Waits for a click or for `timeout`, whichever comes first.
-    pub async fn wait_for_click(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.clicked.notified()).await;
+    /// A receiver that changes with every click, for a learning loop to wait on (each loop holds
+    /// its own, so a click wakes every loop, and one that came while a loop was training wakes
+    /// it as soon as it waits again).
+    pub fn clicks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.clicked.subscribe()
     }
 
     /// Has the vision-language reranker learn from clicks too: its adapters are trained by the
@@ -110,25 +111,34 @@ impl Engine {
         learners
     }
 
-    /// Runs a training run of each learner when learning is on and enough clicks came in since
-    /// its last run started; the outcomes of the runs there were.
-    pub async fn learn_if_due(&self) -> Result<Vec<(Learner, TrainingOutcome)>, EngineError> {
+    /// Runs a training run of `learner` when learning is on and enough clicks came in since its
+    /// last run started; the run's outcome, or `None` when none was due.
+    pub async fn learn_if_due(
+        &self,
+        learner: Learner,
+    ) -> Result<Option<TrainingOutcome>, EngineError> {
         let Some(settings) = &self.learning else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let clicks = self.catalog.click_count().await?;
-        let mut outcomes = Vec::new();
-        for learner in self.learners() {
-            let before = self
-                .catalog
-                .clicks_at_last_training(learner)
-                .await?
-                .unwrap_or(0);
-            if clicks.saturating_sub(before) >= settings.every_clicks.max(1) {
-                outcomes.push((learner, self.train(learner, settings).await?));
-            }
+        let before = self
+            .catalog
+            .clicks_at_last_training(learner)
+            .await?
+            .unwrap_or(0);
+        if clicks.saturating_sub(before) < settings.every_clicks.max(1) {
+            return Ok(None);
         }
-        Ok(outcomes)
+        self.train(learner, settings).await.map(Some)
+    }
+
+    /// Puts `learner`'s active adapter in use when it is not already (hot swap); the version in
+    /// use.
+    pub async fn refresh(&self, learner: Learner) -> Result<Option<u32>, EngineError> {
+        match learner {
+            Learner::QueryAdapter => self.refresh_adapter().await,
+            Learner::Reranker => self.refresh_reranker_adapter().await,
+        }
     }
 
     /// One training run of `learner` now (single-flight with every other process on this
@@ -168,10 +178,7 @@ impl Engine {
         };
         self.runs_of(learner).record(&outcome);
         let outcome = outcome?;
-        match learner {
-            Learner::QueryAdapter => self.refresh_adapter().await.map(drop)?,
-            Learner::Reranker => self.refresh_reranker_adapter().await.map(drop)?,
-        }
+        self.refresh(learner).await?;
         Ok(outcome)
     }
 

@@ -137,8 +137,8 @@ pub struct Engine {
     adapter: RwLock<Option<Arc<AdapterVersion>>>,
     /// Learning from clicks, when on.
     learning: Option<LearningSettings>,
-    /// Wakes the learning loop (a click came in).
-    clicked: tokio::sync::Notify,
+    /// Counts the clicks since start; each learning loop watches it to wake.
+    clicked: tokio::sync::watch::Sender<u64>,
     /// The query adapter's training runs since start, by outcome.
     query_training_runs: TrainingRuns,
     /// The reranker's training runs since start, by outcome.
@@ -271,7 +271,7 @@ impl Engine {
             precision: None,
             adapter: RwLock::new(None),
             learning: None,
-            clicked: tokio::sync::Notify::new(),
+            clicked: tokio::sync::watch::Sender::new(0),
             query_training_runs: TrainingRuns::default(),
             reranker_training_runs: TrainingRuns::default(),
             reranker_learner: None,

@@ -277,6 +277,7 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
         "training_runs": engine.training_runs(Learner::QueryAdapter),
         "reranker_training_runs": engine.training_runs(Learner::Reranker),
         "memory": memory_status(engine.memory_budget()),
+        "uploads": glimpse_http::upload_limits(&*state).await?,
     })))
 }
 

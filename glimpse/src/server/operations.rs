@@ -2,8 +2,8 @@
 //! document, and what its guard answers on every path.
 
 use axum::http::{Method, StatusCode};
-use glimpse_http::Access;
 use glimpse_http::openapi::{Document, Operation};
+use glimpse_http::{Access, UploadLimits};
 use serde_json::json;
 
 use super::ScanRequest;
@@ -139,7 +139,9 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
     let count = json!({"type": "integer", "minimum": 0});
     json!({
         "type": "object",
-        "required": ["encoder", "dimension", "photos", "index_vectors", "indexing_done"],
+        "required": [
+            "encoder", "dimension", "photos", "index_vectors", "indexing_done", "uploads",
+        ],
         "properties": {
             "encoder": {"type": "string"},
             "precision": {
@@ -174,6 +176,7 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
                     "peak": count,
                 },
             },
+            "uploads": document.schema::<UploadLimits>(),
         },
     })
 }
