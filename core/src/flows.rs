@@ -895,19 +895,23 @@ pub async fn search(
         .filter_map(|(id, score)| photos.get(&id).map(|p| (p.clone(), score, None)))
         .collect();
     let rerank_text = parsed.rerank_text();
-    // Named before it runs: a reranker renamed when its adapter changes is renamed after the
-    // change, so the name read first is never newer than the probabilities.
-    let reranker_name = ports.reranker.name();
-    let rerank_fallback = if reranked {
+    let reranking = if reranked {
         rerank(ports.reranker, &rerank_text, &mut ranked).await
     } else {
-        None
+        Reranking::Kept
     };
     ranked.drain(..(request.offset - skipped).min(ranked.len()));
-    let reranker = ranked
-        .iter()
-        .any(|(_, _, probability)| probability.is_some())
-        .then_some(reranker_name);
+    let (ranked_by, rerank_fallback) = match reranking {
+        Reranking::Ranked(name) => (Some(name), None),
+        Reranking::Kept => (None, None),
+        Reranking::FellBack(reason) => (None, Some(reason)),
+    };
+    // Named only on a page that shows its probabilities.
+    let reranker = ranked_by.filter(|_| {
+        ranked
+            .iter()
+            .any(|(_, _, probability)| probability.is_some())
+    });
     let swapped_with = match request.offset {
         0 => ports
             .exploration
@@ -1071,15 +1075,26 @@ fn score(
     scored
 }
 
+/// What reranking did to a search's first results.
+enum Reranking {
+    /// Reordered by the probabilities of the reranker so named (as it named itself while it
+    /// scored them, adapter included).
+    Ranked(String),
+    /// Left in retrieval order: no query text, no results, or a reranker that scores nothing.
+    Kept,
+    /// Left in retrieval order because the reranker failed, for this reason.
+    FellBack(String),
+}
+
 /// Reorders the first [`RERANK_CANDIDATES`] results (or as many as the reranker scored) by the
-/// reranker's probabilities. Returns the reason when it falls back to retrieval order.
+/// reranker's probabilities.
 async fn rerank(
     reranker: &dyn Reranker,
     query: &str,
     ranked: &mut [(Photo, f32, Option<f32>)],
-) -> Option<String> {
+) -> Reranking {
     if query.is_empty() || ranked.is_empty() {
-        return None;
+        return Reranking::Kept;
     }
     let head = ranked.len().min(RERANK_CANDIDATES);
     let candidates: Vec<RerankCandidate> = ranked[..head]
@@ -1090,25 +1105,28 @@ async fn rerank(
         })
         .collect();
     match reranker.rerank(query, &candidates).await {
-        // A reranker without a model of relevance: retrieval order, nothing to report.
-        Ok(Relevance { probabilities, .. }) if probabilities.is_empty() => None,
-        Ok(Relevance { probabilities, .. }) if probabilities.len() <= head => {
-            let scored = probabilities.len();
-            for (entry, probability) in ranked[..scored].iter_mut().zip(probabilities) {
+        Ok(relevance) if relevance.probabilities.is_empty() => Reranking::Kept,
+        Ok(relevance) if relevance.probabilities.len() <= head => {
+            let scored = relevance.probabilities.len();
+            for (entry, probability) in ranked[..scored].iter_mut().zip(relevance.probabilities) {
                 entry.2 = Some(probability);
             }
             ranked[..scored].sort_by(|a, b| {
                 let (pa, pb) = (a.2.unwrap_or(0.0), b.2.unwrap_or(0.0));
                 pb.total_cmp(&pa)
             });
-            None
+            Reranking::Ranked(if relevance.reranker.is_empty() {
+                reranker.name()
+            } else {
+                relevance.reranker
+            })
         }
-        Ok(Relevance { probabilities, .. }) => Some(format!(
+        Ok(relevance) => Reranking::FellBack(format!(
             "reranker {} returned {} scores for {head} candidates",
             reranker.name(),
-            probabilities.len()
+            relevance.probabilities.len()
         )),
-        Err(error) => Some(format!("reranker {}: {error}", reranker.name())),
+        Err(error) => Reranking::FellBack(format!("reranker {}: {error}", reranker.name())),
     }
 }
 

@@ -177,9 +177,14 @@ pub struct RerankCandidate {
 }
 
 /// What a reranker made of the candidates of one query, in their order (also the wire form of
-/// the worker's `POST /v1/rerank` answer, beside the reranker's name).
+/// the worker's `POST /v1/rerank` answer).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Relevance {
+    /// The reranker that scored them, named as it was while it scored (with the adapter it
+    /// used, e.g. `qwen2-vl+adapter:3`): what a search's `ranked_by.reranker` says. Empty when
+    /// it scored none; an answer without it is credited to [`Reranker::name`].
+    #[serde(default)]
+    pub reranker: String,
     /// Each scored candidate's own calibrated probability of being what the query asks for
     /// (`P(yes)` of a vision-language model): higher ranks first; they need not sum to 1.
     pub probabilities: Vec<f32>,
@@ -191,8 +196,8 @@ pub struct Relevance {
 #[cfg_attr(not(target_arch = "wasm32"), async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
 pub trait Reranker: MaybeSendSync {
-    /// A short name for logs, metrics and a search's `ranked_by` (it may change while the
-    /// reranker runs: with the adapter it uses).
+    /// A short name for logs and metrics (it may change while the reranker runs: with the
+    /// adapter it uses); a search names the reranker its [`Relevance`] names.
     fn name(&self) -> String;
     /// The relevance of the candidates, in their order. A reranker that takes fewer candidates
     /// than it is sent scores the first ones only: the rest keep their retrieval order below them.

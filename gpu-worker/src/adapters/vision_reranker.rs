@@ -34,8 +34,9 @@ pub struct VisionReranker {
     max_candidates: usize,
     blobs: Arc<dyn BlobStore>,
     /// `qwen2-vl`, with the adapter in use: `+lora:<directory name>` for one given by hand,
-    /// `+adapter:<version>` for the catalog's.
-    name: RwLock<String>,
+    /// `+adapter:<version>` for the catalog's. Changed only while `model` is locked for
+    /// writing, so a scoring that holds `model` reads the name of the adapter it scores with.
+    name: Arc<RwLock<String>>,
     /// The model as the user named it (a Hub id or a directory): what its adapters belong to.
     model_name: String,
 }
@@ -53,7 +54,7 @@ impl VisionReranker {
             max_candidates: model.settings().max_candidates,
             model: Arc::new(RwLock::new(model)),
             blobs,
-            name: RwLock::new(BASE_NAME.to_owned()),
+            name: Arc::new(RwLock::new(BASE_NAME.to_owned())),
             model_name: model_name.to_owned(),
         }
     }
@@ -70,7 +71,7 @@ impl VisionReranker {
             || directory.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        self.name = RwLock::new(format!("{BASE_NAME}+lora:{name}"));
+        self.name = Arc::new(RwLock::new(format!("{BASE_NAME}+lora:{name}")));
         let model = Arc::downgrade(&self.model);
         let directory = directory.to_path_buf();
         std::thread::spawn(move || follow_adapter(&model, &directory, stamp));
@@ -146,7 +147,7 @@ impl Reranker for VisionReranker {
         let head = &candidates[..candidates.len().min(self.max_candidates)];
         let images =
             try_join_all(head.iter().map(|c| reranker_image(&*self.blobs, &c.photo))).await?;
-        let model = Arc::clone(&self.model);
+        let (model, name) = (Arc::clone(&self.model), Arc::clone(&self.name));
         let query = query.to_owned();
         tokio::task::spawn_blocking(move || {
             let model = model.read().map_err(|_| poisoned())?;
@@ -154,7 +155,9 @@ impl Reranker for VisionReranker {
                 .iter()
                 .map(|bytes| model.prepare(bytes))
                 .collect::<Result<Vec<_>, _>>()?;
-            model.score(&query, &prepared)
+            let mut relevance = model.score(&query, &prepared)?;
+            relevance.reranker = name.read().map_err(|_| poisoned())?.clone();
+            Ok(relevance)
         })
         .await
         .map_err(join_error)?
@@ -214,19 +217,21 @@ impl RerankerLearner for VisionReranker {
             |(version, _)| format!("{BASE_NAME}+adapter:{version}"),
         );
         let adapter = adapter.map(|(_, files)| files.clone());
+        let held = Arc::clone(&self.name);
         tokio::task::spawn_blocking(move || -> Result<(), EncoderError> {
             let mut model = model.write().map_err(|_| poisoned())?;
             match adapter {
                 Some(files) => {
                     let (device, dtype) = model.placement();
                     let loaded = LoraAdapter::from_files(&files, &device, dtype)?;
-                    loaded.attach(model.model_mut(), false)
+                    loaded.attach(model.model_mut(), false)?;
                 }
-                None => {
-                    detach(model.model_mut());
-                    Ok(())
-                }
+                None => detach(model.model_mut()),
             }
+            // Renamed before the model is let go: no scoring sees the new adapter under the
+            // old name.
+            *held.write().map_err(|_| poisoned())? = name;
+            Ok(())
         })
         .await
         .map_err(join_error)?
@@ -235,11 +240,7 @@ impl RerankerLearner for VisionReranker {
                 PortError::Rejected(format!("the adapter does not load: {message}"))
             }
             other => port_error(other),
-        })?;
-        if let Ok(mut held) = self.name.write() {
-            *held = name;
-        }
-        Ok(())
+        })
     }
 }
 

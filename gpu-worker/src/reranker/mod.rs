@@ -262,13 +262,10 @@ impl VlmReranker {
     }
 
     /// Scores prepared images against `query`: `P(yes)` of each over the two answer tokens, and
-    /// the softmax of the "yes" logits across them.
+    /// the softmax of the "yes" logits across them (unnamed: the caller names the reranker).
     pub fn score(&self, query: &str, images: &[PreparedImage]) -> Result<Relevance, EncoderError> {
         if images.is_empty() {
-            return Ok(Relevance {
-                probabilities: Vec::new(),
-                shares: Vec::new(),
-            });
+            return Ok(Relevance::default());
         }
         let tokens = self.image_tokens(images)?;
         let pairs: Vec<(&str, &ImageTokens)> = tokens.iter().map(|t| (query, t)).collect();
@@ -290,6 +287,8 @@ impl VlmReranker {
         let exps: Vec<f32> = logits.iter().map(|l| (l[0] - top).exp()).collect();
         let sum: f32 = exps.iter().sum();
         Ok(Relevance {
+            // Named by whoever serves the model (with the adapter it put on).
+            reranker: String::new(),
             probabilities,
             shares: exps.into_iter().map(|e| e / sum).collect(),
         })

@@ -236,9 +236,6 @@ async fn rerank(
             "the query is longer than {MAX_TEXT_BYTES} bytes"
         )));
     }
-    // Named before it runs: a reranker is renamed after its adapter changes, so the name read
-    // first is never newer than the probabilities.
-    let reranker = state.reranker.name();
     let started = std::time::Instant::now();
     let outcome = state
         .reranker
@@ -250,6 +247,12 @@ async fn rerank(
         state.rerank_failures.fetch_add(1, Ordering::Relaxed);
     })?;
     state.reranked.fetch_add(1, Ordering::Relaxed);
+    // A reranker that scored nothing still says who it is.
+    let reranker = if relevance.reranker.is_empty() {
+        state.reranker.name()
+    } else {
+        relevance.reranker
+    };
     Ok(Json(json!({
         "reranker": reranker,
         "probabilities": relevance.probabilities,
