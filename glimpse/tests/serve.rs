@@ -915,7 +915,9 @@ fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     let server = Server::start(None, &data, &["--precision", "f32"]);
-    assert_eq!(server.get("/api/status").1["precision"], "f32");
+    let status = server.get("/api/status").1;
+    assert_eq!(status["precision"], "f32");
+    assert_eq!(status["image_precision"], "f32");
     drop(server);
     let server = Server::start(None, &data, &[]);
     assert_eq!(
@@ -925,8 +927,14 @@ fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
     );
     drop(server);
     let server = Server::start(None, &data, &["--precision", "auto"]);
-    let precision = server.get("/api/status").1["precision"].clone();
-    assert!(precision == "bf16" || precision == "f32", "{precision}");
+    let status = server.get("/api/status").1;
+    for tower in ["precision", "image_precision"] {
+        let precision = &status[tower];
+        assert!(
+            precision == "bf16" || precision == "f32",
+            "{tower}: {precision}"
+        );
+    }
 }
 
 #[test]

@@ -218,7 +218,7 @@ fn random_clip(
     precision: Precision,
 ) -> Result<ClipEncoder, EncoderError> {
     let mut config = parse_config(config_json)?;
-    config.linear_weights = precision.linear_weights(&Device::Cpu)?;
+    precision.choose_weights(&Device::Cpu, &mut config)?;
     let weights =
         move || VarBuilder::from_backend(Box::new(SeededWeights(seed)), DType::F32, Device::Cpu);
     let id = EncoderId::new("clip", name, format!("seed-{seed}"))

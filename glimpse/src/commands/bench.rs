@@ -313,11 +313,20 @@ pub fn bench_encode(
         Some(accuracy)
     };
     if json_output {
-        let line = serde_json::json!({"precision": model.precision, "speed": report, "accuracy_vs_f32": accuracy});
+        let line = serde_json::json!({
+            "precision": model.precision,
+            "runs_in": encoder.precision(),
+            "speed": report,
+            "accuracy_vs_f32": accuracy,
+        });
         println!("{line}");
         return Ok(());
     }
-    println!("precision: {}", model.precision);
+    let runs_in = encoder.precision();
+    println!(
+        "precision: {} (text tower {}, image tower {})",
+        model.precision, runs_in.text, runs_in.image
+    );
     println!("encoder: {}", report.encoder);
     for (tokens, ms) in &report.text_p50_ms {
         println!("text, {tokens:>2} tokens, batch 1: p50 {ms:.2} ms");

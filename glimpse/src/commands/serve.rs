@@ -288,7 +288,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         engine.data_dir().display()
     );
     if let Some(precision) = engine.precision() {
-        println!("The model runs in {precision} (--precision f32: equal to transformers, slower).");
+        println!(
+            "The model runs in {} (the image tower in {}; --precision f32: equal to \
+             transformers, slower).",
+            precision.text, precision.image
+        );
     }
     println!("Search: curl 'http://{address}/api/search?q=beach+at+dusk'");
     let background = embedded::background::start(

@@ -29,7 +29,9 @@ use crate::adapters::{
 use crate::memory::{MemoryBudget, MemoryRecord};
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::crash_points::crash_point;
-use glimpse_worker::encoder::{ClipEncoder, EncoderError, ImageTextEncoder, Precision};
+use glimpse_worker::encoder::{
+    ClipEncoder, EncoderError, ImageTextEncoder, Precision, TowerPrecisions,
+};
 use glimpse_worker::hub;
 
 /// Jobs claimed per indexing round.
@@ -131,8 +133,8 @@ pub struct Engine {
     last_check: Mutex<Option<Reconciliation>>,
     /// Query embeddings, so that repeated queries skip the text tower.
     query_cache: MemoryQueryCache,
-    /// How precisely the model runs (bf16 or f32); `None` for an encoder of another kind.
-    precision: Option<Precision>,
+    /// How precisely each tower of the model runs; `None` for an encoder of another kind.
+    precision: Option<TowerPrecisions>,
     /// The query adapter searches use: the catalog's active one, reloaded when it changes.
     adapter: RwLock<Option<Arc<AdapterVersion>>>,
     /// Learning from clicks, when on.
@@ -421,8 +423,8 @@ impl Engine {
         &self.index_repairs
     }
 
-    /// How precisely the model runs: what `--precision` came to on this machine.
-    pub fn precision(&self) -> Option<Precision> {
+    /// How precisely each tower of the model runs: what `--precision` came to on this machine.
+    pub fn precision(&self) -> Option<TowerPrecisions> {
         self.precision
     }
 

@@ -255,7 +255,8 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let last_scan = engine.last_scan();
     Ok(Json(json!({
         "encoder": encoder,
-        "precision": engine.precision(),
+        "precision": engine.precision().map(|p| p.text),
+        "image_precision": engine.precision().map(|p| p.image),
         "dimension": VectorIndex::dimension(&engine.index),
         "library": engine.library(),
         "library_available": engine.library_available(),

@@ -39,8 +39,8 @@ pub struct ClipEncoder {
     device: Device,
     /// What the image tower takes its pixels in: f32, or bf16 on a GPU.
     dtype: DType,
-    /// How precisely it runs: [`Precision::F32`] or [`Precision::Bf16`].
-    precision: Precision,
+    /// How precisely each tower runs.
+    precision: TowerPrecisions,
 }
 
 impl std::fmt::Debug for ClipEncoder {
@@ -58,15 +58,18 @@ impl std::fmt::Debug for ClipEncoder {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 weights where the CPU has a kernel for them (AVX-512 BF16, or AVX2 and FMA), else
-    /// f32; large JPEGs decoded at a reduced scale ([`JpegDecode::Draft`]).
+    /// Each tower in whichever of f32 and the CPU's bf16 kernels (AVX-512 BF16, AVX2 and FMA)
+    /// measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
+    /// a batch of images it depends on the CPU); large JPEGs decoded at a reduced scale
+    /// ([`JpegDecode::Draft`]).
     #[default]
     Auto,
     /// f32 throughout and every JPEG pixel decoded: embeddings equal to transformers' (what the
     /// parity tests check).
     F32,
-    /// bf16 weights (activations in bf16 too with AVX-512 BF16, in f32 with AVX2), products
-    /// summed in f32, and draft JPEG decoding; refused on a CPU with neither kernel.
+    /// bf16 weights in both towers, with the kernel that measures fastest (activations in bf16
+    /// too with AVX-512 BF16, in f32 with AVX2), products summed in f32, and draft JPEG
+    /// decoding; refused on a CPU with neither kernel.
     Bf16,
 }
 
@@ -104,14 +107,49 @@ impl Precision {
         }
     }
 
-    /// How the linear layers keep their weights on `device`.
-    pub fn linear_weights(self, device: &Device) -> Result<LinearWeights, EncoderError> {
-        if !device.is_cpu() {
-            return Ok(LinearWeights::AsLoaded);
+    /// Sets how each tower of `config` keeps its linear layers' weights on `device`: on a CPU,
+    /// unless `F32`, by timing each tower's largest product with every kernel the CPU runs
+    /// ([`Bf16Kernel::fastest`]; some tens of milliseconds for ViT-B/32), f32 included under
+    /// `Auto`.
+    pub fn choose_weights(
+        self,
+        device: &Device,
+        config: &mut ClipConfig,
+    ) -> Result<(), EncoderError> {
+        let (text, image) = self.tower_weights(device, config)?;
+        config.text_weights = text;
+        config.image_weights = image;
+        Ok(())
+    }
+
+    fn tower_weights(
+        self,
+        device: &Device,
+        config: &ClipConfig,
+    ) -> Result<(LinearWeights, LinearWeights), EncoderError> {
+        use LinearWeights::{AsLoaded, PackedBf16};
+        if !device.is_cpu() || self == Self::F32 {
+            return Ok((AsLoaded, AsLoaded));
         }
+        // Each tower's largest product, at the rows it sees: a query, a batch of images.
+        let (text, vision) = (&config.text_config, &config.vision_config);
+        let image_rows =
+            CALIBRATION_IMAGES * ((vision.image_size / vision.patch_size.max(1)).pow(2) + 1);
+        let with_f32 = self == Self::Auto;
+        let fastest = |rows, inputs, outputs| -> Result<LinearWeights, EncoderError> {
+            Ok(
+                match Bf16Kernel::fastest(rows, inputs, outputs, with_f32)? {
+                    Some(kernel) => PackedBf16(kernel),
+                    None => AsLoaded,
+                },
+            )
+        };
         match (self, Bf16Kernel::detect()) {
-            (Self::F32, _) | (Self::Auto, None) => Ok(LinearWeights::AsLoaded),
-            (Self::Auto | Self::Bf16, Some(kernel)) => Ok(LinearWeights::PackedBf16(kernel)),
+            (Self::F32, _) | (Self::Auto, None) => Ok((AsLoaded, AsLoaded)),
+            (Self::Auto | Self::Bf16, Some(_)) => Ok((
+                fastest(CALIBRATION_TOKENS, text.hidden_size, text.intermediate_size)?,
+                fastest(image_rows, vision.hidden_size, vision.intermediate_size)?,
+            )),
             (Self::Bf16, None) => Err(EncoderError::BadModel(
                 "precision bf16 needs an x86-64 CPU with AVX2 and FMA (or AVX-512 BF16) and this \
                  one has neither: use auto or f32"
@@ -119,6 +157,22 @@ impl Precision {
             )),
         }
     }
+}
+
+/// Images in the batch that the image tower's kernels are timed on when a model loads: enough
+/// rows that the product runs as a batch of images does, few enough to take milliseconds.
+const CALIBRATION_IMAGES: usize = 4;
+/// Tokens of the query that the text tower's kernels are timed on.
+const CALIBRATION_TOKENS: usize = 16;
+
+/// What [`Precision`] came to on this machine, tower by tower: [`Precision::F32`] or
+/// [`Precision::Bf16`] each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TowerPrecisions {
+    /// The text tower (what a search waits for).
+    pub text: Precision,
+    /// The image tower (what indexing waits for).
+    pub image: Precision,
 }
 
 /// Where the model runs and in what: the first CUDA GPU when built with the `cuda` feature and
@@ -135,6 +189,15 @@ pub(crate) fn compute_device(precision: Precision) -> (Device, DType) {
     #[cfg(not(feature = "cuda"))]
     let _ = precision;
     (Device::Cpu, DType::F32)
+}
+
+/// How precisely a tower runs with its weights `weights` in `dtype`.
+fn weights_precision(dtype: DType, weights: LinearWeights) -> Precision {
+    if dtype == DType::BF16 || matches!(weights, LinearWeights::PackedBf16(_)) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EncoderError> {
@@ -172,7 +235,7 @@ impl ClipEncoder {
             )));
         }
         let (device, dtype) = compute_device(precision);
-        config.linear_weights = precision.linear_weights(&device)?;
+        precision.choose_weights(&device, &mut config)?;
         let vb = map_weights(&weights, dtype, &device)?;
         let encoder = Self::new(vb, &config, tokenizer, processor, id)?
             .with_jpeg_decode(precision.jpeg_decode());
@@ -248,21 +311,18 @@ impl ClipEncoder {
             pad_token: config.text_config.eos_token_id,
             dimension: config.projection_dim,
             image_size,
-            precision: if dtype == DType::BF16
-                || matches!(config.linear_weights, LinearWeights::PackedBf16(_))
-            {
-                Precision::Bf16
-            } else {
-                Precision::F32
+            precision: TowerPrecisions {
+                text: weights_precision(dtype, config.text_weights),
+                image: weights_precision(dtype, config.image_weights),
             },
             device,
             dtype,
         })
     }
 
-    /// How precisely this encoder runs: [`Precision::Bf16`] or [`Precision::F32`], what
-    /// [`Precision::Auto`] came to on this machine.
-    pub fn precision(&self) -> Precision {
+    /// How precisely each tower of this encoder runs, what [`Precision::Auto`] came to on this
+    /// machine.
+    pub fn precision(&self) -> TowerPrecisions {
         self.precision
     }
 

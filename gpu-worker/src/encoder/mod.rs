@@ -6,7 +6,7 @@ mod image;
 mod text;
 
 pub(crate) use self::clip::compute_device;
-pub use self::clip::{ClipEncoder, Precision};
+pub use self::clip::{ClipEncoder, Precision, TowerPrecisions};
 pub use self::image::{
     ImageProcessor, ImageProcessorConfig, JpegDecode, PreparedImage, Resample, SizeSpec,
     decode_rgb, thumbnail_jpeg,

@@ -31,6 +31,9 @@ pub enum Kernel {
     Avx512Bf16,
     /// f32 FMAs over 16-column panels, weights widened in registers; activations stay f32.
     Avx2Fma,
+    /// The same with 512-bit registers over 64-column panels: for CPUs whose `vdpbf16ps` is
+    /// slow, or that lack it.
+    Avx512Fma,
 }
 
 impl Kernel {
@@ -42,8 +45,8 @@ impl Kernel {
     }
 
     /// Every kernel, fastest first.
-    fn all() -> [Self; 2] {
-        [Self::Avx512Bf16, Self::Avx2Fma]
+    fn all() -> [Self; 3] {
+        [Self::Avx512Bf16, Self::Avx512Fma, Self::Avx2Fma]
     }
 
     /// Whether this CPU has the kernel's instructions.
@@ -54,6 +57,7 @@ impl Kernel {
             match self {
                 Self::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Self::Avx2Fma => has!("avx2") && has!("fma"),
+                Self::Avx512Fma => has!("avx512f"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -66,7 +70,7 @@ impl Kernel {
     /// Output columns of a panel: four 16-lane registers (AVX-512), two 8-lane ones (AVX2).
     fn panel(self) -> usize {
         match self {
-            Self::Avx512Bf16 => 64,
+            Self::Avx512Bf16 | Self::Avx512Fma => 64,
             Self::Avx2Fma => 16,
         }
     }
@@ -75,7 +79,7 @@ impl Kernel {
     /// 24 accumulators of 32 registers; AVX2: 10 of 16, beside the widened weights).
     fn tile_rows(self) -> usize {
         match self {
-            Self::Avx512Bf16 => 6,
+            Self::Avx512Bf16 | Self::Avx512Fma => 6,
             Self::Avx2Fma => 5,
         }
     }
@@ -84,6 +88,64 @@ impl Kernel {
     /// to reuse each panel from the cache, few enough that the rows stay there too.
     fn block_rows(self) -> usize {
         8 * self.tile_rows()
+    }
+
+    /// The fastest way this CPU multiplies `rows` rows by an `(inputs, outputs)` weight, timed
+    /// now on random values: `Some` kernel it runs, or `None` where the f32 GEMM is faster (or
+    /// the only way, with `f32` a candidate only when `with_f32`). Each takes the best of a few
+    /// runs, in turns, so that a neighbour's burst slows them all.
+    ///
+    /// No kernel wins everywhere. Few rows (a text query) are bound by the weights' bytes, where
+    /// bf16 wins over f32, but not always with `vdpbf16ps`: an Intel core of the Sapphire
+    /// Rapids family measured it at a fifth of its f32 FMA rate. Many rows (a batch of images)
+    /// are bound by arithmetic, where the f32 GEMM beats both kernels on some CPUs and loses on
+    /// others (Zen 4 and 5 issue `vdpbf16ps` on two ports).
+    pub fn fastest(
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+        with_f32: bool,
+    ) -> Result<Option<Self>> {
+        const RUNS: usize = 4;
+        let device = candle_core::Device::Cpu;
+        let x = Tensor::rand(-1f32, 1f32, (rows, inputs), &device)?;
+        let weight = Tensor::rand(-0.1f32, 0.1f32, (outputs, inputs), &device)?;
+        let bias = Tensor::zeros(outputs, candle_core::DType::F32, &device)?;
+        let weight_t = weight.t()?.contiguous()?;
+        let mut candidates: Vec<(Option<Self>, Option<PackedLinear>)> = Vec::new();
+        for kernel in Self::all().into_iter().filter(|k| k.cpu_supported()) {
+            candidates.push((
+                Some(kernel),
+                Some(PackedLinear::new(&weight, &bias, kernel)?),
+            ));
+        }
+        if with_f32 || candidates.is_empty() {
+            candidates.push((None, None));
+        }
+        let run = |packed: &Option<PackedLinear>| -> Result<std::time::Duration> {
+            let start = std::time::Instant::now();
+            match packed {
+                Some(packed) => packed.forward(&x)?,
+                None => super::kernels::affine(&x, &weight_t, &bias)?,
+            };
+            Ok(start.elapsed())
+        };
+        let mut best = vec![std::time::Duration::MAX; candidates.len()];
+        // The first round warms the caches and the pool; it is not counted.
+        for round in 0..=RUNS {
+            for ((_, packed), best) in candidates.iter().zip(&mut best) {
+                let took = run(packed)?;
+                if round > 0 {
+                    *best = (*best).min(took);
+                }
+            }
+        }
+        let fastest = best
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, took)| **took)
+            .map_or(0, |(at, _)| at);
+        Ok(candidates[fastest].0)
     }
 }
 
@@ -198,7 +260,7 @@ impl PackedLinear {
     fn row_length(&self) -> usize {
         match self.kernel {
             Kernel::Avx512Bf16 => self.pairs,
-            Kernel::Avx2Fma => self.inputs,
+            Kernel::Avx2Fma | Kernel::Avx512Fma => self.inputs,
         }
     }
 
@@ -232,15 +294,18 @@ impl PackedLinear {
                 Rows::F32(x) => {
                     for (tile, x) in x.chunks(tile_rows * self.inputs).enumerate() {
                         let out = &mut out[tile * tile_rows * stride + column..];
-                        avx2_tile(Tile {
-                            x,
-                            row_length: self.inputs,
-                            panel: weights,
-                            bias,
-                            out,
-                            stride,
-                            width,
-                        });
+                        widening_tile(
+                            self.kernel,
+                            Tile {
+                                x,
+                                row_length: self.inputs,
+                                panel: weights,
+                                bias,
+                                out,
+                                stride,
+                                width,
+                            },
+                        );
                     }
                 }
             }
@@ -314,7 +379,7 @@ impl CustomOp1 for PackedLinear {
         let x = f32_slice(storage, layout, "bf16 linear input")?;
         let out = match self.kernel {
             Kernel::Avx512Bf16 => self.product(Rows::Bf16Pairs(&pack_rows(x, inputs)), rows),
-            Kernel::Avx2Fma => self.product(Rows::F32(x), rows),
+            Kernel::Avx2Fma | Kernel::Avx512Fma => self.product(Rows::F32(x), rows),
         };
         Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
     }
@@ -374,19 +439,25 @@ fn avx512_tile(tile: Tile<u32>) {
     unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
 
-/// [`Kernel::Avx2Fma`]'s micro-kernel: rows of f32 inputs.
-fn avx2_tile(tile: Tile<f32>) {
-    let rows = tile.checked_rows(Kernel::Avx2Fma, tile.row_length.div_ceil(2));
+/// The micro-kernels of [`Kernel::Avx2Fma`] and [`Kernel::Avx512Fma`]: rows of f32 inputs.
+fn widening_tile(kernel: Kernel, tile: Tile<f32>) {
+    let rows = tile.checked_rows(kernel, tile.row_length.div_ceil(2));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as for `avx512_tile`.
     #[allow(unsafe_code)]
     unsafe {
-        match rows {
-            1 => avx2::tile::<1>(tile),
-            2 => avx2::tile::<2>(tile),
-            3 => avx2::tile::<3>(tile),
-            4 => avx2::tile::<4>(tile),
-            _ => avx2::tile::<5>(tile),
+        match (kernel, rows) {
+            (Kernel::Avx2Fma, 1) => avx2::tile::<1>(tile),
+            (Kernel::Avx2Fma, 2) => avx2::tile::<2>(tile),
+            (Kernel::Avx2Fma, 3) => avx2::tile::<3>(tile),
+            (Kernel::Avx2Fma, 4) => avx2::tile::<4>(tile),
+            (Kernel::Avx2Fma, _) => avx2::tile::<5>(tile),
+            (_, 1) => avx512_fma::tile::<1>(tile),
+            (_, 2) => avx512_fma::tile::<2>(tile),
+            (_, 3) => avx512_fma::tile::<3>(tile),
+            (_, 4) => avx512_fma::tile::<4>(tile),
+            (_, 5) => avx512_fma::tile::<5>(tile),
+            (_, _) => avx512_fma::tile::<6>(tile),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -449,6 +520,24 @@ mod avx512 {
                 }
             }
         }
+        // SAFETY: the caller's contract covers `store`'s.
+        unsafe { store(&acc, bias, out, stride, width) };
+    }
+
+    /// Writes `R` rows × 64 columns of sums plus `bias` into the first `width` values of each
+    /// row of `out`, rows `stride` apart.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, `bias` holds 64 values and `out` at least
+    /// `(R - 1) · stride + width`, `width ≤ 64`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store<const R: usize>(
+        acc: &[[__m512; 4]; R],
+        bias: &[f32],
+        out: &mut [f32],
+        stride: usize,
+        width: usize,
+    ) {
         let out = out.as_mut_ptr();
         for (r, acc) in acc.iter().enumerate() {
             for (j, acc) in acc.iter().enumerate() {
@@ -555,6 +644,67 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512_fma {
+    use std::arch::x86_64::*;
+
+    use super::Tile;
+
+    /// Output columns of a panel.
+    const PANEL: usize = 64;
+
+    /// The micro-kernel: `R` rows × 64 columns held in 4·R registers over all inputs; the
+    /// weights widened as in the AVX2 kernel, 16 lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, `x` holds `R · inputs` values, `panel` `⌈inputs / 2⌉ · 64`,
+    /// `bias` 64, and `out` at least `(R - 1) · stride + width`, `width ≤ 64`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize>(
+        Tile {
+            x,
+            row_length: inputs,
+            panel,
+            bias,
+            out,
+            stride,
+            width,
+        }: Tile<f32>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let high_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+        let (x, panel) = (x.as_ptr(), panel.as_ptr());
+        for k in 0..inputs.div_ceil(2) {
+            // SAFETY: k < ⌈inputs / 2⌉, so `panel + k·64 + 63` and `x + r·inputs + 2k` (r < R)
+            // are in bounds by the contract above, and `+ 1` where 2k + 1 < inputs.
+            unsafe {
+                let weights = panel.add(k * PANEL);
+                let lanes = [0, 16, 32, 48].map(|at| _mm512_loadu_si512(weights.add(at).cast()));
+                let even = lanes.map(|lane| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lane)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*x.add(r * inputs + 2 * k));
+                    for (acc, even) in acc.iter_mut().zip(even) {
+                        *acc = _mm512_fmadd_ps(a, even, *acc);
+                    }
+                }
+                if 2 * k + 1 == inputs {
+                    break;
+                }
+                let odd = lanes.map(|lane| _mm512_castsi512_ps(_mm512_and_si512(lane, high_half)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*x.add(r * inputs + 2 * k + 1));
+                    for (acc, odd) in acc.iter_mut().zip(odd) {
+                        *acc = _mm512_fmadd_ps(b, odd, *acc);
+                    }
+                }
+            }
+        }
+        // SAFETY: the caller's contract covers `store`'s.
+        unsafe { super::avx512::store(&acc, bias, out, stride, width) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,7 +738,7 @@ mod tests {
                 .into_iter()
                 .map(|pair| [from_bf16(pair & 0xffff), from_bf16(pair >> 16)])
                 .collect(),
-            Kernel::Avx2Fma => x
+            Kernel::Avx2Fma | Kernel::Avx512Fma => x
                 .chunks_exact(inputs)
                 .flat_map(|row| {
                     let (pairs, last) = row.as_chunks::<2>();
@@ -682,6 +832,21 @@ mod tests {
                     "{kernel:?} {rows}×{inputs}×{outputs}: {g} vs f32 {e}"
                 );
             }
+        }
+    }
+
+    /// The calibration runs both products for real on each kernel this CPU has, whatever it
+    /// finds (the answer depends on the CPU and on its neighbours).
+    /// The race runs every candidate for real and names one this CPU runs (which one depends on
+    /// the CPU and on its neighbours).
+    #[test]
+    fn the_fastest_product_is_one_this_cpu_runs() {
+        for (rows, inputs, outputs) in [(100, 64, 96), (1, 7, 3)] {
+            if let Some(kernel) = Kernel::fastest(rows, inputs, outputs, true).unwrap() {
+                assert!(kernel.cpu_supported());
+            }
+            let bf16_only = Kernel::fastest(rows, inputs, outputs, false).unwrap();
+            assert_eq!(bf16_only.is_some(), Kernel::detect().is_some());
         }
     }
 

@@ -132,9 +132,13 @@ pub struct ClipConfig {
     /// Dimension of the shared embedding space.
     #[serde(default = "default_projection_dim")]
     pub projection_dim: usize,
-    /// How the linear layers keep their weights (a choice of the caller, not of config.json).
+    /// How the text tower's linear layers keep their weights (a choice of the caller, not of
+    /// config.json).
     #[serde(skip)]
-    pub linear_weights: LinearWeights,
+    pub text_weights: LinearWeights,
+    /// How the image tower's linear layers keep theirs.
+    #[serde(skip)]
+    pub image_weights: LinearWeights,
 }
 
 fn default_projection_dim() -> usize {
@@ -367,7 +371,7 @@ impl ClipTextModel {
             (c.hidden_size, c.intermediate_size, c.num_attention_heads),
             c.layer_norm_eps,
             c.hidden_act,
-            cfg.linear_weights,
+            cfg.text_weights,
         );
         let n = c.max_position_embeddings;
         Ok(Self {
@@ -387,7 +391,7 @@ impl ClipTextModel {
                 &vb.pp("text_projection"),
                 (c.hidden_size, cfg.projection_dim),
                 false,
-                cfg.linear_weights,
+                cfg.text_weights,
             )?,
             max_tokens: n,
             eos_token_id: c.eos_token_id,
@@ -479,7 +483,7 @@ impl ClipVisionModel {
             (c.hidden_size, c.intermediate_size, c.num_attention_heads),
             c.layer_norm_eps,
             c.hidden_act,
-            cfg.linear_weights,
+            cfg.image_weights,
         );
         let patch = (c.hidden_size, c.num_channels, c.patch_size, c.patch_size);
         Ok(Self {
@@ -490,7 +494,7 @@ impl ClipVisionModel {
                     .get(patch, "weight")?
                     .flatten_from(1)?,
                 Tensor::zeros(c.hidden_size, vb.dtype(), vb.device())?,
-                cfg.linear_weights,
+                cfg.image_weights,
             )?,
             position_embedding: embeddings
                 .pp("position_embedding")
@@ -506,7 +510,7 @@ impl ClipVisionModel {
                 &vb.pp("visual_projection"),
                 (c.hidden_size, cfg.projection_dim),
                 false,
-                cfg.linear_weights,
+                cfg.image_weights,
             )?,
             image_size: c.image_size,
             patch_size: c.patch_size,
