@@ -562,63 +562,104 @@ mod avx512 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx2 {
-    use std::arch::x86_64::*;
+/// A widening micro-kernel for one register width: `R` rows × `PANEL` columns held in
+/// `R · registers` accumulators over all inputs. Per pair of inputs, each register of weights
+/// (lanes of bf16 pairs) is widened to f32 twice: shifted left by 16 bits (the even input's
+/// weights) and masked to its high half (the odd input's), then multiplied by the broadcast input
+/// with an f32 FMA.
+///
+/// The generated `tile`'s contract (# Safety): the CPU has the module's features, `x` holds
+/// `R · inputs` values, `panel` `⌈inputs / 2⌉ · PANEL`, `bias` `PANEL`, and `out` at least
+/// `(R - 1) · stride + width`, `width ≤ PANEL`.
+macro_rules! widening_kernel {
+    (
+        $(#[$doc:meta])*
+        mod $module:ident: $feature:literal, $vector:ty, offsets $offsets:expr, per register $lanes:literal;
+        $zero:ident, $load:ident, $set1_epi32:ident, $shift:ident, $and:ident, $cast:ident,
+        $broadcast:ident, $fmadd:ident, store: $store:path;
+        $($extra:item)*
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        mod $module {
+            use std::arch::x86_64::*;
 
-    use super::Tile;
+            use super::Tile;
 
-    /// Output columns of a panel.
-    const PANEL: usize = 16;
+            /// Output columns of a panel.
+            const PANEL: usize = $offsets.len() * $lanes;
 
-    /// The micro-kernel: `R` rows × 16 columns held in 2·R registers over all inputs. Per pair
-    /// of inputs, the 16 lanes of weights are widened to f32 twice: shifted left by 16 bits (the
-    /// even input's weights) and masked to their high half (the odd input's).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn tile<const R: usize>(
+                Tile {
+                    x,
+                    row_length: inputs,
+                    panel,
+                    bias,
+                    out,
+                    stride,
+                    width,
+                }: Tile<f32>,
+            ) {
+                let mut acc: [[$vector; $offsets.len()]; R] = [[$zero(); $offsets.len()]; R];
+                let high_half = $set1_epi32(0xffff_0000_u32 as i32);
+                let (x, panel) = (x.as_ptr(), panel.as_ptr());
+                for k in 0..inputs.div_ceil(2) {
+                    // SAFETY: k < ⌈inputs / 2⌉, so `panel + (k + 1)·PANEL - 1` and
+                    // `x + r·inputs + 2k` (r < R) are in bounds by the contract above, and `+ 1`
+                    // where 2k + 1 < inputs.
+                    unsafe {
+                        let weights = panel.add(k * PANEL);
+                        let lanes = $offsets.map(|at| $load(weights.add(at).cast()));
+                        let even = lanes.map(|lane| $cast($shift::<16>(lane)));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let a = $broadcast(*x.add(r * inputs + 2 * k));
+                            for (acc, even) in acc.iter_mut().zip(even) {
+                                *acc = $fmadd(a, even, *acc);
+                            }
+                        }
+                        if 2 * k + 1 == inputs {
+                            break;
+                        }
+                        let odd = lanes.map(|lane| $cast($and(lane, high_half)));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let b = $broadcast(*x.add(r * inputs + 2 * k + 1));
+                            for (acc, odd) in acc.iter_mut().zip(odd) {
+                                *acc = $fmadd(b, odd, *acc);
+                            }
+                        }
+                    }
+                }
+                // SAFETY: the caller's contract covers the store's.
+                unsafe { $store(&acc, bias, out, stride, width) };
+            }
+
+            $($extra)*
+        }
+    };
+}
+
+widening_kernel! {
+    /// [`Kernel::Avx2Fma`]'s micro-kernel: 16-column panels in two 8-lane registers.
+    mod avx2: "avx2,fma", __m256, offsets [0, 8], per register 8;
+    _mm256_setzero_ps, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_slli_epi32, _mm256_and_si256,
+    _mm256_castsi256_ps, _mm256_set1_ps, _mm256_fmadd_ps, store: store;
+
+    /// Writes `R` rows × 16 columns of sums plus `bias` into the first `width` values of each
+    /// row of `out`, rows `stride` apart.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA, `x` holds `R · inputs` values, `panel` `⌈inputs / 2⌉ · 16`,
-    /// `bias` 16, and `out` at least `(R - 1) · stride + width`, `width ≤ 16`.
+    /// The CPU has AVX, `bias` holds 16 values and `out` at least `(R - 1) · stride + width`,
+    /// `width ≤ 16`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const R: usize>(
-        Tile {
-            x,
-            row_length: inputs,
-            panel,
-            bias,
-            out,
-            stride,
-            width,
-        }: Tile<f32>,
+    unsafe fn store<const R: usize>(
+        acc: &[[__m256; 2]; R],
+        bias: &[f32],
+        out: &mut [f32],
+        stride: usize,
+        width: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let high_half = _mm256_set1_epi32(0xffff_0000_u32 as i32);
-        let (x, panel) = (x.as_ptr(), panel.as_ptr());
-        for k in 0..inputs.div_ceil(2) {
-            // SAFETY: k < ⌈inputs / 2⌉, so `panel + k·16 + 15` and `x + r·inputs + 2k` (r < R)
-            // are in bounds by the contract above, and `+ 1` where 2k + 1 < inputs.
-            unsafe {
-                let weights = panel.add(k * PANEL);
-                let lanes = [0, 8].map(|at| _mm256_loadu_si256(weights.add(at).cast()));
-                let even = lanes.map(|lane| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(lane)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm256_set1_ps(*x.add(r * inputs + 2 * k));
-                    for (acc, even) in acc.iter_mut().zip(even) {
-                        *acc = _mm256_fmadd_ps(a, even, *acc);
-                    }
-                }
-                if 2 * k + 1 == inputs {
-                    break;
-                }
-                let odd = lanes.map(|lane| _mm256_castsi256_ps(_mm256_and_si256(lane, high_half)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let b = _mm256_set1_ps(*x.add(r * inputs + 2 * k + 1));
-                    for (acc, odd) in acc.iter_mut().zip(odd) {
-                        *acc = _mm256_fmadd_ps(b, odd, *acc);
-                    }
-                }
-            }
-        }
         let out = out.as_mut_ptr();
         for (r, acc) in acc.iter().enumerate() {
             for (j, acc) in acc.iter().enumerate() {
@@ -644,65 +685,12 @@ mod avx2 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx512_fma {
-    use std::arch::x86_64::*;
-
-    use super::Tile;
-
-    /// Output columns of a panel.
-    const PANEL: usize = 64;
-
-    /// The micro-kernel: `R` rows × 64 columns held in 4·R registers over all inputs; the
-    /// weights widened as in the AVX2 kernel, 16 lanes at a time.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F, `x` holds `R · inputs` values, `panel` `⌈inputs / 2⌉ · 64`,
-    /// `bias` 64, and `out` at least `(R - 1) · stride + width`, `width ≤ 64`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile<const R: usize>(
-        Tile {
-            x,
-            row_length: inputs,
-            panel,
-            bias,
-            out,
-            stride,
-            width,
-        }: Tile<f32>,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        let high_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-        let (x, panel) = (x.as_ptr(), panel.as_ptr());
-        for k in 0..inputs.div_ceil(2) {
-            // SAFETY: k < ⌈inputs / 2⌉, so `panel + k·64 + 63` and `x + r·inputs + 2k` (r < R)
-            // are in bounds by the contract above, and `+ 1` where 2k + 1 < inputs.
-            unsafe {
-                let weights = panel.add(k * PANEL);
-                let lanes = [0, 16, 32, 48].map(|at| _mm512_loadu_si512(weights.add(at).cast()));
-                let even = lanes.map(|lane| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lane)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm512_set1_ps(*x.add(r * inputs + 2 * k));
-                    for (acc, even) in acc.iter_mut().zip(even) {
-                        *acc = _mm512_fmadd_ps(a, even, *acc);
-                    }
-                }
-                if 2 * k + 1 == inputs {
-                    break;
-                }
-                let odd = lanes.map(|lane| _mm512_castsi512_ps(_mm512_and_si512(lane, high_half)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(*x.add(r * inputs + 2 * k + 1));
-                    for (acc, odd) in acc.iter_mut().zip(odd) {
-                        *acc = _mm512_fmadd_ps(b, odd, *acc);
-                    }
-                }
-            }
-        }
-        // SAFETY: the caller's contract covers `store`'s.
-        unsafe { super::avx512::store(&acc, bias, out, stride, width) };
-    }
+widening_kernel! {
+    /// [`Kernel::Avx512Fma`]'s micro-kernel: 64-column panels (as `vdpbf16ps` takes them) in four
+    /// 16-lane registers.
+    mod avx512_fma: "avx512f", __m512, offsets [0, 16, 32, 48], per register 16;
+    _mm512_setzero_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_slli_epi32, _mm512_and_si512,
+    _mm512_castsi512_ps, _mm512_set1_ps, _mm512_fmadd_ps, store: super::avx512::store;
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! - hidden states stay a flat `(batch · tokens, width)` matrix so that every linear layer is a
 //!   single GEMM, whatever the batch size.
 
-use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
@@ -352,6 +352,7 @@ impl Encoder {
 /// The text tower with its projection: token ids → (unnormalised) text features.
 #[derive(Clone, Debug)]
 pub struct ClipTextModel {
+    /// f32 as loaded, or bf16 beside bf16 weights.
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
@@ -374,10 +375,17 @@ impl ClipTextModel {
             cfg.text_weights,
         );
         let n = c.max_position_embeddings;
+        let token_embedding = embeddings
+            .pp("token_embedding")
+            .get((c.vocab_size, c.hidden_size), "weight")?;
+        // With bf16 weights the lookup table is kept in bf16 too: half of its 100 MB for
+        // ViT-B/32, for the few rows a query looks up, widened back to f32.
+        let token_embedding = match cfg.text_weights {
+            LinearWeights::PackedBf16(_) => token_embedding.to_dtype(DType::BF16)?,
+            LinearWeights::AsLoaded => token_embedding,
+        };
         Ok(Self {
-            token_embedding: embeddings
-                .pp("token_embedding")
-                .get((c.vocab_size, c.hidden_size), "weight")?,
+            token_embedding,
             position_embedding: embeddings
                 .pp("position_embedding")
                 .get((n, c.hidden_size), "weight")?,
@@ -418,6 +426,7 @@ impl ClipTextModel {
         let xs = self
             .token_embedding
             .index_select(&flat_ids, 0)?
+            .to_dtype(positions.dtype())?
             .reshape((batch, tokens, ()))?
             .broadcast_add(&positions)?
             .flatten_to(1)?;
