@@ -58,8 +58,8 @@ impl std::fmt::Debug for ClipEncoder {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// Each tower in whichever of f32 and the CPU's bf16 kernels (AVX-512 BF16, AVX2 and FMA)
-    /// measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
+    /// Each tower in whichever of f32 and the CPU's bf16 kernels (AVX-512 BF16, AVX-512F, AVX2
+    /// and FMA) measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
     /// a batch of images it depends on the CPU); large JPEGs decoded at a reduced scale
     /// ([`JpegDecode::Draft`]).
     #[default]
@@ -68,7 +68,7 @@ pub enum Precision {
     /// parity tests check).
     F32,
     /// bf16 weights in both towers, with the kernel that measures fastest (activations in bf16
-    /// too with AVX-512 BF16, in f32 with AVX2), products summed in f32, and draft JPEG
+    /// too with AVX-512 BF16, in f32 with the widening kernels), products summed in f32, and draft JPEG
     /// decoding; refused on a CPU with neither kernel.
     Bf16,
 }
@@ -128,7 +128,7 @@ impl Precision {
         config: &ClipConfig,
     ) -> Result<(LinearWeights, LinearWeights), EncoderError> {
         use LinearWeights::{AsLoaded, PackedBf16};
-        if !device.is_cpu() || self == Self::F32 {
+        if !device.is_cpu() {
             return Ok((AsLoaded, AsLoaded));
         }
         // Each tower's largest product, at the rows it sees: a query, a batch of images.
@@ -136,21 +136,17 @@ impl Precision {
         let image_rows =
             CALIBRATION_IMAGES * ((vision.image_size / vision.patch_size.max(1)).pow(2) + 1);
         let with_f32 = self == Self::Auto;
-        let fastest = |rows, inputs, outputs| -> Result<LinearWeights, EncoderError> {
-            Ok(
-                match Bf16Kernel::fastest(rows, inputs, outputs, with_f32)? {
-                    Some(kernel) => PackedBf16(kernel),
-                    None => AsLoaded,
-                },
-            )
+        let fastest = |rows, inputs, outputs| {
+            Bf16Kernel::fastest(rows, inputs, outputs, with_f32)
+                .map(|kernel| kernel.map_or(AsLoaded, PackedBf16))
         };
-        match (self, Bf16Kernel::detect()) {
-            (Self::F32, _) | (Self::Auto, None) => Ok((AsLoaded, AsLoaded)),
-            (Self::Auto | Self::Bf16, Some(_)) => Ok((
+        match (self, Bf16Kernel::any_supported()) {
+            (Self::F32, _) | (Self::Auto, false) => Ok((AsLoaded, AsLoaded)),
+            (Self::Auto | Self::Bf16, true) => Ok((
                 fastest(CALIBRATION_TOKENS, text.hidden_size, text.intermediate_size)?,
                 fastest(image_rows, vision.hidden_size, vision.intermediate_size)?,
             )),
-            (Self::Bf16, None) => Err(EncoderError::BadModel(
+            (Self::Bf16, false) => Err(EncoderError::BadModel(
                 "precision bf16 needs an x86-64 CPU with AVX2 and FMA (or AVX-512 BF16) and this \
                  one has neither: use auto or f32"
                     .into(),
@@ -177,7 +173,7 @@ pub struct TowerPrecisions {
 
 /// Where the model runs and in what: the first CUDA GPU when built with the `cuda` feature and
 /// one is usable (bf16, or f32 at [`Precision::F32`]), else the CPU, whose weights are f32 as
-/// loaded (and packed per [`Precision::linear_weights`]).
+/// loaded (and packed per [`Precision::choose_weights`]).
 pub(crate) fn compute_device(precision: Precision) -> (Device, DType) {
     #[cfg(feature = "cuda")]
     match Device::new_cuda(0) {

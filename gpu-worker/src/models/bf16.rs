@@ -1,11 +1,11 @@
-//! Linear layers with bf16 weights, multiplied by the fastest micro-kernel the CPU has
-//! ([`Kernel`]):
+//! Linear layers with bf16 weights, multiplied by one of the CPU's micro-kernels ([`Kernel`]),
+//! the one that [`Kernel::fastest`] measures fastest for the product at hand:
 //!
 //! - **AVX-512 BF16** (`vdpbf16ps`): activations are rounded to bf16 where they enter a product,
 //!   and one instruction does twice the multiply-adds of an f32 FMA;
-//! - **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes have): the bf16
-//!   weights are widened to f32 in registers (a shift or a mask per eight values) and multiplied
-//!   by the f32 activations with f32 FMAs, so only the weights are rounded.
+//! - **AVX-512F**, and **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes
+//!   have): the bf16 weights are widened to f32 in registers (a shift or a mask per register)
+//!   and multiplied by the f32 activations with f32 FMAs, so only the weights are rounded.
 //!
 //! A text query streams every weight of the text tower once, so its time is bound by bytes, and
 //! bf16 halves them; the products and their sums stay in f32 with either kernel. What this costs
@@ -37,14 +37,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, or `None` where it runs none (ARM, x86-64 before AVX2).
-    pub fn detect() -> Option<Self> {
-        Self::all()
-            .into_iter()
-            .find(|kernel| kernel.cpu_supported())
+    /// Whether this CPU runs any kernel (not ARM, nor x86-64 before AVX2).
+    pub fn any_supported() -> bool {
+        Self::all().into_iter().any(Self::cpu_supported)
     }
 
-    /// Every kernel, fastest first.
+    /// Every kernel.
     fn all() -> [Self; 3] {
         [Self::Avx512Bf16, Self::Avx512Fma, Self::Avx2Fma]
     }
@@ -112,15 +110,13 @@ impl Kernel {
         let weight = Tensor::rand(-0.1f32, 0.1f32, (outputs, inputs), &device)?;
         let bias = Tensor::zeros(outputs, candle_core::DType::F32, &device)?;
         let weight_t = weight.t()?.contiguous()?;
-        let mut candidates: Vec<(Option<Self>, Option<PackedLinear>)> = Vec::new();
+        // Each kernel's packing of the weight; `None` for the f32 GEMM.
+        let mut candidates = Vec::new();
         for kernel in Self::all().into_iter().filter(|k| k.cpu_supported()) {
-            candidates.push((
-                Some(kernel),
-                Some(PackedLinear::new(&weight, &bias, kernel)?),
-            ));
+            candidates.push(Some(PackedLinear::new(&weight, &bias, kernel)?));
         }
         if with_f32 || candidates.is_empty() {
-            candidates.push((None, None));
+            candidates.push(None);
         }
         let run = |packed: &Option<PackedLinear>| -> Result<std::time::Duration> {
             let start = std::time::Instant::now();
@@ -133,7 +129,7 @@ impl Kernel {
         let mut best = vec![std::time::Duration::MAX; candidates.len()];
         // The first round warms the caches and the pool; it is not counted.
         for round in 0..=RUNS {
-            for ((_, packed), best) in candidates.iter().zip(&mut best) {
+            for (packed, best) in candidates.iter().zip(&mut best) {
                 let took = run(packed)?;
                 if round > 0 {
                     *best = (*best).min(took);
@@ -145,7 +141,7 @@ impl Kernel {
             .enumerate()
             .min_by_key(|(_, took)| **took)
             .map_or(0, |(at, _)| at);
-        Ok(candidates[fastest].0)
+        Ok(candidates[fastest].as_ref().map(|packed| packed.kernel))
     }
 }
 
@@ -834,7 +830,7 @@ mod tests {
                 assert!(kernel.cpu_supported());
             }
             let bf16_only = Kernel::fastest(rows, inputs, outputs, false).unwrap();
-            assert_eq!(bf16_only.is_some(), Kernel::detect().is_some());
+            assert_eq!(bf16_only.is_some(), Kernel::any_supported());
         }
     }
 
