@@ -701,6 +701,20 @@ function send(job) {
   return transfer("POST", "/api/photos", form, authHeaders(), job.progress);
 }
 
+/** Sends the upload until the server takes its token: on a 401 it sends again at once when the
+ * saved token changed while the request was out (the person answered another upload's prompt
+ * meanwhile), else asks for the token and sends again; the last answer when they cancel. */
+async function sendWithToken(job) {
+  for (;;) {
+    const sentWith = token();
+    const answer = await send(job);
+    if (answer.status !== 401) return answer;
+    if (token() !== sentWith) continue; // refused the old token: send the new one
+    const reason = answer.body && answer.body.error ? answer.body.error.message : "";
+    if (!await askForToken(reason)) return answer;
+  }
+}
+
 async function uploadOne(job) {
   if (uploadRoute(job.file) === "too large") {
     const { staged_max_bytes: staged, max_bytes: direct } = state.status.uploads;
@@ -713,11 +727,7 @@ async function uploadOne(job) {
   }
   job.outcome.textContent = "uploading…";
   job.outcome.className = "outcome";
-  let answer = await send(job);
-  if (answer.status === 401 && await askForToken(answer.body && answer.body.error ? answer.body.error.message : "")) {
-    answer = await send(job);
-  }
-  const { status, body } = answer;
+  const { status, body } = await sendWithToken(job);
   job.progress.value = 1;
   if (status === 202) {
     uploadTally.added += 1;

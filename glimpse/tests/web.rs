@@ -27,7 +27,11 @@ fn a_person_can_search_browse_upload_and_click_in_a_real_browser() {
 
     let server = Server::start(Some(&library), &scratch.path().join("data"), &[]);
     server.wait_indexed(photos as u64);
-    let empty = Server::start(None, &scratch.path().join("empty-data"), &[]);
+    let empty = Server::start(
+        None,
+        &scratch.path().join("empty-data"),
+        &["--max-upload-mb", "1"],
+    );
     let private = Server::start(
         Some(&library),
         &scratch.path().join("private-data"),

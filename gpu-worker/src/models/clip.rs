@@ -151,7 +151,8 @@ pub enum LinearWeights {
     /// As loaded (f32 on the CPU, whatever the device holds elsewhere): equal to transformers.
     #[default]
     AsLoaded,
-    /// bf16 panels multiplied by the given kernel; only one that [`Bf16Kernel::detect`] found.
+    /// bf16 panels multiplied by the given kernel, which the CPU must run (one that
+    /// [`Bf16Kernel::fastest`] returned).
     PackedBf16(Bf16Kernel),
 }
 
