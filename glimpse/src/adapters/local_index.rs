@@ -27,10 +27,19 @@ use crate::memory::MemoryBudget;
 const STAMP_FILE: &str = "glimpse-index.json";
 const SHARD_DIRECTORY: &str = "shard";
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Stamp {
     encoder: EncoderId,
     dimension: usize,
+    /// Fixed when the index is created; indexes stamped before this field store f32.
+    #[serde(default)]
+    originals: Originals,
+}
+
+impl Stamp {
+    fn same_vectors(&self, other: &Self) -> bool {
+        self.encoder == other.encoder && self.dimension == other.dimension
+    }
 }
 
 impl std::fmt::Display for Stamp {
@@ -103,6 +112,32 @@ pub struct IndexTuning {
     pub max_segment_vectors: Option<usize>,
     /// Threads that build a graph (0: the engine's choice, every core).
     pub indexing_threads: usize,
+    /// How a new index stores the original vectors (an existing one keeps its own).
+    pub originals: Originals,
+}
+
+/// The number type of the stored original vectors: what a search rescores its candidates on
+/// (with int8 vectors in RAM) or searches (without), what a segment build reads at random, and
+/// what [`VectorIndex::vectors`] and the hits of a search return.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Originals {
+    /// 32-bit floats, as the encoder returns them.
+    #[default]
+    F32,
+    /// IEEE half floats: half the bytes on disk and in the pages a build holds; 11 significant
+    /// bits, below what separates neighbours that matter in an embedding search.
+    F16,
+}
+
+impl Originals {
+    /// Bytes of one stored number.
+    fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
 }
 
 impl Default for IndexTuning {
@@ -115,6 +150,7 @@ impl Default for IndexTuning {
             build_every: None,
             max_segment_vectors: None,
             indexing_threads: 0,
+            originals: Originals::F32,
         }
     }
 }
@@ -125,7 +161,7 @@ impl IndexTuning {
     /// beside the model and the built index. Larger segments search faster (a search visits
     /// every segment); see docs/BENCHMARKS.md for the trade-off.
     pub fn within(budget: MemoryBudget, dimension: usize) -> Self {
-        let vector_bytes = (dimension * size_of::<f32>()) as u64;
+        let vector_bytes = (dimension * Originals::default().bytes()) as u64;
         let for_building = budget.bytes().saturating_sub(RESERVED_BYTES);
         let segment = for_building / (vector_bytes * BUILD_COPIES);
         let segment = usize::try_from(segment)
@@ -149,6 +185,9 @@ impl IndexTuning {
                 "max_indexing_threads": self.indexing_threads,
             },
         });
+        if self.originals == Originals::F16 {
+            params["datatype"] = json!("float16");
+        }
         if self.quantized {
             params["memory"] = json!("cold");
             params["quantization_config"] =
@@ -162,7 +201,7 @@ impl IndexTuning {
         EdgeOptimizersConfig {
             max_segment_size: self
                 .max_segment_vectors
-                .map(|vectors| (vectors * dimension * size_of::<f32>()).div_ceil(1024)),
+                .map(|vectors| (vectors * dimension * self.originals.bytes()).div_ceil(1024)),
             ..EdgeOptimizersConfig::default()
         }
     }
@@ -295,19 +334,23 @@ impl LocalIndex {
         let wanted = Stamp {
             encoder: encoder.clone(),
             dimension,
+            originals: tuning.originals,
         };
+        let mut tuning = tuning;
         let shard = if stamp_path.exists() {
             let text =
                 std::fs::read_to_string(&stamp_path).map_err(|e| storage_error(directory, e))?;
             let found: Stamp =
                 serde_json::from_str(&text).map_err(|e| storage_error(directory, e))?;
-            if found != wanted {
+            if !found.same_vectors(&wanted) {
                 return Err(IndexOpenError::OtherEncoder {
                     directory: directory.display().to_string(),
                     found: found.to_string(),
                     wanted: wanted.to_string(),
                 });
             }
+            // Segment sizes are counted in vectors of the number type the index was created with.
+            tuning.originals = found.originals;
             // A damaged shard may make the engine panic rather than fail: either way the index
             // cannot be opened.
             let tunables = EdgeConfigBuilder::new()
@@ -553,6 +596,44 @@ mod tests {
                 < default.max_segment_vectors,
             "larger vectors, smaller segments"
         );
+    }
+
+    #[tokio::test]
+    async fn half_float_originals_find_the_same_photos_and_stay_half_floats_when_reopened() {
+        let directory = tempfile::tempdir().unwrap();
+        let encoder: EncoderId = "clip:test/half@1".parse().unwrap();
+        let half = IndexTuning {
+            originals: Originals::F16,
+            ..IndexTuning::default()
+        };
+        let photos: Vec<_> = (0..50).map(photo).collect();
+        {
+            let index =
+                LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, half).unwrap();
+            index.upsert(photos.clone()).await.unwrap();
+        }
+        // Opened as `glimpse serve` opens it, with the default tuning: still half floats.
+        let index = LocalIndex::open(
+            directory.path(),
+            &encoder,
+            SLICED_DIMENSION,
+            IndexTuning::default(),
+        )
+        .unwrap();
+        assert_eq!(index.tuning.originals, Originals::F16);
+        let before_half_floats: Stamp =
+            serde_json::from_str(r#"{"encoder": "clip:test/half@1", "dimension": 32}"#).unwrap();
+        assert_eq!(before_half_floats.originals, Originals::F32);
+        for wanted in [&photos[0], &photos[17], &photos[49]] {
+            let found = index
+                .nearest(&wanted.vector, &SearchFilter::default(), 3)
+                .await
+                .unwrap();
+            assert_eq!(found[0].id, wanted.id);
+            let stored = &found[0].vector;
+            assert!(stored.cosine(&wanted.vector) > 0.99999);
+            assert_ne!(stored, &wanted.vector, "kept in f32, not half floats");
+        }
     }
 
     /// Photo `n` with a vector of its own: hashed components, far from every other photo's.

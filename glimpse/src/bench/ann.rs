@@ -109,6 +109,8 @@ pub struct AnnReport {
     pub search_ef: usize,
     /// int8 vectors in RAM, originals on disk.
     pub quantized: bool,
+    /// The number type of the stored originals.
+    pub originals: crate::adapters::Originals,
 }
 
 /// Latency and recall at one search candidate list.
@@ -467,6 +469,7 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
         ef_construct: options.tuning.ef_construct,
         search_ef: options.tuning.search_ef,
         quantized: options.tuning.quantized,
+        originals: options.tuning.originals,
     })
 }
 

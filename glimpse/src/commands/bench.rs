@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use glimpse::adapters::IndexTuning;
+use glimpse::adapters::{IndexTuning, Originals};
 use glimpse::bench;
 use glimpse::memory::MemoryBudget;
 use glimpse_worker::encoder::{ClipEncoder, ImageTextEncoder, Precision};
@@ -63,6 +63,9 @@ pub struct AnnArgs {
     /// Threads that build a graph (0: every core).
     #[arg(long, default_value_t = 0)]
     pub indexing_threads: usize,
+    /// Store the original vectors as half floats.
+    #[arg(long)]
+    pub f16_originals: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +93,11 @@ impl AnnArgs {
                 build_every: chosen(self.build_every, budgeted.build_every),
                 max_segment_vectors: chosen(self.max_segment_vectors, budgeted.max_segment_vectors),
                 indexing_threads: self.indexing_threads,
+                originals: if self.f16_originals {
+                    Originals::F16
+                } else {
+                    Originals::F32
+                },
             },
             upsert_batch: self.upsert_batch,
             other_ef: self.other_ef.clone(),
