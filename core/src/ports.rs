@@ -155,7 +155,8 @@ pub trait VectorIndex: MaybeSendSync {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<Neighbour>, PortError>;
-    /// The stored vectors of these photos (absent ids are left out).
+    /// The stored vectors of these photos (absent ids are left out), as the index stores them:
+    /// an index may keep a narrower number type than f32 (the embedded one keeps half floats).
     async fn vectors(&self, ids: &[PhotoId]) -> Result<Vec<Neighbour>, PortError>;
     /// Up to `limit` stored vectors, the same ones on every call while the index is unchanged
     /// (a sample for score calibration).

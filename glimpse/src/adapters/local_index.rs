@@ -31,8 +31,8 @@ const SHARD_DIRECTORY: &str = "shard";
 struct Stamp {
     encoder: EncoderId,
     dimension: usize,
-    /// Fixed when the index is created; indexes stamped before this field store f32.
-    #[serde(default)]
+    /// Fixed when the index is created.
+    #[serde(default = "Originals::of_older_indexes")]
     originals: Originals,
 }
 
@@ -119,11 +119,10 @@ pub struct IndexTuning {
 /// The number type of the stored original vectors: what a search rescores its candidates on
 /// (with int8 vectors in RAM) or searches (without), what a segment build reads at random, and
 /// what [`VectorIndex::vectors`] and the hits of a search return.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Originals {
     /// 32-bit floats, as the encoder returns them.
-    #[default]
     F32,
     /// IEEE half floats: half the bytes on disk and in the pages a build holds; 11 significant
     /// bits, below what separates neighbours that matter in an embedding search.
@@ -131,6 +130,11 @@ pub enum Originals {
 }
 
 impl Originals {
+    /// What the indexes created before the choice existed store.
+    fn of_older_indexes() -> Self {
+        Self::F32
+    }
+
     /// Bytes of one stored number.
     fn bytes(self) -> usize {
         match self {
@@ -150,7 +154,7 @@ impl Default for IndexTuning {
             build_every: None,
             max_segment_vectors: None,
             indexing_threads: 0,
-            originals: Originals::F32,
+            originals: Originals::F16,
         }
     }
 }
@@ -161,7 +165,7 @@ impl IndexTuning {
     /// beside the model and the built index. Larger segments search faster (a search visits
     /// every segment); see docs/BENCHMARKS.md for the trade-off.
     pub fn within(budget: MemoryBudget, dimension: usize) -> Self {
-        let vector_bytes = (dimension * Originals::default().bytes()) as u64;
+        let vector_bytes = (dimension * Self::default().originals.bytes()) as u64;
         let for_building = budget.bytes().saturating_sub(RESERVED_BYTES);
         let segment = for_building / (vector_bytes * BUILD_COPIES);
         let segment = usize::try_from(segment)
@@ -171,6 +175,18 @@ impl IndexTuning {
             build_every: Some(segment / 2),
             max_segment_vectors: Some(segment),
             ..Self::default()
+        }
+    }
+
+    /// The same bytes per slice and per segment for an index whose originals are `originals`
+    /// (one created before half floats holds half as many f32 vectors in a segment).
+    pub fn for_originals(self, originals: Originals) -> Self {
+        let scaled = |vectors: usize| vectors * self.originals.bytes() / originals.bytes();
+        Self {
+            build_every: self.build_every.map(scaled),
+            max_segment_vectors: self.max_segment_vectors.map(scaled),
+            originals,
+            ..self
         }
     }
 
@@ -349,8 +365,7 @@ impl LocalIndex {
                     wanted: wanted.to_string(),
                 });
             }
-            // Segment sizes are counted in vectors of the number type the index was created with.
-            tuning.originals = found.originals;
+            tuning = tuning.for_originals(found.originals);
             // A damaged shard may make the engine panic rather than fail: either way the index
             // cannot be opened.
             let tunables = EdgeConfigBuilder::new()
@@ -587,8 +602,8 @@ mod tests {
     fn a_larger_budget_builds_larger_segments_in_larger_slices() {
         let segment = |budget: MemoryBudget| IndexTuning::within(budget, 512).max_segment_vectors;
         let default = IndexTuning::within(MemoryBudget::DEFAULT, 512);
-        assert_eq!(default.max_segment_vectors, Some(131_072));
-        assert_eq!(default.build_every, Some(65_536));
+        assert_eq!(default.max_segment_vectors, Some(262_144));
+        assert_eq!(default.build_every, Some(131_072));
         assert_eq!(segment(MemoryBudget::MIN), Some(2 * MIN_SLICE));
         assert!(segment("4GB".parse().unwrap()) > default.max_segment_vectors);
         assert!(
@@ -599,41 +614,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn half_float_originals_find_the_same_photos_and_stay_half_floats_when_reopened() {
-        let directory = tempfile::tempdir().unwrap();
-        let encoder: EncoderId = "clip:test/half@1".parse().unwrap();
-        let half = IndexTuning {
-            originals: Originals::F16,
+    async fn new_indexes_store_half_floats_and_older_ones_keep_f32_in_segments_of_equal_bytes() {
+        let photos: Vec<_> = (0..50).map(photo).collect();
+        // How `glimpse serve` opens an index.
+        let budgeted = IndexTuning::within(MemoryBudget::DEFAULT, SLICED_DIMENSION);
+        let older = IndexTuning {
+            originals: Originals::F32,
             ..IndexTuning::default()
         };
-        let photos: Vec<_> = (0..50).map(photo).collect();
-        {
+        for (created, originals) in [
+            (IndexTuning::default(), Originals::F16),
+            (older, Originals::F32),
+        ] {
+            let directory = tempfile::tempdir().unwrap();
+            let encoder: EncoderId = "clip:test/originals@1".parse().unwrap();
+            {
+                let index = LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, created)
+                    .unwrap();
+                index.upsert(photos.clone()).await.unwrap();
+            }
             let index =
-                LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, half).unwrap();
-            index.upsert(photos.clone()).await.unwrap();
+                LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, budgeted).unwrap();
+            assert_eq!(index.tuning.originals, originals);
+            let segment_bytes = |tuning: IndexTuning| {
+                tuning.max_segment_vectors.unwrap() * tuning.originals.bytes()
+            };
+            assert_eq!(segment_bytes(index.tuning), segment_bytes(budgeted));
+            for wanted in [&photos[0], &photos[17], &photos[49]] {
+                let found = index
+                    .nearest(&wanted.vector, &SearchFilter::default(), 3)
+                    .await
+                    .unwrap();
+                assert_eq!(found[0].id, wanted.id);
+                let stored = &found[0].vector;
+                assert!(stored.cosine(&wanted.vector) > 0.99999);
+                let largest_difference = stored
+                    .as_slice()
+                    .iter()
+                    .zip(wanted.vector.as_slice())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                // Half floats keep 11 significant bits; f32 differs only by renormalising.
+                assert_eq!(largest_difference > 1e-5, originals == Originals::F16);
+            }
         }
-        // Opened as `glimpse serve` opens it, with the default tuning: still half floats.
-        let index = LocalIndex::open(
-            directory.path(),
-            &encoder,
-            SLICED_DIMENSION,
-            IndexTuning::default(),
-        )
-        .unwrap();
-        assert_eq!(index.tuning.originals, Originals::F16);
-        let before_half_floats: Stamp =
-            serde_json::from_str(r#"{"encoder": "clip:test/half@1", "dimension": 32}"#).unwrap();
-        assert_eq!(before_half_floats.originals, Originals::F32);
-        for wanted in [&photos[0], &photos[17], &photos[49]] {
-            let found = index
-                .nearest(&wanted.vector, &SearchFilter::default(), 3)
-                .await
-                .unwrap();
-            assert_eq!(found[0].id, wanted.id);
-            let stored = &found[0].vector;
-            assert!(stored.cosine(&wanted.vector) > 0.99999);
-            assert_ne!(stored, &wanted.vector, "kept in f32, not half floats");
-        }
+        let stamped_before_the_choice: Stamp =
+            serde_json::from_str(r#"{"encoder": "clip:test/old@1", "dimension": 32}"#).unwrap();
+        assert_eq!(stamped_before_the_choice.originals, Originals::F32);
     }
 
     /// Photo `n` with a vector of its own: hashed components, far from every other photo's.

@@ -63,9 +63,9 @@ pub struct AnnArgs {
     /// Threads that build a graph (0: every core).
     #[arg(long, default_value_t = 0)]
     pub indexing_threads: usize,
-    /// Store the original vectors as half floats.
+    /// Store the original vectors as f32, as indexes created before half floats do.
     #[arg(long)]
-    pub f16_originals: bool,
+    pub f32_originals: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -73,7 +73,12 @@ pub struct AnnArgs {
 
 impl AnnArgs {
     fn options(&self) -> bench::ann::AnnOptions {
-        let budgeted = IndexTuning::within(self.memory_budget, self.dim);
+        let originals = if self.f32_originals {
+            Originals::F32
+        } else {
+            IndexTuning::default().originals
+        };
+        let budgeted = IndexTuning::within(self.memory_budget, self.dim).for_originals(originals);
         let chosen = |given: Option<usize>, implied: Option<usize>| match given {
             Some(0) => None,
             Some(given) => Some(given),
@@ -93,11 +98,7 @@ impl AnnArgs {
                 build_every: chosen(self.build_every, budgeted.build_every),
                 max_segment_vectors: chosen(self.max_segment_vectors, budgeted.max_segment_vectors),
                 indexing_threads: self.indexing_threads,
-                originals: if self.f16_originals {
-                    Originals::F16
-                } else {
-                    Originals::F32
-                },
+                originals,
             },
             upsert_batch: self.upsert_batch,
             other_ef: self.other_ef.clone(),
