@@ -82,12 +82,13 @@ const QUANTIZED_OVERSAMPLING: f64 = 3.0;
 /// The part of a memory budget kept for the model and the built index (int8 vectors and graph,
 /// about 0.7 KB per photo at 512 dimensions).
 const RESERVED_BYTES: u64 = 1 << 30;
-/// Bytes a segment build holds per vector, in f32 vectors' worth: the segment builder's copy and
-/// the source segments' pages it reads, each about twice the vectors' size (measured at 1M × 512
-/// in docs/BENCHMARKS.md).
-const BUILD_COPIES: u64 = 4;
-/// The smallest slice: below this, graphs are built too often for indexing to keep up.
-const MIN_SLICE: usize = 20_000;
+/// Bytes a segment build holds per vector it builds, in stored vectors' worth: the builder's copy
+/// (twice the vectors' size), the pages of the segments it reads and the graph it links, about 5
+/// in mapped pages (measured at 1M × 512 in docs/BENCHMARKS.md: 5.1 KB per half-float vector for
+/// a slice, 4.5 for a merge), and the build's anonymous memory on top.
+const BUILD_COPIES: u64 = 8;
+/// The smallest build: below this, graphs are built too often for indexing to keep up.
+const MIN_BUILD: usize = 20_000;
 
 /// How the HNSW graph and the vector storage are set up (fixed when the index is created, except
 /// `search_ef`).
@@ -160,20 +161,22 @@ impl Default for IndexTuning {
 }
 
 impl IndexTuning {
-    /// The tuning whose builds fit in `budget`: vectors come in and are built into the graph in
-    /// slices, and merges stop at a segment size whose build fits in what the budget leaves
-    /// beside the model and the built index. Larger segments search faster (a search visits
-    /// every segment); see docs/BENCHMARKS.md for the trade-off.
+    /// The tuning whose builds fit in `budget`: the largest build that fits in what the budget
+    /// leaves beside the model and the built index. Vectors come in and are built into the graph
+    /// in slices of that size, and no merge builds a larger segment (the engine builds the last
+    /// slice together with a built segment, or merges small segments, only up to it), whatever
+    /// the library's size. Larger segments search faster (a search visits every segment); see
+    /// docs/BENCHMARKS.md for the trade-off.
     pub fn within(budget: MemoryBudget, dimension: usize) -> Self {
         let vector_bytes = (dimension * Self::default().originals.bytes()) as u64;
         let for_building = budget.bytes().saturating_sub(RESERVED_BYTES);
-        let segment = for_building / (vector_bytes * BUILD_COPIES);
-        let segment = usize::try_from(segment)
+        let largest_build = for_building / (vector_bytes * BUILD_COPIES);
+        let largest_build = usize::try_from(largest_build)
             .unwrap_or(usize::MAX)
-            .max(2 * MIN_SLICE);
+            .max(MIN_BUILD);
         Self {
-            build_every: Some(segment / 2),
-            max_segment_vectors: Some(segment),
+            build_every: Some(largest_build),
+            max_segment_vectors: Some(largest_build),
             ..Self::default()
         }
     }
@@ -602,9 +605,10 @@ mod tests {
     fn a_larger_budget_builds_larger_segments_in_larger_slices() {
         let segment = |budget: MemoryBudget| IndexTuning::within(budget, 512).max_segment_vectors;
         let default = IndexTuning::within(MemoryBudget::DEFAULT, 512);
-        assert_eq!(default.max_segment_vectors, Some(262_144));
-        assert_eq!(default.build_every, Some(131_072));
-        assert_eq!(segment(MemoryBudget::MIN), Some(2 * MIN_SLICE));
+        assert_eq!(default.max_segment_vectors, Some(131_072));
+        // No merge builds more than a slice.
+        assert_eq!(default.build_every, default.max_segment_vectors);
+        assert_eq!(segment(MemoryBudget::MIN), Some(MIN_BUILD));
         assert!(segment("4GB".parse().unwrap()) > default.max_segment_vectors);
         assert!(
             IndexTuning::within(MemoryBudget::DEFAULT, 1024).max_segment_vectors
