@@ -191,13 +191,15 @@ fn check_image_parity(name: &str) {
     println!("{}", report.join("\n"));
 }
 
-/// The bf16 path against transformers' f32 embeddings, on the reference pixels (so only the
-/// precision differs): every cosine at least the gate that lets bf16 be the default.
-fn check_bf16_accuracy(name: &str) {
+/// A faster path against transformers' f32 embeddings, on the reference pixels (so only the
+/// precision differs): every cosine at least `gate`.
+fn check_accuracy(name: &str, precision: Precision, gate: f32) {
     let id = EncoderId::new("clip", format!("test/{name}"), "fixture").unwrap();
-    let encoder = match ClipEncoder::load(&checkpoint(name), id, Precision::Bf16) {
+    let encoder = match ClipEncoder::load(&checkpoint(name), id, precision) {
         Ok(encoder) => encoder,
-        Err(EncoderError::BadModel(reason)) if reason.contains("precision bf16 needs") => {
+        Err(EncoderError::BadModel(reason))
+            if reason.contains(&format!("precision {precision} needs")) =>
+        {
             eprintln!("SKIPPED {name}: {reason}");
             return;
         }
@@ -224,19 +226,33 @@ fn check_bf16_accuracy(name: &str) {
         lowest.1 = lowest.1.min(cosine(ours[0].as_slice(), &expected));
     }
     println!(
-        "{name} bf16 vs transformers f32: lowest text cosine {:.6}, lowest image cosine {:.6}",
+        "{name} {precision} vs transformers f32: lowest text cosine {:.6}, lowest image cosine \
+         {:.6}",
         lowest.0, lowest.1
     );
     assert!(
-        lowest.0 >= 0.9995 && lowest.1 >= 0.9995,
-        "{name}: {lowest:?}"
+        lowest.0 >= gate && lowest.1 >= gate,
+        "{name} {precision}: {lowest:?}"
     );
 }
 
+/// The gate that lets a faster path be the default.
+const DEFAULT_GATE: f32 = 0.9995;
+/// What int8 is held to.
+const INT8_GATE: f32 = 0.999;
+
 #[test]
 fn bf16_stays_within_its_accuracy_gate_on_both_checkpoints() {
-    check_bf16_accuracy("clip-odd");
-    check_bf16_accuracy("clip-gelu");
+    check_accuracy("clip-odd", Precision::Bf16, DEFAULT_GATE);
+    check_accuracy("clip-gelu", Precision::Bf16, DEFAULT_GATE);
+}
+
+/// int8 is opt-in: it is held to what it measured on these checkpoints (docs/BENCHMARKS.md),
+/// with a margin, so that a change that makes it worse fails.
+#[test]
+fn int8_stays_within_its_measured_accuracy_on_both_checkpoints() {
+    check_accuracy("clip-odd", Precision::Int8, INT8_GATE);
+    check_accuracy("clip-gelu", Precision::Int8, INT8_GATE);
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub struct BenchModel {
     /// A model directory or Hub repository; default: ViT-B/32 with seeded random weights.
     #[arg(long)]
     model: Option<String>,
-    /// How precisely the CPU runs the model: auto, f32 or bf16.
+    /// How precisely the CPU runs the model: auto, f32, bf16 or int8.
     #[arg(long, default_value = "auto")]
     precision: Precision,
 }
@@ -198,7 +198,7 @@ pub enum BenchCommand {
         /// Photos in the generated library.
         #[arg(long, default_value_t = 96)]
         photos: usize,
-        /// The precision `glimpse index` runs at: auto, f32 or bf16.
+        /// The precision `glimpse index` runs at: auto, f32, bf16 or int8.
         #[arg(long, default_value = "auto")]
         precision: Precision,
         /// Print one JSON object.

@@ -42,8 +42,9 @@ pub struct ModelArgs {
     #[arg(long, env = "GLIMPSE__MODEL")]
     pub model: Option<String>,
     /// How precisely the CPU runs the model: auto (bf16 weights where the CPU has AVX2 and FMA
-    /// or AVX-512 BF16, else f32), f32 (embeddings equal to transformers') or bf16. Remembered
-    /// in the data directory; default: the remembered one, else auto.
+    /// or AVX-512 BF16 and they measure faster, else f32), f32 (embeddings equal to
+    /// transformers'), bf16, or int8 (AVX-512 VNNI: fastest, least exact; see the README).
+    /// Remembered in the data directory; default: the remembered one, else auto.
     #[arg(long, env = "GLIMPSE__PRECISION")]
     pub precision: Option<Precision>,
 }

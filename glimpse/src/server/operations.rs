@@ -145,14 +145,14 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
         "properties": {
             "encoder": {"type": "string"},
             "precision": {
-                "enum": ["f32", "bf16", null],
+                "enum": ["f32", "bf16", "int8", null],
                 "description": "How precisely the text tower (what a search waits for) runs: \
                                 bf16 (weights in bf16 on a CPU with AVX2 and FMA or AVX-512 \
-                                BF16, or a GPU) or f32, what --precision came to on this \
-                                machine.",
+                                BF16, or a GPU), int8 (only when asked for, on a CPU with \
+                                AVX-512 VNNI) or f32, what --precision came to on this machine.",
             },
             "image_precision": {
-                "enum": ["f32", "bf16", null],
+                "enum": ["f32", "bf16", "int8", null],
                 "description": "How precisely the image tower (what indexing waits for) runs. \
                                 Under --precision auto it takes bf16 only where that measured \
                                 faster than f32 on this CPU when the model loaded.",

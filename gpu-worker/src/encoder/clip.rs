@@ -12,7 +12,9 @@ use super::{
     EncoderError, ImageProcessor, ImageProcessorConfig, ImageTextEncoder, JpegDecode,
     PreparedImage, TextTokenizer,
 };
-use crate::models::clip::{Bf16Kernel, ClipConfig, ClipTextModel, ClipVisionModel, LinearWeights};
+use crate::models::clip::{
+    ClipConfig, ClipTextModel, ClipVisionModel, LinearWeights, PackedKernel,
+};
 
 /// What one more pass through the text tower costs, in padded token rows: a pass streams every
 /// weight once whatever its size (about 3 ms on two cores in bf16, 5 in f32), and each token row
@@ -71,6 +73,12 @@ pub enum Precision {
     /// too with AVX-512 BF16, in f32 with the widening kernels), products summed in f32, and draft JPEG
     /// decoding; refused on a CPU with neither kernel.
     Bf16,
+    /// int8 weights in both towers (a scale per output), activations quantized to 8 bits per
+    /// row as each product runs, products summed exactly in i32 (AVX-512 VNNI), and draft JPEG
+    /// decoding: the fewest bytes and the most multiply-adds per instruction, at a larger cost
+    /// in accuracy than bf16 (docs/BENCHMARKS.md), so never chosen by `Auto`; refused on a CPU
+    /// without AVX-512 VNNI.
+    Int8,
 }
 
 impl std::fmt::Display for Precision {
@@ -79,6 +87,7 @@ impl std::fmt::Display for Precision {
             Self::Auto => "auto",
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -91,8 +100,9 @@ impl std::str::FromStr for Precision {
             "auto" => Ok(Self::Auto),
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
+            "int8" => Ok(Self::Int8),
             other => Err(format!(
-                "unknown precision {other:?}: use auto, f32 or bf16"
+                "unknown precision {other:?}: use auto, f32, bf16 or int8"
             )),
         }
     }
@@ -103,14 +113,14 @@ impl Precision {
     pub fn jpeg_decode(self) -> JpegDecode {
         match self {
             Self::F32 => JpegDecode::Full,
-            Self::Auto | Self::Bf16 => JpegDecode::Draft,
+            Self::Auto | Self::Bf16 | Self::Int8 => JpegDecode::Draft,
         }
     }
 
     /// Sets how each tower of `config` keeps its linear layers' weights on `device`: on a CPU,
-    /// unless `F32`, by timing each tower's largest product with every kernel the CPU runs
-    /// ([`Bf16Kernel::fastest`]; some tens of milliseconds for ViT-B/32), f32 included under
-    /// `Auto`.
+    /// unless `F32`, by timing each tower's largest product with every kernel of the precision
+    /// that the CPU runs ([`PackedKernel::fastest`]; some tens of milliseconds for ViT-B/32),
+    /// f32 included under `Auto`.
     pub fn choose_weights(
         self,
         device: &Device,
@@ -127,7 +137,7 @@ impl Precision {
         device: &Device,
         config: &ClipConfig,
     ) -> Result<(LinearWeights, LinearWeights), EncoderError> {
-        use LinearWeights::{AsLoaded, PackedBf16};
+        use LinearWeights::{AsLoaded, Packed};
         if !device.is_cpu() {
             return Ok((AsLoaded, AsLoaded));
         }
@@ -135,23 +145,34 @@ impl Precision {
         let (text, vision) = (&config.text_config, &config.vision_config);
         let image_rows =
             CALIBRATION_IMAGES * ((vision.image_size / vision.patch_size.max(1)).pow(2) + 1);
+        let kernels = match self {
+            Self::F32 => return Ok((AsLoaded, AsLoaded)),
+            Self::Auto | Self::Bf16 => &PackedKernel::BF16[..],
+            Self::Int8 => &PackedKernel::INT8,
+        };
+        if !PackedKernel::any_supported(kernels) {
+            return match self {
+                Self::Auto => Ok((AsLoaded, AsLoaded)),
+                Self::F32 | Self::Bf16 | Self::Int8 => Err(EncoderError::BadModel(format!(
+                    "precision {self} needs an x86-64 CPU with {} and this one has none: use \
+                     auto or f32",
+                    if self == Self::Int8 {
+                        "AVX-512 VNNI"
+                    } else {
+                        "AVX2 and FMA (or AVX-512 BF16)"
+                    }
+                ))),
+            };
+        }
         let with_f32 = self == Self::Auto;
         let fastest = |rows, inputs, outputs| {
-            Bf16Kernel::fastest(rows, inputs, outputs, with_f32)
-                .map(|kernel| kernel.map_or(AsLoaded, PackedBf16))
+            PackedKernel::fastest(kernels, (rows, inputs, outputs), with_f32)
+                .map(|kernel| kernel.map_or(AsLoaded, Packed))
         };
-        match (self, Bf16Kernel::any_supported()) {
-            (Self::F32, _) | (Self::Auto, false) => Ok((AsLoaded, AsLoaded)),
-            (Self::Auto | Self::Bf16, true) => Ok((
-                fastest(CALIBRATION_TOKENS, text.hidden_size, text.intermediate_size)?,
-                fastest(image_rows, vision.hidden_size, vision.intermediate_size)?,
-            )),
-            (Self::Bf16, false) => Err(EncoderError::BadModel(
-                "precision bf16 needs an x86-64 CPU with AVX2 and FMA (or AVX-512 BF16) and this \
-                 one has neither: use auto or f32"
-                    .into(),
-            )),
-        }
+        Ok((
+            fastest(CALIBRATION_TOKENS, text.hidden_size, text.intermediate_size)?,
+            fastest(image_rows, vision.hidden_size, vision.intermediate_size)?,
+        ))
     }
 }
 
@@ -161,8 +182,8 @@ const CALIBRATION_IMAGES: usize = 4;
 /// Tokens of the query that the text tower's kernels are timed on.
 const CALIBRATION_TOKENS: usize = 16;
 
-/// What [`Precision`] came to on this machine, tower by tower: [`Precision::F32`] or
-/// [`Precision::Bf16`] each.
+/// What [`Precision`] came to on this machine, tower by tower: [`Precision::F32`],
+/// [`Precision::Bf16`] or [`Precision::Int8`] each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TowerPrecisions {
     /// The text tower (what a search waits for).
@@ -189,10 +210,13 @@ pub(crate) fn compute_device(precision: Precision) -> (Device, DType) {
 
 /// How precisely a tower runs with its weights `weights` in `dtype`.
 fn weights_precision(dtype: DType, weights: LinearWeights) -> Precision {
-    if dtype == DType::BF16 || matches!(weights, LinearWeights::PackedBf16(_)) {
-        Precision::Bf16
-    } else {
-        Precision::F32
+    match weights {
+        LinearWeights::Packed(PackedKernel::Avx512Vnni) => Precision::Int8,
+        LinearWeights::Packed(
+            PackedKernel::Avx512Bf16 | PackedKernel::Avx512Fma | PackedKernel::Avx2Fma,
+        ) => Precision::Bf16,
+        LinearWeights::AsLoaded if dtype == DType::BF16 => Precision::Bf16,
+        LinearWeights::AsLoaded => Precision::F32,
     }
 }
 

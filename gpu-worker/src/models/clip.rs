@@ -12,9 +12,9 @@ use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-pub use super::bf16::Kernel as Bf16Kernel;
-use super::bf16::PackedLinear;
 use super::kernels;
+pub use super::packed::Kernel as PackedKernel;
+use super::packed::PackedLinear;
 
 /// The activation in the MLP blocks (`hidden_act` in config.json).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -151,9 +151,9 @@ pub enum LinearWeights {
     /// As loaded (f32 on the CPU, whatever the device holds elsewhere): equal to transformers.
     #[default]
     AsLoaded,
-    /// bf16 panels multiplied by the given kernel, which the CPU must run (one that
-    /// [`Bf16Kernel::fastest`] returned).
-    PackedBf16(Bf16Kernel),
+    /// Panels (bf16 or int8, as the kernel takes them) multiplied by the given kernel, which the
+    /// CPU must run (one that [`PackedKernel::fastest`] returned).
+    Packed(PackedKernel),
 }
 
 /// A linear layer over a flat `(rows, in)` matrix: one GEMM whatever the batch, bias included.
@@ -165,7 +165,7 @@ enum Dense {
         weight_t: Tensor,
         bias: Tensor,
     },
-    PackedBf16(PackedLinear),
+    Packed(PackedLinear),
 }
 
 impl Dense {
@@ -191,8 +191,8 @@ impl Dense {
                 weight_t: weight.t()?.contiguous()?,
                 bias,
             },
-            LinearWeights::PackedBf16(kernel) => {
-                Self::PackedBf16(PackedLinear::new(weight, &bias, kernel)?)
+            LinearWeights::Packed(kernel) => {
+                Self::Packed(PackedLinear::new(weight, &bias, kernel)?)
             }
         })
     }
@@ -202,7 +202,7 @@ impl Module for Dense {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::AsLoaded { weight_t, bias } => kernels::affine(xs, weight_t, bias),
-            Self::PackedBf16(packed) => packed.forward(xs),
+            Self::Packed(packed) => packed.forward(xs),
         }
     }
 }
@@ -353,7 +353,7 @@ impl Encoder {
 /// The text tower with its projection: token ids → (unnormalised) text features.
 #[derive(Clone, Debug)]
 pub struct ClipTextModel {
-    /// f32 as loaded, or bf16 beside bf16 weights.
+    /// f32 as loaded, or bf16 beside packed weights.
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
@@ -379,10 +379,10 @@ impl ClipTextModel {
         let token_embedding = embeddings
             .pp("token_embedding")
             .get((c.vocab_size, c.hidden_size), "weight")?;
-        // With bf16 weights the lookup table is kept in bf16 too: half of its 100 MB for
-        // ViT-B/32, for the few rows a query looks up, widened back to f32.
+        // With packed weights the lookup table is kept in bf16: half of its 100 MB for ViT-B/32,
+        // for the few rows a query looks up, widened back to f32.
         let token_embedding = match cfg.text_weights {
-            LinearWeights::PackedBf16(_) => token_embedding.to_dtype(DType::BF16)?,
+            LinearWeights::Packed(_) => token_embedding.to_dtype(DType::BF16)?,
             LinearWeights::AsLoaded => token_embedding,
         };
         Ok(Self {

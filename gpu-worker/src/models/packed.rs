@@ -1,5 +1,7 @@
-//! Linear layers with bf16 weights, multiplied by one of the CPU's micro-kernels ([`Kernel`]),
-//! the one that [`Kernel::fastest`] measures fastest for the product at hand:
+//! Linear layers whose weights are packed at load for one of the CPU's micro-kernels
+//! ([`Kernel`]), the one that [`Kernel::fastest`] measures fastest for the product at hand.
+//!
+//! bf16 weights (half the bytes of f32), with one of three kernels:
 //!
 //! - **AVX-512 BF16** (`vdpbf16ps`): activations are rounded to bf16 where they enter a product,
 //!   and one instruction does twice the multiply-adds of an f32 FMA;
@@ -7,44 +9,52 @@
 //!   have): the bf16 weights are widened to f32 in registers (a shift or a mask per register)
 //!   and multiplied by the f32 activations with f32 FMAs, so only the weights are rounded.
 //!
-//! A text query streams every weight of the text tower once, so its time is bound by bytes, and
-//! bf16 halves them; the products and their sums stay in f32 with either kernel. What this costs
-//! in accuracy is measured against f32 by `glimpse bench encode --precision bf16`
-//! (docs/BENCHMARKS.md).
+//! int8 weights (a quarter of the bytes of f32), with **AVX-512 VNNI** (`vpdpbusd`, four times
+//! the multiply-adds of an f32 FMA per instruction): each output column's weights scaled to
+//! −127..127, each input row's activations to 0..255 between the row's least and greatest value
+//! (a scale and an offset per row, computed as the product runs), products summed exactly in
+//! i32 and scaled back to f32 per row and column.
+//!
+//! A text query streams every weight of the text tower once, so its time is bound by bytes; a
+//! batch of images is bound by arithmetic. What each costs in accuracy is measured against f32 by
+//! `glimpse bench encode --precision bf16|int8` (docs/BENCHMARKS.md).
 //!
 //! Weights are packed once, at load, into panels of [`Kernel::panel`] output columns: for each
-//! pair of input rows `2k, 2k+1`, the panel holds one 32-bit lane per column with the two bf16
-//! values side by side (the operand layout of `vdpbf16ps`; for AVX2, the high half is already the
-//! f32 of the odd weight once the low half is masked off, and a 16-bit shift makes the even one).
-//! A panel is read from memory once per product and thread, and stays in the L1 or L2 cache while
-//! every row of the input passes over it.
+//! group of [`Kernel::group`] consecutive inputs, the panel holds one 32-bit lane per column with
+//! the group's weights side by side, the first input in the low bits (the operand layout of
+//! `vdpbf16ps` and `vpdpbusd`; for the widening kernels, the high half of a bf16 pair is already
+//! the f32 of the odd weight once the low half is masked off, and a 16-bit shift makes the even
+//! one). A panel is read from memory once per product and thread, and stays in the L1 or L2
+//! cache while every row of the input passes over it.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{PARALLEL_MIN_MACS, f32_slice};
 
-/// A bf16 micro-kernel, chosen at run time by what the CPU has.
+/// A micro-kernel, chosen at run time by what the CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// `vdpbf16ps` over 64-column panels; activations rounded to bf16.
+    /// bf16 weights, `vdpbf16ps` over 64-column panels; activations rounded to bf16.
     Avx512Bf16,
-    /// f32 FMAs over 16-column panels, weights widened in registers; activations stay f32.
+    /// bf16 weights widened in registers, f32 FMAs over 16-column panels; activations stay f32.
     Avx2Fma,
     /// The same with 512-bit registers over 64-column panels: for CPUs whose `vdpbf16ps` is
     /// slow, or that lack it.
     Avx512Fma,
+    /// int8 weights and u8 activations, `vpdpbusd` over 64-column panels, sums in i32.
+    Avx512Vnni,
 }
 
 impl Kernel {
-    /// Whether this CPU runs any kernel (not ARM, nor x86-64 before AVX2).
-    pub fn any_supported() -> bool {
-        Self::all().into_iter().any(Self::cpu_supported)
-    }
+    /// The kernels with bf16 weights.
+    pub const BF16: [Self; 3] = [Self::Avx512Bf16, Self::Avx512Fma, Self::Avx2Fma];
+    /// The kernels with int8 weights.
+    pub const INT8: [Self; 1] = [Self::Avx512Vnni];
 
-    /// Every kernel.
-    fn all() -> [Self; 3] {
-        [Self::Avx512Bf16, Self::Avx512Fma, Self::Avx2Fma]
+    /// Whether this CPU runs any of `kernels`.
+    pub fn any_supported(kernels: &[Self]) -> bool {
+        kernels.iter().any(|kernel| kernel.cpu_supported())
     }
 
     /// Whether this CPU has the kernel's instructions.
@@ -56,6 +66,7 @@ impl Kernel {
                 Self::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Self::Avx2Fma => has!("avx2") && has!("fma"),
                 Self::Avx512Fma => has!("avx512f"),
+                Self::Avx512Vnni => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -65,10 +76,18 @@ impl Kernel {
         }
     }
 
+    /// Consecutive inputs whose weights share a 32-bit lane: a bf16 pair, an int8 quad.
+    fn group(self) -> usize {
+        match self {
+            Self::Avx512Bf16 | Self::Avx2Fma | Self::Avx512Fma => 2,
+            Self::Avx512Vnni => 4,
+        }
+    }
+
     /// Output columns of a panel: four 16-lane registers (AVX-512), two 8-lane ones (AVX2).
     fn panel(self) -> usize {
         match self {
-            Self::Avx512Bf16 | Self::Avx512Fma => 64,
+            Self::Avx512Bf16 | Self::Avx512Fma | Self::Avx512Vnni => 64,
             Self::Avx2Fma => 16,
         }
     }
@@ -77,7 +96,7 @@ impl Kernel {
     /// 24 accumulators of 32 registers; AVX2: 10 of 16, beside the widened weights).
     fn tile_rows(self) -> usize {
         match self {
-            Self::Avx512Bf16 | Self::Avx512Fma => 6,
+            Self::Avx512Bf16 | Self::Avx512Fma | Self::Avx512Vnni => 6,
             Self::Avx2Fma => 5,
         }
     }
@@ -89,9 +108,9 @@ impl Kernel {
     }
 
     /// The fastest way this CPU multiplies `rows` rows by an `(inputs, outputs)` weight, timed
-    /// now on random values: `Some` kernel it runs, or `None` where the f32 GEMM is faster (or
-    /// the only way, with `f32` a candidate only when `with_f32`). Each takes the best of a few
-    /// runs, in turns, so that a neighbour's burst slows them all.
+    /// now on random values: `Some` of `kernels` that it runs, or `None` where the f32 GEMM is
+    /// faster (or the only way, with `f32` a candidate only when `with_f32`). Each takes the
+    /// best of a few runs, in turns, so that a neighbour's burst slows them all.
     ///
     /// No kernel wins everywhere. Few rows (a text query) are bound by the weights' bytes, where
     /// bf16 wins over f32, but not always with `vdpbf16ps`: an Intel core of the Sapphire
@@ -99,9 +118,8 @@ impl Kernel {
     /// are bound by arithmetic, where the f32 GEMM beats both kernels on some CPUs and loses on
     /// others (Zen 4 and 5 issue `vdpbf16ps` on two ports).
     pub fn fastest(
-        rows: usize,
-        inputs: usize,
-        outputs: usize,
+        kernels: &[Self],
+        (rows, inputs, outputs): (usize, usize, usize),
         with_f32: bool,
     ) -> Result<Option<Self>> {
         const RUNS: usize = 4;
@@ -112,7 +130,7 @@ impl Kernel {
         let weight_t = weight.t()?.contiguous()?;
         // Each kernel's packing of the weight; `None` for the f32 GEMM.
         let mut candidates = Vec::new();
-        for kernel in Self::all().into_iter().filter(|k| k.cpu_supported()) {
+        for &kernel in kernels.iter().filter(|k| k.cpu_supported()) {
             candidates.push(Some(PackedLinear::new(&weight, &bias, kernel)?));
         }
         if with_f32 || candidates.is_empty() {
@@ -173,20 +191,132 @@ fn pack_rows(values: &[f32], inner: usize) -> Vec<u32> {
     packed
 }
 
-/// `x · Wᵀ + b` for `W`: `(outputs, inputs)` as stored in checkpoints, kept as bf16 panels.
-/// Inference on the CPU only; build it only where [`Kernel::detect`] finds a kernel.
+/// One output's weights as int8 quads, an incomplete last quad padded with zeros: `w ≈ scale ·
+/// q`, with the greatest magnitude at ±127. Returns the quads, `scale` and the sum of the `q`.
+fn quantize_weights(row: &[f32]) -> (Vec<u32>, f32, f32) {
+    let greatest = row.iter().fold(0f32, |greatest, w| greatest.max(w.abs()));
+    let scale = greatest / 127.0;
+    let inverse = if scale > 0.0 { scale.recip() } else { 0.0 };
+    let values: Vec<i8> = row
+        .iter()
+        .map(|w| (w * inverse).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    let sum = values.iter().map(|&q| i32::from(q)).sum::<i32>() as f32;
+    let quads = values
+        .chunks(4)
+        .map(|quad| {
+            let mut lane = [0u8; 4];
+            for (byte, q) in lane.iter_mut().zip(quad) {
+                *byte = q.to_le_bytes()[0];
+            }
+            u32::from_le_bytes(lane)
+        })
+        .collect();
+    (quads, scale, sum)
+}
+
+/// One row mapped to 0..255 between its least and greatest value, rounded to nearest (ties to
+/// even), into `quads`, whose bytes past the row's end are left as they are. Returns its scale
+/// and offset: `x ≈ scale · q + offset`. Only where the CPU runs [`Kernel::Avx512Vnni`].
+fn quantize_row(row: &[f32], quads: &mut [u32]) -> (f32, f32) {
+    assert!(
+        row.len() <= quads.len() * 4 && Kernel::Avx512Vnni.cpu_supported(),
+        "int8 rows: {} values into {} quads, or a CPU without AVX-512 VNNI",
+        row.len(),
+        quads.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX-512F, and `quads` holds every byte of the row, as just checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        avx512_vnni::quantize_row(row, quads)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no CPU off x86-64 passes the check above");
+}
+
+/// One row's quads to fill, its values, and its scale and offset to set.
+type RowToQuantize<'a> = ((&'a mut [u32], &'a [f32]), (&'a mut f32, &'a mut f32));
+
+/// The rows of a product's input as [`Kernel::Avx512Vnni`] takes them.
+struct QuantizedRows {
+    /// Each row as `⌈inner / 4⌉` quads of u8, an incomplete last quad padded with zeros.
+    quads: Vec<u32>,
+    /// Row `r`'s value `x` is about `scales[r] · q + offsets[r]`.
+    scales: Vec<f32>,
+    offsets: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// Each row of a `(rows, inner)` matrix mapped to 0..255 between its least and greatest
+    /// value, rounded to nearest; on the pool when there are many.
+    fn new(values: &[f32], inner: usize) -> Self {
+        let (rows, quads_per_row) = (values.len() / inner, inner.div_ceil(4));
+        let mut quantized = Self {
+            quads: vec![0; rows * quads_per_row],
+            scales: vec![0.0; rows],
+            offsets: vec![0.0; rows],
+        };
+        let quantize = |((quads, row), (scale, offset)): RowToQuantize| {
+            (*scale, *offset) = quantize_row(row, quads);
+        };
+        let Self {
+            quads,
+            scales,
+            offsets,
+        } = &mut quantized;
+        if values.len() < PARALLEL_MIN_MACS / 16 {
+            quads
+                .chunks_mut(quads_per_row)
+                .zip(values.chunks_exact(inner))
+                .zip(scales.iter_mut().zip(offsets))
+                .for_each(quantize);
+        } else {
+            quads
+                .par_chunks_mut(quads_per_row)
+                .zip(values.par_chunks_exact(inner))
+                .zip(scales.par_iter_mut().zip(offsets))
+                .with_min_len(16)
+                .for_each(quantize);
+        }
+        quantized
+    }
+
+    fn rows(&self) -> Rows<'_> {
+        Rows::U8Quads {
+            quads: &self.quads,
+            scales: &self.scales,
+            offsets: &self.offsets,
+        }
+    }
+}
+
+/// Per output column of an int8 weight: `w ≈ scales[c] · q`, and `sums[c]` the sum of its `q`
+/// (what each row's offset is multiplied by). Zero past the last output.
+#[derive(Clone)]
+struct QuantizedColumns {
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+/// `x · Wᵀ + b` for `W`: `(outputs, inputs)` as stored in checkpoints, kept as panels for one
+/// [`Kernel`]. Inference on the CPU only; build it only for a kernel the CPU runs (one that
+/// [`Kernel::fastest`] returned).
 #[derive(Clone)]
 pub struct PackedLinear {
     kernel: Kernel,
     inputs: usize,
     outputs: usize,
-    /// `ceil(inputs / 2)`.
-    pairs: usize,
-    /// Panel `p`, pair `k`, lane `c` at `(p · pairs + k) · panel + c`: the weights of output
-    /// `p · panel + c` for inputs `2k` (low half) and `2k + 1` (high half); zero past the ends.
+    /// `ceil(inputs / kernel.group())`.
+    groups: usize,
+    /// Panel `p`, group `k`, lane `c` at `(p · groups + k) · panel + c`: the weights of output
+    /// `p · panel + c` for inputs `group · k` (lowest bits) to `group · (k + 1) - 1`; zero past
+    /// the ends.
     panels: Vec<u32>,
     /// The bias, zero-padded to whole panels.
     bias: Vec<f32>,
+    /// How int8 panels map back to f32; `None` for bf16 ones.
+    quantized: Option<QuantizedColumns>,
 }
 
 impl std::fmt::Debug for PackedLinear {
@@ -204,8 +334,40 @@ impl std::fmt::Debug for PackedLinear {
 enum Rows<'a> {
     /// Each row as bf16 pairs ([`pack_rows`]), for [`Kernel::Avx512Bf16`].
     Bf16Pairs(&'a [u32]),
-    /// Each row as it is, for [`Kernel::Avx2Fma`].
+    /// Each row as it is, for the widening kernels.
     F32(&'a [f32]),
+    /// Each row as u8 quads with its scale and offset ([`QuantizedRows`]), for
+    /// [`Kernel::Avx512Vnni`].
+    U8Quads {
+        quads: &'a [u32],
+        scales: &'a [f32],
+        offsets: &'a [f32],
+    },
+}
+
+impl<'a> Rows<'a> {
+    /// Consecutive parts of `rows` rows each (the last may have fewer), rows of `row_length`
+    /// values.
+    fn parts(self, rows: usize, row_length: usize) -> Vec<Self> {
+        let values = rows * row_length;
+        match self {
+            Self::Bf16Pairs(x) => x.chunks(values).map(Self::Bf16Pairs).collect(),
+            Self::F32(x) => x.chunks(values).map(Self::F32).collect(),
+            Self::U8Quads {
+                quads,
+                scales,
+                offsets,
+            } => quads
+                .chunks(values)
+                .zip(scales.chunks(rows).zip(offsets.chunks(rows)))
+                .map(|(quads, (scales, offsets))| Self::U8Quads {
+                    quads,
+                    scales,
+                    offsets,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl PackedLinear {
@@ -222,13 +384,25 @@ impl PackedLinear {
             );
         }
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
-        let (pairs, panel) = (inputs.div_ceil(2), kernel.panel());
+        let (groups, panel) = (inputs.div_ceil(kernel.group()), kernel.panel());
         let panel_count = outputs.div_ceil(panel);
-        let mut panels = vec![0u32; panel_count * pairs * panel];
+        let mut panels = vec![0u32; panel_count * groups * panel];
+        let mut quantized = (kernel == Kernel::Avx512Vnni).then(|| QuantizedColumns {
+            scales: vec![0.0; panel_count * panel],
+            sums: vec![0.0; panel_count * panel],
+        });
         for (output, row) in weight.chunks_exact(inputs).enumerate() {
-            let (first, lane) = (output / panel * pairs * panel, output % panel);
-            for (k, pair) in pack_rows(row, inputs).into_iter().enumerate() {
-                panels[first + k * panel + lane] = pair;
+            let (first, lane) = (output / panel * groups * panel, output % panel);
+            let lanes = match &mut quantized {
+                None => pack_rows(row, inputs),
+                Some(columns) => {
+                    let (quads, scale, sum) = quantize_weights(row);
+                    (columns.scales[output], columns.sums[output]) = (scale, sum);
+                    quads
+                }
+            };
+            for (k, value) in lanes.into_iter().enumerate() {
+                panels[first + k * panel + lane] = value;
             }
         }
         let mut bias = bias.flatten_all()?.to_vec1::<f32>()?;
@@ -237,9 +411,10 @@ impl PackedLinear {
             kernel,
             inputs,
             outputs,
-            pairs,
+            groups,
             panels,
             bias,
+            quantized,
         })
     }
 
@@ -255,7 +430,7 @@ impl PackedLinear {
     /// Values per row of `x`.
     fn row_length(&self) -> usize {
         match self.kernel {
-            Kernel::Avx512Bf16 => self.pairs,
+            Kernel::Avx512Bf16 | Kernel::Avx512Vnni => self.groups,
             Kernel::Avx2Fma | Kernel::Avx512Fma => self.inputs,
         }
     }
@@ -263,43 +438,48 @@ impl PackedLinear {
     /// Rows `x` times panels `panels`, plus the bias, into `out`: row `r`, output `p · panel + c`
     /// at `out[r · stride + (p - panels.start) · panel + c]`.
     fn multiply(&self, x: Rows, panels: std::ops::Range<usize>, out: &mut [f32], stride: usize) {
-        let panel_width = self.kernel.panel();
-        let panel_size = self.pairs * panel_width;
+        let (panel_width, tile_rows) = (self.kernel.panel(), self.kernel.tile_rows());
+        let panel_size = self.groups * panel_width;
+        let tiles = x.parts(tile_rows, self.row_length());
         for panel in panels.clone() {
             let first_output = panel * panel_width;
-            let width = panel_width.min(self.outputs - first_output);
-            let weights = &self.panels[panel * panel_size..(panel + 1) * panel_size];
-            let bias = &self.bias[first_output..first_output + panel_width];
+            let columns = first_output..first_output + panel_width;
             let column = (panel - panels.start) * panel_width;
-            let tile_rows = self.kernel.tile_rows();
-            match x {
-                Rows::Bf16Pairs(x) => {
-                    for (tile, x) in x.chunks(tile_rows * self.pairs).enumerate() {
-                        let out = &mut out[tile * tile_rows * stride + column..];
-                        avx512_tile(Tile {
-                            x,
-                            row_length: self.pairs,
-                            panel: weights,
-                            bias,
+            for (at, x) in tiles.iter().enumerate() {
+                let out = &mut out[at * tile_rows * stride + column..];
+                // The tile of rows `x` (whichever their type) at this panel.
+                macro_rules! tile {
+                    ($x:expr) => {
+                        Tile {
+                            x: $x,
+                            row_length: self.row_length(),
+                            panel: &self.panels[panel * panel_size..(panel + 1) * panel_size],
+                            bias: &self.bias[columns.clone()],
                             out,
                             stride,
-                            width,
-                        });
-                    }
+                            width: panel_width.min(self.outputs - first_output),
+                        }
+                    };
                 }
-                Rows::F32(x) => {
-                    for (tile, x) in x.chunks(tile_rows * self.inputs).enumerate() {
-                        let out = &mut out[tile * tile_rows * stride + column..];
-                        widening_tile(
-                            self.kernel,
-                            Tile {
-                                x,
-                                row_length: self.inputs,
-                                panel: weights,
-                                bias,
-                                out,
-                                stride,
-                                width,
+                match *x {
+                    Rows::Bf16Pairs(x) => avx512_tile(tile!(x)),
+                    Rows::F32(x) => widening_tile(self.kernel, tile!(x)),
+                    Rows::U8Quads {
+                        quads,
+                        scales,
+                        offsets,
+                    } => {
+                        let quantized = self
+                            .quantized
+                            .as_ref()
+                            .expect("u8 rows are made only for int8 weights");
+                        vnni_tile(
+                            tile!(quads),
+                            &Dequantize {
+                                row_scales: scales,
+                                row_offsets: offsets,
+                                column_scales: &quantized.scales[columns.clone()],
+                                column_sums: &quantized.sums[columns.clone()],
                             },
                         );
                     }
@@ -318,13 +498,8 @@ impl PackedLinear {
             self.multiply(x, 0..panels, &mut out, outputs);
         } else if rows >= block_rows * threads {
             // Many rows: each thread takes blocks of rows across every panel.
-            let block = block_rows * self.row_length();
-            let blocks = match x {
-                Rows::Bf16Pairs(x) => x.chunks(block).map(Rows::Bf16Pairs).collect::<Vec<_>>(),
-                Rows::F32(x) => x.chunks(block).map(Rows::F32).collect(),
-            };
             out.par_chunks_mut(block_rows * outputs)
-                .zip(blocks)
+                .zip(x.parts(block_rows, self.row_length()))
                 .for_each(|(out, x)| self.multiply(x, 0..panels, out, outputs));
         } else {
             // Few rows (a text query): each thread takes a share of the panels, so the weights
@@ -358,31 +533,32 @@ impl PackedLinear {
 
 impl CustomOp1 for PackedLinear {
     fn name(&self) -> &'static str {
-        "glimpse-bf16-linear"
+        "glimpse-packed-linear"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, inputs) = layout.shape().dims2()?;
         if inputs != self.inputs {
             candle_core::bail!(
-                "bf16 linear: ({rows}, {inputs}) input for {} inputs",
+                "packed linear: ({rows}, {inputs}) input for {} inputs",
                 self.inputs
             );
         }
         if !self.kernel.cpu_supported() {
-            candle_core::bail!("bf16 linear: this CPU cannot run {:?}", self.kernel);
+            candle_core::bail!("packed linear: this CPU cannot run {:?}", self.kernel);
         }
-        let x = f32_slice(storage, layout, "bf16 linear input")?;
+        let x = f32_slice(storage, layout, "packed linear input")?;
         let out = match self.kernel {
             Kernel::Avx512Bf16 => self.product(Rows::Bf16Pairs(&pack_rows(x, inputs)), rows),
             Kernel::Avx2Fma | Kernel::Avx512Fma => self.product(Rows::F32(x), rows),
+            Kernel::Avx512Vnni => self.product(QuantizedRows::new(x, inputs).rows(), rows),
         };
         Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
     }
 }
 
 /// One micro-kernel call: up to [`Kernel::tile_rows`] rows of `x`, `row_length` values each,
-/// times one panel of pairs, plus `bias`, into the first `width` values of each row of `out`,
+/// times one panel of groups, plus `bias`, into the first `width` values of each row of `out`,
 /// rows `stride` apart.
 struct Tile<'a, X> {
     x: &'a [X],
@@ -396,19 +572,19 @@ struct Tile<'a, X> {
 
 impl<X> Tile<'_, X> {
     /// The rows, once the call is checked against what `kernel`'s micro-kernels require: rows
-    /// of `pairs` pairs of inputs, a panel of as many pairs, every write inside `out`, and a CPU
-    /// that has the kernel.
-    fn checked_rows(&self, kernel: Kernel, pairs: usize) -> usize {
+    /// of `groups` groups of inputs, a panel of as many groups, every write inside `out`, and a
+    /// CPU that has the kernel.
+    fn checked_rows(&self, kernel: Kernel, groups: usize) -> usize {
         let rows = self.x.len() / self.row_length;
         assert!(
             (1..=kernel.tile_rows()).contains(&rows)
                 && self.x.len() == rows * self.row_length
-                && self.panel.len() == pairs * kernel.panel()
+                && self.panel.len() == groups * kernel.panel()
                 && self.bias.len() == kernel.panel()
                 && (1..=kernel.panel()).contains(&self.width)
                 && self.out.len() >= (rows - 1) * self.stride + self.width
                 && kernel.cpu_supported(),
-            "bf16 tile out of bounds, or {kernel:?} on a CPU without it"
+            "packed tile out of bounds, or {kernel:?} on a CPU without it"
         );
         rows
     }
@@ -460,6 +636,43 @@ fn widening_tile(kernel: Kernel, tile: Tile<f32>) {
     unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
 
+/// How [`Kernel::Avx512Vnni`]'s integer sums become f32: row `r`, column `c` is
+/// `(row_scales[r] · sum + row_offsets[r] · column_sums[c]) · column_scales[c] + bias[c]`.
+struct Dequantize<'a> {
+    row_scales: &'a [f32],
+    row_offsets: &'a [f32],
+    column_scales: &'a [f32],
+    column_sums: &'a [f32],
+}
+
+/// [`Kernel::Avx512Vnni`]'s micro-kernel: rows of u8 quads.
+fn vnni_tile(tile: Tile<u32>, dequantize: &Dequantize) {
+    let rows = tile.checked_rows(Kernel::Avx512Vnni, tile.row_length);
+    let panel = Kernel::Avx512Vnni.panel();
+    assert!(
+        dequantize.row_scales.len() == rows
+            && dequantize.row_offsets.len() == rows
+            && dequantize.column_scales.len() == panel
+            && dequantize.column_sums.len() == panel,
+        "int8 tile: scales for {rows} rows and {panel} columns expected"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `avx512_tile`, and the scales were just checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        match rows {
+            1 => avx512_vnni::tile::<1>(tile, dequantize),
+            2 => avx512_vnni::tile::<2>(tile, dequantize),
+            3 => avx512_vnni::tile::<3>(tile, dequantize),
+            4 => avx512_vnni::tile::<4>(tile, dequantize),
+            5 => avx512_vnni::tile::<5>(tile, dequantize),
+            _ => avx512_vnni::tile::<6>(tile, dequantize),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
@@ -469,6 +682,15 @@ mod avx512 {
 
     /// Output columns of a panel.
     const PANEL: usize = 64;
+
+    /// The mask of a register's first `count` lanes (all 16 from 16 on).
+    pub(super) fn first_lanes(count: usize) -> __mmask16 {
+        if count >= 16 {
+            0xffff
+        } else {
+            (1 << count) - 1
+        }
+    }
 
     /// The micro-kernel: `R` rows × 64 columns held in 4·R registers over all pairs.
     ///
@@ -536,17 +758,8 @@ mod avx512 {
     ) {
         let out = out.as_mut_ptr();
         for (r, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                let first = j * 16;
-                if first >= width {
-                    break;
-                }
-                let lanes = (width - first).min(16);
-                let mask: __mmask16 = if lanes == 16 {
-                    0xffff
-                } else {
-                    (1 << lanes) - 1
-                };
+            for (acc, first) in acc.iter().zip((0..width).step_by(16)) {
+                let mask = first_lanes(width - first);
                 // SAFETY: `bias` holds 64 values; the mask writes only the first `width` values
                 // of row r, which `out` holds by the contract above.
                 unsafe {
@@ -658,11 +871,7 @@ widening_kernel! {
     ) {
         let out = out.as_mut_ptr();
         for (r, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                let first = j * 8;
-                if first >= width {
-                    break;
-                }
+            for (acc, first) in acc.iter().zip((0..width).step_by(8)) {
                 let lanes = (width - first).min(8);
                 let mut values = [0f32; 8];
                 // SAFETY: `bias` holds 16 values, `values` 8; the copy writes only the first
@@ -687,6 +896,123 @@ widening_kernel! {
     mod avx512_fma: "avx512f", __m512, offsets [0, 16, 32, 48], per register 16;
     _mm512_setzero_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_slli_epi32, _mm512_and_si512,
     _mm512_castsi512_ps, _mm512_set1_ps, _mm512_fmadd_ps, store: super::avx512::store;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512_vnni {
+    use std::arch::x86_64::*;
+
+    use super::avx512::first_lanes;
+    use super::{Dequantize, Tile};
+
+    /// Output columns of a panel.
+    const PANEL: usize = 64;
+
+    /// [`super::quantize_row`], 16 values at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and `quads` holds at least `row.len()` bytes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quantize_row(row: &[f32], quads: &mut [u32]) -> (f32, f32) {
+        let (x, bytes, length) = (row.as_ptr(), quads.as_mut_ptr().cast::<u8>(), row.len());
+        // The lanes of the 16 values from `at` that are in the row.
+        let lanes = |at: usize| first_lanes(length - at);
+        let (mut least, mut greatest) = (
+            _mm512_set1_ps(f32::INFINITY),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        for at in (0..length).step_by(16) {
+            // SAFETY: the mask reads only values of the row.
+            unsafe {
+                let mask = lanes(at);
+                least = _mm512_min_ps(least, _mm512_mask_loadu_ps(least, mask, x.add(at)));
+                greatest = _mm512_max_ps(greatest, _mm512_mask_loadu_ps(greatest, mask, x.add(at)));
+            }
+        }
+        let (least, greatest) = (_mm512_reduce_min_ps(least), _mm512_reduce_max_ps(greatest));
+        let scale = (greatest - least) / 255.0;
+        let inverse = _mm512_set1_ps(if scale > 0.0 { scale.recip() } else { 0.0 });
+        let offset = _mm512_set1_ps(least);
+        for at in (0..length).step_by(16) {
+            // SAFETY: the mask reads only values of the row and writes only as many bytes,
+            // which `quads` holds by the contract above.
+            unsafe {
+                let mask = lanes(at);
+                let values = _mm512_maskz_loadu_ps(mask, x.add(at));
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(values, offset), inverse));
+                // Unsigned saturation to 0..255.
+                _mm512_mask_cvtusepi32_storeu_epi8(bytes.add(at).cast(), mask, q);
+            }
+        }
+        (scale, least)
+    }
+
+    /// The micro-kernel: `R` rows × 64 columns held in 4·R registers of i32 sums over all
+    /// quads, each `vpdpbusd` adding four u8 × i8 products per lane; scaled back to f32 as they
+    /// are stored.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VNNI, `x` holds `R · quads` values, `panel` holds
+    /// `quads · 64`, `bias` and the column slices of `dequantize` 64, its row slices `R`, and
+    /// `out` at least `(R - 1) · stride + width`, `width ≤ 64`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile<const R: usize>(
+        Tile {
+            x,
+            row_length: quads,
+            panel,
+            bias,
+            out,
+            stride,
+            width,
+        }: Tile<u32>,
+        dequantize: &Dequantize,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); 4]; R];
+        let (x, panel) = (x.as_ptr(), panel.as_ptr());
+        for k in 0..quads {
+            // SAFETY: k < quads, so `panel + k·64 + 63` and `x + r·quads + k` (r < R) are in
+            // bounds by the contract above.
+            unsafe {
+                let weights = panel.add(k * PANEL);
+                let w = [
+                    _mm512_loadu_si512(weights.cast()),
+                    _mm512_loadu_si512(weights.add(16).cast()),
+                    _mm512_loadu_si512(weights.add(32).cast()),
+                    _mm512_loadu_si512(weights.add(48).cast()),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_epi32(*x.add(r * quads + k) as i32);
+                    for (acc, w) in acc.iter_mut().zip(w) {
+                        *acc = _mm512_dpbusd_epi32(*acc, a, w);
+                    }
+                }
+            }
+        }
+        let out = out.as_mut_ptr();
+        for (r, acc) in acc.iter().enumerate() {
+            let scale = _mm512_set1_ps(dequantize.row_scales[r]);
+            let offset = _mm512_set1_ps(dequantize.row_offsets[r]);
+            for (acc, first) in acc.iter().zip((0..width).step_by(16)) {
+                let mask = first_lanes(width - first);
+                // SAFETY: `bias` and the column slices hold 64 values; the mask writes only the
+                // first `width` values of row r, which `out` holds by the contract above.
+                unsafe {
+                    let sums = _mm512_loadu_ps(dequantize.column_sums.as_ptr().add(first));
+                    let scales = _mm512_loadu_ps(dequantize.column_scales.as_ptr().add(first));
+                    let bias = _mm512_loadu_ps(bias.as_ptr().add(first));
+                    let row = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(*acc),
+                        scale,
+                        _mm512_mul_ps(offset, sums),
+                    );
+                    let value = _mm512_fmadd_ps(row, scales, bias);
+                    _mm512_mask_storeu_ps(out.add(r * stride + first), mask, value);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -714,6 +1040,9 @@ mod tests {
     /// The same arithmetic in plain Rust: bf16 weights, activations rounded to bf16 where
     /// `kernel` rounds them, f32 products and sums.
     fn reference(kernel: Kernel, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Vec<f32> {
+        if kernel == Kernel::Avx512Vnni {
+            return int8_reference(x, weight, bias);
+        }
         let (rows, inputs) = x.dims2().unwrap();
         let outputs = weight.dims2().unwrap().0;
         let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
@@ -722,7 +1051,7 @@ mod tests {
                 .into_iter()
                 .map(|pair| [from_bf16(pair & 0xffff), from_bf16(pair >> 16)])
                 .collect(),
-            Kernel::Avx2Fma | Kernel::Avx512Fma => x
+            Kernel::Avx2Fma | Kernel::Avx512Fma | Kernel::Avx512Vnni => x
                 .chunks_exact(inputs)
                 .flat_map(|row| {
                     let (pairs, last) = row.as_chunks::<2>();
@@ -750,6 +1079,59 @@ mod tests {
         out
     }
 
+    /// The int8 arithmetic in plain Rust: the same quantization, exact integer sums, the same
+    /// scaling back.
+    fn int8_reference(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Vec<f32> {
+        let inputs = x.dims2().unwrap().1;
+        let rows = QuantizedRows::new(&x.flatten_all().unwrap().to_vec1().unwrap(), inputs);
+        let weight: Vec<f32> = weight.flatten_all().unwrap().to_vec1().unwrap();
+        let bias: Vec<f32> = bias.to_vec1().unwrap();
+        let quads = inputs.div_ceil(4);
+        let mut out = Vec::new();
+        for (r, x) in rows.quads.chunks_exact(quads).enumerate() {
+            for (w, bias) in weight.chunks_exact(inputs).zip(&bias) {
+                let (w, scale, sum) = quantize_weights(w);
+                let dot: i32 = x
+                    .iter()
+                    .zip(&w)
+                    .flat_map(|(x, w)| x.to_le_bytes().into_iter().zip(w.to_le_bytes()))
+                    .map(|(x, w)| i32::from(x) * i32::from(w as i8))
+                    .sum();
+                out.push((rows.scales[r] * dot as f32 + rows.offsets[r] * sum) * scale + bias);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn quantized_rows_span_each_row_from_its_least_to_its_greatest_value() {
+        if !Kernel::Avx512Vnni.cpu_supported() {
+            eprintln!("SKIPPED: this CPU cannot run {:?}", Kernel::Avx512Vnni);
+            return;
+        }
+        let rows = QuantizedRows::new(&[-1.0, 0.5, 3.0, 2.0, 7.0, 7.0, 7.0, 7.0], 4);
+        let bytes: Vec<[u8; 4]> = rows.quads.iter().map(|quad| quad.to_le_bytes()).collect();
+        assert_eq!(bytes, [[0, 96, 255, 191], [0, 0, 0, 0]]);
+        assert_eq!(rows.offsets, [-1.0, 7.0]);
+        // A constant row: every value is its offset.
+        assert_eq!(rows.scales[1], 0.0);
+        for (q, x) in bytes[0].iter().zip([-1.0f32, 0.5, 3.0, 2.0]) {
+            assert!(
+                (rows.scales[0] * f32::from(*q) + rows.offsets[0] - x).abs()
+                    <= rows.scales[0] / 2.0
+            );
+        }
+        let (quads, scale, sum) = quantize_weights(&[0.5, -1.27, 0.0, 0.01, 1.0]);
+        let bytes: Vec<i8> = quads
+            .iter()
+            .flat_map(|q| q.to_le_bytes())
+            .map(|b| b as i8)
+            .collect();
+        assert_eq!(bytes, [50, -127, 0, 1, 100, 0, 0, 0]);
+        assert!((scale - 0.01).abs() < 1e-7);
+        assert_eq!(sum, 24.0);
+    }
+
     #[test]
     fn rounding_to_bf16_is_to_nearest_even() {
         assert_eq!(to_bf16(1.0), 0x3f80);
@@ -764,7 +1146,7 @@ mod tests {
     /// partial tiles and panels; odd inputs) against the plain-Rust arithmetic, and close to f32.
     #[test]
     fn packed_products_equal_the_same_arithmetic_in_plain_rust() {
-        for kernel in Kernel::all() {
+        for kernel in Kernel::BF16.into_iter().chain(Kernel::INT8) {
             if kernel.cpu_supported() {
                 products_equal_plain_rust(kernel);
             } else {
@@ -809,7 +1191,7 @@ mod tests {
                     (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
                     "{kernel:?} {rows}×{inputs}×{outputs}: {g} vs {w}"
                 );
-                // bf16 inputs: about 3 significant digits per value, errors averaging out.
+                // bf16 or int8 values: 2–3 significant digits each, errors averaging out.
                 let scale = (inputs as f32).sqrt();
                 assert!(
                     (g - e).abs() <= 2e-2 * scale,
@@ -819,18 +1201,18 @@ mod tests {
         }
     }
 
-    /// The calibration runs both products for real on each kernel this CPU has, whatever it
-    /// finds (the answer depends on the CPU and on its neighbours).
-    /// The race runs every candidate for real and names one this CPU runs (which one depends on
-    /// the CPU and on its neighbours).
+    /// The race runs every candidate for real and names one of them that this CPU runs (which
+    /// one depends on the CPU and on its neighbours).
     #[test]
     fn the_fastest_product_is_one_this_cpu_runs() {
-        for (rows, inputs, outputs) in [(100, 64, 96), (1, 7, 3)] {
-            if let Some(kernel) = Kernel::fastest(rows, inputs, outputs, true).unwrap() {
-                assert!(kernel.cpu_supported());
+        for kernels in [&Kernel::BF16[..], &Kernel::INT8] {
+            for shape in [(100, 64, 96), (1, 7, 3)] {
+                if let Some(kernel) = Kernel::fastest(kernels, shape, true).unwrap() {
+                    assert!(kernel.cpu_supported() && kernels.contains(&kernel));
+                }
+                let packed_only = Kernel::fastest(kernels, shape, false).unwrap();
+                assert_eq!(packed_only.is_some(), Kernel::any_supported(kernels));
             }
-            let bf16_only = Kernel::fastest(rows, inputs, outputs, false).unwrap();
-            assert_eq!(bf16_only.is_some(), Kernel::any_supported());
         }
     }
 
