@@ -110,7 +110,8 @@ impl Kernel {
     /// The fastest way this CPU multiplies `rows` rows by an `(inputs, outputs)` weight, timed
     /// now on random values: `Some` of `kernels` that it runs, or `None` where the f32 GEMM is
     /// faster (or the only way, with `f32` a candidate only when `with_f32`). Each takes the
-    /// best of a few runs, in turns, so that a neighbour's burst slows them all.
+    /// best of a few runs, in turns, so that a neighbour's burst slows them all; a lone
+    /// candidate is returned without being timed.
     ///
     /// No kernel wins everywhere. Few rows (a text query) are bound by the weights' bytes, where
     /// bf16 wins over f32, but not always with `vdpbf16ps`: an Intel core of the Sapphire
@@ -123,6 +124,17 @@ impl Kernel {
         with_f32: bool,
     ) -> Result<Option<Self>> {
         const RUNS: usize = 4;
+        let supported: Vec<Self> = kernels
+            .iter()
+            .copied()
+            .filter(|k| k.cpu_supported())
+            .collect();
+        // Nothing to choose between: nothing to time.
+        match (supported.as_slice(), with_f32) {
+            ([], _) => return Ok(None),
+            ([only], false) => return Ok(Some(*only)),
+            _ => {}
+        }
         let device = candle_core::Device::Cpu;
         let x = Tensor::rand(-1f32, 1f32, (rows, inputs), &device)?;
         let weight = Tensor::rand(-0.1f32, 0.1f32, (outputs, inputs), &device)?;
@@ -130,10 +142,10 @@ impl Kernel {
         let weight_t = weight.t()?.contiguous()?;
         // Each kernel's packing of the weight; `None` for the f32 GEMM.
         let mut candidates = Vec::new();
-        for &kernel in kernels.iter().filter(|k| k.cpu_supported()) {
+        for &kernel in &supported {
             candidates.push(Some(PackedLinear::new(&weight, &bias, kernel)?));
         }
-        if with_f32 || candidates.is_empty() {
+        if with_f32 {
             candidates.push(None);
         }
         let run = |packed: &Option<PackedLinear>| -> Result<std::time::Duration> {
