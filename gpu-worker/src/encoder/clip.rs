@@ -60,8 +60,8 @@ impl std::fmt::Debug for ClipEncoder {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// Each tower in whichever of f32 and the CPU's bf16 kernels (AVX-512 BF16, AVX-512F, AVX2
-    /// and FMA) measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
+    /// Each tower in whichever of f32 and the CPU's bf16 kernels (AMX-BF16, AVX-512 BF16,
+    /// AVX-512F, AVX2 and FMA) measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
     /// a batch of images it depends on the CPU); large JPEGs decoded at a reduced scale
     /// ([`JpegDecode::Draft`]).
     #[default]
@@ -70,7 +70,7 @@ pub enum Precision {
     /// parity tests check).
     F32,
     /// bf16 weights in both towers, with the kernel that measures fastest (activations in bf16
-    /// too with AVX-512 BF16, in f32 with the widening kernels), products summed in f32, and draft JPEG
+    /// too with AMX and AVX-512 BF16, in f32 with the widening kernels), products summed in f32, and draft JPEG
     /// decoding; refused on a CPU with neither kernel.
     Bf16,
     /// int8 weights in both towers (a scale per output), activations quantized to 8 bits per
@@ -213,7 +213,10 @@ fn weights_precision(dtype: DType, weights: LinearWeights) -> Precision {
     match weights {
         LinearWeights::Packed(PackedKernel::Avx512Vnni) => Precision::Int8,
         LinearWeights::Packed(
-            PackedKernel::Avx512Bf16 | PackedKernel::Avx512Fma | PackedKernel::Avx2Fma,
+            PackedKernel::AmxBf16
+            | PackedKernel::Avx512Bf16
+            | PackedKernel::Avx512Fma
+            | PackedKernel::Avx2Fma,
         ) => Precision::Bf16,
         LinearWeights::AsLoaded if dtype == DType::BF16 => Precision::Bf16,
         LinearWeights::AsLoaded => Precision::F32,

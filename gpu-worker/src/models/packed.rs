@@ -1,8 +1,11 @@
 //! Linear layers whose weights are packed at load for one of the CPU's micro-kernels
 //! ([`Kernel`]), the one that [`Kernel::fastest`] measures fastest for the product at hand.
 //!
-//! bf16 weights (half the bytes of f32), with one of three kernels:
+//! bf16 weights (half the bytes of f32), with one of four kernels:
 //!
+//! - **AMX-BF16** (Intel Sapphire Rapids and later, where Linux lets the process use the tile
+//!   registers): `tdpbf16ps` multiplies a 16 × 32 tile of activations (rounded to bf16) by a
+//!   32 × 16 tile of weights into 16 × 16 f32 sums, 8192 multiply-adds per instruction;
 //! - **AVX-512 BF16** (`vdpbf16ps`): activations are rounded to bf16 where they enter a product,
 //!   and one instruction does twice the multiply-adds of an f32 FMA;
 //! - **AVX-512F**, and **AVX2 + FMA** (every x86-64 CPU since 2013–2015, and what most NAS boxes
@@ -35,6 +38,9 @@ use super::kernels::{PARALLEL_MIN_MACS, f32_slice};
 /// A micro-kernel, chosen at run time by what the CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// bf16 weights, `tdpbf16ps` over 32-column panels (two tiles wide), 32 rows at a time;
+    /// activations rounded to bf16.
+    AmxBf16,
     /// bf16 weights, `vdpbf16ps` over 64-column panels; activations rounded to bf16.
     Avx512Bf16,
     /// bf16 weights widened in registers, f32 FMAs over 16-column panels; activations stay f32.
@@ -48,7 +54,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// The kernels with bf16 weights.
-    pub const BF16: [Self; 3] = [Self::Avx512Bf16, Self::Avx512Fma, Self::Avx2Fma];
+    pub const BF16: [Self; 4] = [
+        Self::AmxBf16,
+        Self::Avx512Bf16,
+        Self::Avx512Fma,
+        Self::Avx2Fma,
+    ];
     /// The kernels with int8 weights.
     pub const INT8: [Self; 1] = [Self::Avx512Vnni];
 
@@ -63,6 +74,7 @@ impl Kernel {
         {
             use std::arch::is_x86_feature_detected as has;
             match self {
+                Self::AmxBf16 => amx::available(),
                 Self::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Self::Avx2Fma => has!("avx2") && has!("fma"),
                 Self::Avx512Fma => has!("avx512f"),
@@ -79,23 +91,36 @@ impl Kernel {
     /// Consecutive inputs whose weights share a 32-bit lane: a bf16 pair, an int8 quad.
     fn group(self) -> usize {
         match self {
-            Self::Avx512Bf16 | Self::Avx2Fma | Self::Avx512Fma => 2,
+            Self::AmxBf16 | Self::Avx512Bf16 | Self::Avx2Fma | Self::Avx512Fma => 2,
             Self::Avx512Vnni => 4,
         }
     }
 
-    /// Output columns of a panel: four 16-lane registers (AVX-512), two 8-lane ones (AVX2).
+    /// Groups of a row of `inputs` inputs, zero-padded for AMX to whole tile rows (64 bytes).
+    fn groups(self, inputs: usize) -> usize {
+        let groups = inputs.div_ceil(self.group());
+        match self {
+            Self::AmxBf16 => groups.next_multiple_of(AMX_PAIRS),
+            Self::Avx512Bf16 | Self::Avx2Fma | Self::Avx512Fma | Self::Avx512Vnni => groups,
+        }
+    }
+
+    /// Output columns of a panel: four 16-lane registers (AVX-512), two 8-lane ones (AVX2), two
+    /// 16-column tiles (AMX).
     fn panel(self) -> usize {
         match self {
+            Self::AmxBf16 => 32,
             Self::Avx512Bf16 | Self::Avx512Fma | Self::Avx512Vnni => 64,
             Self::Avx2Fma => 16,
         }
     }
 
     /// Input rows of one micro-kernel call: as many as leave registers for the weights (AVX-512:
-    /// 24 accumulators of 32 registers; AVX2: 10 of 16, beside the widened weights).
+    /// 24 accumulators of 32 registers; AVX2: 10 of 16, beside the widened weights; AMX: two
+    /// 16-row tiles).
     fn tile_rows(self) -> usize {
         match self {
+            Self::AmxBf16 => 32,
             Self::Avx512Bf16 | Self::Avx512Fma | Self::Avx512Vnni => 6,
             Self::Avx2Fma => 5,
         }
@@ -104,7 +129,13 @@ impl Kernel {
     /// Input rows a worker thread takes at a time when there are many (a batch of images): enough
     /// to reuse each panel from the cache, few enough that the rows stay there too.
     fn block_rows(self) -> usize {
-        8 * self.tile_rows()
+        match self {
+            // 128 rows: a batch of 32 images (1600 rows) splits into 13 blocks between threads.
+            Self::AmxBf16 => 4 * self.tile_rows(),
+            Self::Avx512Bf16 | Self::Avx2Fma | Self::Avx512Fma | Self::Avx512Vnni => {
+                8 * self.tile_rows()
+            }
+        }
     }
 
     /// The fastest way this CPU multiplies `rows` rows by an `(inputs, outputs)` weight, timed
@@ -189,16 +220,31 @@ fn bf16_pair(even: f32, odd: f32) -> u32 {
     u32::from(to_bf16(even)) | (u32::from(to_bf16(odd)) << 16)
 }
 
-/// Each row of a `(rows, inner)` matrix as `inner / 2` (rounded up) bf16 pairs; an odd last
-/// value is paired with zero.
-fn pack_rows(values: &[f32], inner: usize) -> Vec<u32> {
-    let mut packed = Vec::with_capacity(values.len() / inner * inner.div_ceil(2));
-    for row in values.chunks_exact(inner) {
-        let mut pairs = row.chunks_exact(2);
-        packed.extend(pairs.by_ref().map(|pair| bf16_pair(pair[0], pair[1])));
-        if let [last] = pairs.remainder() {
-            packed.push(bf16_pair(*last, 0.0));
+/// Each row of a `(rows, inner)` matrix as `pairs` (at least `⌈inner / 2⌉`) bf16 pairs; an odd
+/// last value is paired with zero, and the pairs past the row's end are zero. On the pool when
+/// there are many rows (a batch of images).
+fn pack_rows(values: &[f32], inner: usize, pairs: usize) -> Vec<u32> {
+    let mut packed = vec![0u32; values.len() / inner * pairs];
+    let pack = |(packed, row): (&mut [u32], &[f32])| {
+        let (whole, last) = row.as_chunks::<2>();
+        for (lane, &[even, odd]) in packed.iter_mut().zip(whole) {
+            *lane = bf16_pair(even, odd);
         }
+        if let [last] = last {
+            packed[whole.len()] = bf16_pair(*last, 0.0);
+        }
+    };
+    if values.len() < PARALLEL_MIN_MACS / 16 {
+        packed
+            .chunks_mut(pairs)
+            .zip(values.chunks_exact(inner))
+            .for_each(pack);
+    } else {
+        packed
+            .par_chunks_mut(pairs)
+            .zip(values.par_chunks_exact(inner))
+            .with_min_len(16)
+            .for_each(pack);
     }
     packed
 }
@@ -319,7 +365,7 @@ pub struct PackedLinear {
     kernel: Kernel,
     inputs: usize,
     outputs: usize,
-    /// `ceil(inputs / kernel.group())`.
+    /// [`Kernel::groups`] of `inputs`.
     groups: usize,
     /// Panel `p`, group `k`, lane `c` at `(p · groups + k) · panel + c`: the weights of output
     /// `p · panel + c` for inputs `group · k` (lowest bits) to `group · (k + 1) - 1`; zero past
@@ -344,7 +390,8 @@ impl std::fmt::Debug for PackedLinear {
 /// A product's input as a kernel takes it.
 #[derive(Clone, Copy)]
 enum Rows<'a> {
-    /// Each row as bf16 pairs ([`pack_rows`]), for [`Kernel::Avx512Bf16`].
+    /// Each row as bf16 pairs ([`pack_rows`]), for [`Kernel::AmxBf16`] and
+    /// [`Kernel::Avx512Bf16`].
     Bf16Pairs(&'a [u32]),
     /// Each row as it is, for the widening kernels.
     F32(&'a [f32]),
@@ -396,7 +443,7 @@ impl PackedLinear {
             );
         }
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
-        let (groups, panel) = (inputs.div_ceil(kernel.group()), kernel.panel());
+        let (groups, panel) = (kernel.groups(inputs), kernel.panel());
         let panel_count = outputs.div_ceil(panel);
         let mut panels = vec![0u32; panel_count * groups * panel];
         let mut quantized = (kernel == Kernel::Avx512Vnni).then(|| QuantizedColumns {
@@ -406,7 +453,7 @@ impl PackedLinear {
         for (output, row) in weight.chunks_exact(inputs).enumerate() {
             let (first, lane) = (output / panel * groups * panel, output % panel);
             let lanes = match &mut quantized {
-                None => pack_rows(row, inputs),
+                None => pack_rows(row, inputs, groups),
                 Some(columns) => {
                     let (quads, scale, sum) = quantize_weights(row);
                     (columns.scales[output], columns.sums[output]) = (scale, sum);
@@ -442,7 +489,7 @@ impl PackedLinear {
     /// Values per row of `x`.
     fn row_length(&self) -> usize {
         match self.kernel {
-            Kernel::Avx512Bf16 | Kernel::Avx512Vnni => self.groups,
+            Kernel::AmxBf16 | Kernel::Avx512Bf16 | Kernel::Avx512Vnni => self.groups,
             Kernel::Avx2Fma | Kernel::Avx512Fma => self.inputs,
         }
     }
@@ -474,6 +521,7 @@ impl PackedLinear {
                     };
                 }
                 match *x {
+                    Rows::Bf16Pairs(x) if self.kernel == Kernel::AmxBf16 => amx_tile(tile!(x)),
                     Rows::Bf16Pairs(x) => avx512_tile(tile!(x)),
                     Rows::F32(x) => widening_tile(self.kernel, tile!(x)),
                     Rows::U8Quads {
@@ -561,7 +609,9 @@ impl CustomOp1 for PackedLinear {
         }
         let x = f32_slice(storage, layout, "packed linear input")?;
         let out = match self.kernel {
-            Kernel::Avx512Bf16 => self.product(Rows::Bf16Pairs(&pack_rows(x, inputs)), rows),
+            Kernel::AmxBf16 | Kernel::Avx512Bf16 => {
+                self.product(Rows::Bf16Pairs(&pack_rows(x, inputs, self.groups)), rows)
+            }
             Kernel::Avx2Fma | Kernel::Avx512Fma => self.product(Rows::F32(x), rows),
             Kernel::Avx512Vnni => self.product(QuantizedRows::new(x, inputs).rows(), rows),
         };
@@ -600,6 +650,29 @@ impl<X> Tile<'_, X> {
         );
         rows
     }
+}
+
+/// Pairs of inputs in one row of an AMX tile (64 bytes): [`Kernel::AmxBf16`]'s rows of
+/// activations and groups of weights are padded to a multiple of it.
+const AMX_PAIRS: usize = 16;
+
+/// [`Kernel::AmxBf16`]'s micro-kernel: rows of bf16 pairs.
+fn amx_tile(tile: Tile<u32>) {
+    let rows = tile.checked_rows(Kernel::AmxBf16, tile.row_length);
+    assert!(
+        tile.row_length.is_multiple_of(AMX_PAIRS),
+        "AMX rows of {} pairs: not whole tile rows",
+        tile.row_length
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AMX and the process may use it, the rows are whole tile rows, and every
+    // read and write of the kernel stays inside the slices whose lengths were just checked.
+    #[allow(unsafe_code)]
+    unsafe {
+        amx::tile(tile, rows);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{rows} rows: no CPU off x86-64 passes the check above");
 }
 
 /// [`Kernel::Avx512Bf16`]'s micro-kernel: rows of bf16 pairs.
@@ -1027,6 +1100,192 @@ mod avx512_vnni {
     }
 }
 
+/// [`Kernel::AmxBf16`]: the tile registers, driven by inline assembly (Rust's AMX intrinsics are
+/// unstable). Tiles 0–3 hold the sums (rows 0–15 and 16–31 × columns 0–15 and 16–31 of the
+/// panel), 4–5 the two 16-row tiles of activations, 6–7 the two 16-column tiles of weights.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use super::{AMX_PAIRS, Tile};
+
+    /// Output columns of a panel.
+    const PANEL: usize = 32;
+    /// Rows of a tile, and f32 columns of a tile of sums.
+    const TILE: usize = 16;
+
+    /// Whether the CPU has AMX-TILE and AMX-BF16 and Linux lets this process use the tile
+    /// registers (asked once, for the whole process: `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+    pub(super) fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+            let features = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            features & (1 << 22) != 0 && features & (1 << 24) != 0 && tile_data_permitted()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn tile_data_permitted() -> bool {
+        /// `arch_prctl` codes of `<asm/prctl.h>` and the XSAVE feature number of tile data.
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: the request only enlarges this process's saved state; it reads no memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn tile_data_permitted() -> bool {
+        false
+    }
+
+    /// The operand of `ldtilecfg`: palette 1, each tile's rows and bytes per row.
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Loads tile `T` from `rows` rows (as configured) starting at `at`, `stride` bytes apart.
+    ///
+    /// # Safety
+    /// Tile `T` is configured, and every row it reads is readable.
+    #[inline(always)]
+    unsafe fn load<const T: u8, V>(at: *const V, stride: usize) {
+        // SAFETY: by the caller's contract.
+        unsafe {
+            asm!("tileloadd tmm{t}, [{at} + {stride}*1]", t = const T, at = in(reg) at,
+                stride = in(reg) stride, options(nostack, readonly, preserves_flags));
+        }
+    }
+
+    /// Stores tile `T` at `at`, rows `stride` bytes apart.
+    ///
+    /// # Safety
+    /// Tile `T` is configured, and every row it writes is writable.
+    #[inline(always)]
+    unsafe fn store<const T: u8>(at: *mut f32, stride: usize) {
+        // SAFETY: by the caller's contract.
+        unsafe {
+            asm!("tilestored [{at} + {stride}*1], tmm{t}", t = const T, at = in(reg) at,
+                stride = in(reg) stride, options(nostack, preserves_flags));
+        }
+    }
+
+    /// Tile `C` += tile `A` (rows of bf16 pairs) · tile `B` (rows of pairs of bf16 weights).
+    ///
+    /// # Safety
+    /// The three tiles are configured with matching shapes.
+    #[inline(always)]
+    unsafe fn multiply_add<const C: u8, const A: u8, const B: u8>() {
+        // SAFETY: by the caller's contract.
+        unsafe {
+            asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+                options(nostack, nomem, preserves_flags));
+        }
+    }
+
+    /// The micro-kernel: `rows` rows × 32 columns, the sums starting at the bias, over all pairs
+    /// 16 at a time, stored straight into `out`.
+    ///
+    /// # Safety
+    /// [`available`], `1 ≤ rows ≤ 32`, `x` holds `rows · pairs` values with `pairs` a multiple of
+    /// 16, `panel` holds `pairs · 32`, `bias` 32, and `out` at least `(rows - 1) · stride +
+    /// width`, `1 ≤ width ≤ 32`.
+    pub(super) unsafe fn tile(tile: Tile<u32>, rows: usize) {
+        let (pairs, stride, width) = (tile.row_length, tile.stride, tile.width);
+        let (upper, left) = (rows.min(TILE), width.min(TILE));
+        let (lower, right) = (rows - upper, width - left);
+        let mut config = Config {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        let mut shape = |tile: usize, rows: usize, columns: usize| {
+            // At most 16 rows and 16 four-byte columns: both fit.
+            config.rows[tile] = rows as u8;
+            config.bytes_per_row[tile] = (4 * columns) as u16;
+        };
+        shape(0, upper, left);
+        shape(4, upper, TILE);
+        shape(6, TILE, left);
+        if right > 0 {
+            shape(1, upper, right);
+            shape(7, TILE, right);
+        }
+        if lower > 0 {
+            shape(2, lower, left);
+            shape(5, lower, TILE);
+            if right > 0 {
+                shape(3, lower, right);
+            }
+        }
+        let (x, panel, bias) = (tile.x.as_ptr(), tile.panel.as_ptr(), tile.bias.as_ptr());
+        let out = tile.out.as_mut_ptr();
+        let (x_stride, panel_stride, out_stride) = (4 * pairs, 4 * PANEL, 4 * stride);
+        // SAFETY: each tile used is configured just above with the shape its operations need;
+        // every load reads configured rows of `x` (rows < `rows`, pairs < `pairs`), `panel`
+        // (groups < `pairs`, columns < `width`) or `bias` (every row from the same values, a
+        // stride of 0), and every store writes rows < `rows`, columns < `width` of `out`: all
+        // inside the slices by the contract above.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly, preserves_flags));
+            load::<0, _>(bias, 0);
+            if right > 0 {
+                load::<1, _>(bias.add(TILE), 0);
+            }
+            if lower > 0 {
+                load::<2, _>(bias, 0);
+                if right > 0 {
+                    load::<3, _>(bias.add(TILE), 0);
+                }
+            }
+            for step in (0..pairs).step_by(AMX_PAIRS) {
+                let weights = panel.add(step * PANEL);
+                load::<4, _>(x.add(step), x_stride);
+                load::<6, _>(weights, panel_stride);
+                multiply_add::<0, 4, 6>();
+                if right > 0 {
+                    load::<7, _>(weights.add(TILE), panel_stride);
+                    multiply_add::<1, 4, 7>();
+                }
+                if lower > 0 {
+                    load::<5, _>(x.add(TILE * pairs + step), x_stride);
+                    multiply_add::<2, 5, 6>();
+                    if right > 0 {
+                        multiply_add::<3, 5, 7>();
+                    }
+                }
+            }
+            store::<0>(out, out_stride);
+            if right > 0 {
+                store::<1>(out.add(TILE), out_stride);
+            }
+            if lower > 0 {
+                store::<2>(out.add(TILE * stride), out_stride);
+                if right > 0 {
+                    store::<3>(out.add(TILE * stride + TILE), out_stride);
+                }
+            }
+            // Back to the initial state: cheaper to switch threads, and no tile left configured.
+            asm!("tilerelease", options(nostack, nomem, preserves_flags));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,7 +1318,7 @@ mod tests {
         let outputs = weight.dims2().unwrap().0;
         let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let x: Vec<[f32; 2]> = match kernel {
-            Kernel::Avx512Bf16 => pack_rows(&x, inputs)
+            Kernel::AmxBf16 | Kernel::Avx512Bf16 => pack_rows(&x, inputs, inputs.div_ceil(2))
                 .into_iter()
                 .map(|pair| [from_bf16(pair & 0xffff), from_bf16(pair >> 16)])
                 .collect(),
@@ -1074,9 +1333,13 @@ mod tests {
                 })
                 .collect(),
         };
-        let w = pack_rows(&weight.flatten_all().unwrap().to_vec1().unwrap(), inputs);
-        let bias: Vec<f32> = bias.to_vec1().unwrap();
         let pairs = inputs.div_ceil(2);
+        let w = pack_rows(
+            &weight.flatten_all().unwrap().to_vec1().unwrap(),
+            inputs,
+            pairs,
+        );
+        let bias: Vec<f32> = bias.to_vec1().unwrap();
         let mut out = Vec::with_capacity(rows * outputs);
         for r in 0..rows {
             for o in 0..outputs {
