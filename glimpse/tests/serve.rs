@@ -918,6 +918,9 @@ fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
     let status = server.get("/api/status").1;
     assert_eq!(status["precision"], "f32");
     assert_eq!(status["image_precision"], "f32");
+    // f32 runs on the GEMM, no packed kernel.
+    assert_eq!(status["kernel"], Value::Null);
+    assert_eq!(status["image_kernel"], Value::Null);
     drop(server);
     let server = Server::start(None, &data, &[]);
     assert_eq!(
@@ -928,11 +931,17 @@ fn status_says_what_precision_the_model_runs_in_and_remembers_the_choice() {
     drop(server);
     let server = Server::start(None, &data, &["--precision", "auto"]);
     let status = server.get("/api/status").1;
-    for tower in ["precision", "image_precision"] {
-        let precision = &status[tower];
+    for (tower, kernel) in [("precision", "kernel"), ("image_precision", "image_kernel")] {
+        let (precision, kernel) = (&status[tower], &status[kernel]);
         assert!(
             precision == "bf16" || precision == "f32",
             "{tower}: {precision}"
+        );
+        // bf16 names the kernel it runs; f32 has none.
+        assert_eq!(
+            kernel.is_string(),
+            precision == "bf16",
+            "{kernel}: {precision}"
         );
     }
 }

@@ -331,11 +331,7 @@ pub fn bench_encode(
         println!("{line}");
         return Ok(());
     }
-    let runs_in = encoder.precision();
-    println!(
-        "precision: {} (text tower {}, image tower {})",
-        model.precision, runs_in.text, runs_in.image
-    );
+    println!("precision: {} ({})", model.precision, encoder.precision());
     println!("encoder: {}", report.encoder);
     for (tokens, ms) in &report.text_p50_ms {
         println!("text, {tokens:>2} tokens, batch 1: p50 {ms:.2} ms");

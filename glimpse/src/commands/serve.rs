@@ -289,9 +289,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     if let Some(precision) = engine.precision() {
         println!(
-            "The model runs in {} (the image tower in {}; --precision f32: equal to \
-             transformers, slower).",
-            precision.text, precision.image
+            "The model runs with {precision} (--precision f32: equal to transformers, \
+             slower)."
         );
     }
     println!("Search: curl 'http://{address}/api/search?q=beach+at+dusk'");

@@ -257,6 +257,8 @@ async fn status(State(state): Shared) -> Result<Json<Value>, ApiError> {
         "encoder": encoder,
         "precision": engine.precision().map(|p| p.text),
         "image_precision": engine.precision().map(|p| p.image),
+        "kernel": engine.precision().and_then(|p| p.text_kernel),
+        "image_kernel": engine.precision().and_then(|p| p.image_kernel),
         "dimension": VectorIndex::dimension(&engine.index),
         "library": engine.library(),
         "library_available": engine.library_available(),

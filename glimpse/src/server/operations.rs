@@ -157,6 +157,17 @@ fn status_schema(document: &mut Document) -> serde_json::Value {
                                 Under --precision auto it takes bf16 only where that measured \
                                 faster than f32 on this CPU when the model loaded.",
             },
+            "kernel": {
+                "type": ["string", "null"],
+                "description": "The CPU instructions the text tower's products run with \
+                                (AMX-BF16, AVX-512 BF16, AVX-512F, AVX2 and FMA, AVX-512 \
+                                VNNI), whichever measured fastest when the model loaded; null \
+                                for f32 or a GPU.",
+            },
+            "image_kernel": {
+                "type": ["string", "null"],
+                "description": "The same for the image tower.",
+            },
             "dimension": count,
             "library": {"type": ["string", "null"]},
             "library_available": {

@@ -183,13 +183,36 @@ const CALIBRATION_IMAGES: usize = 4;
 const CALIBRATION_TOKENS: usize = 16;
 
 /// What [`Precision`] came to on this machine, tower by tower: [`Precision::F32`],
-/// [`Precision::Bf16`] or [`Precision::Int8`] each.
+/// [`Precision::Bf16`] or [`Precision::Int8`] each, and the CPU instructions its products run
+/// with. Displayed as `text tower bf16 (AMX-BF16), image tower f32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TowerPrecisions {
     /// The text tower (what a search waits for).
     pub text: Precision,
     /// The image tower (what indexing waits for).
     pub image: Precision,
+    /// The packed kernel's instructions for the text tower ([`PackedKernel::instructions`]);
+    /// `None` for the f32 GEMM or a GPU.
+    pub text_kernel: Option<&'static str>,
+    /// The same for the image tower.
+    pub image_kernel: Option<&'static str>,
+}
+
+impl std::fmt::Display for TowerPrecisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let towers = [
+            ("text", self.text, self.text_kernel),
+            ("image", self.image, self.image_kernel),
+        ];
+        for (at, (tower, precision, kernel)) in towers.into_iter().enumerate() {
+            let separator = if at == 0 { "" } else { ", " };
+            write!(f, "{separator}{tower} tower {precision}")?;
+            if let Some(kernel) = kernel {
+                write!(f, " ({kernel})")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the model runs and in what: the first CUDA GPU when built with the `cuda` feature and
@@ -220,6 +243,14 @@ fn weights_precision(dtype: DType, weights: LinearWeights) -> Precision {
         ) => Precision::Bf16,
         LinearWeights::AsLoaded if dtype == DType::BF16 => Precision::Bf16,
         LinearWeights::AsLoaded => Precision::F32,
+    }
+}
+
+/// The instructions of a tower's packed kernel, if it has one.
+fn weights_kernel(weights: LinearWeights) -> Option<&'static str> {
+    match weights {
+        LinearWeights::Packed(kernel) => Some(kernel.instructions()),
+        LinearWeights::AsLoaded => None,
     }
 }
 
@@ -337,6 +368,8 @@ impl ClipEncoder {
             precision: TowerPrecisions {
                 text: weights_precision(dtype, config.text_weights),
                 image: weights_precision(dtype, config.image_weights),
+                text_kernel: weights_kernel(config.text_weights),
+                image_kernel: weights_kernel(config.image_weights),
             },
             device,
             dtype,

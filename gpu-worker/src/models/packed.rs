@@ -63,6 +63,17 @@ impl Kernel {
     /// The kernels with int8 weights.
     pub const INT8: [Self; 1] = [Self::Avx512Vnni];
 
+    /// The instructions the kernel multiplies with, as a person reads them (`AMX-BF16`).
+    pub fn instructions(self) -> &'static str {
+        match self {
+            Self::AmxBf16 => "AMX-BF16",
+            Self::Avx512Bf16 => "AVX-512 BF16",
+            Self::Avx2Fma => "AVX2 and FMA",
+            Self::Avx512Fma => "AVX-512F",
+            Self::Avx512Vnni => "AVX-512 VNNI",
+        }
+    }
+
     /// Whether this CPU runs any of `kernels`.
     pub fn any_supported(kernels: &[Self]) -> bool {
         kernels.iter().any(|kernel| kernel.cpu_supported())
