@@ -61,17 +61,17 @@ impl std::fmt::Debug for ClipEncoder {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Each tower in whichever of f32 and the CPU's bf16 kernels (AMX-BF16, AVX-512 BF16,
-    /// AVX-512F, AVX2 and FMA) measures fastest for it when the model loads (bf16 for text queries everywhere so far; for
-    /// a batch of images it depends on the CPU); large JPEGs decoded at a reduced scale
-    /// ([`JpegDecode::Draft`]).
+    /// AVX-512F, AVX2 and FMA) measures fastest for it when the model loads (bf16 for text
+    /// queries everywhere so far; for a batch of images it depends on the CPU); large JPEGs
+    /// decoded at a reduced scale ([`JpegDecode::Draft`]).
     #[default]
     Auto,
     /// f32 throughout and every JPEG pixel decoded: embeddings equal to transformers' (what the
     /// parity tests check).
     F32,
     /// bf16 weights in both towers, with the kernel that measures fastest (activations in bf16
-    /// too with AMX and AVX-512 BF16, in f32 with the widening kernels), products summed in f32, and draft JPEG
-    /// decoding; refused on a CPU with neither kernel.
+    /// too with AMX and AVX-512 BF16, in f32 with the widening kernels), products summed in f32,
+    /// and draft JPEG decoding; refused on a CPU with no bf16 kernel.
     Bf16,
     /// int8 weights in both towers (a scale per output), activations quantized to 8 bits per
     /// row as each product runs, products summed exactly in i32 (AVX-512 VNNI), and draft JPEG
@@ -200,18 +200,15 @@ pub struct TowerPrecisions {
 
 impl std::fmt::Display for TowerPrecisions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let towers = [
-            ("text", self.text, self.text_kernel),
-            ("image", self.image, self.image_kernel),
-        ];
-        for (at, (tower, precision, kernel)) in towers.into_iter().enumerate() {
-            let separator = if at == 0 { "" } else { ", " };
-            write!(f, "{separator}{tower} tower {precision}")?;
-            if let Some(kernel) = kernel {
-                write!(f, " ({kernel})")?;
-            }
-        }
-        Ok(())
+        let kernel = |kernel: Option<&str>| kernel.map(|k| format!(" ({k})")).unwrap_or_default();
+        write!(
+            f,
+            "text tower {}{}, image tower {}{}",
+            self.text,
+            kernel(self.text_kernel),
+            self.image,
+            kernel(self.image_kernel)
+        )
     }
 }
 
