@@ -3,6 +3,7 @@
 mod clip;
 pub mod decode_budget;
 mod image;
+mod jpeg;
 mod text;
 
 pub(crate) use self::clip::compute_device;
