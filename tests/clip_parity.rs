@@ -182,9 +182,7 @@ fn check_image_parity(name: &str) {
             image.file,
             within_2 * 100.0
         ));
-        if image.file.ends_with(".png") {
-            assert!(within_2 >= 0.999, "{}", report.join("\n"));
-        }
+        assert!(within_2 >= 0.999, "{}", report.join("\n"));
         assert!(tower_diff <= 1e-4, "{}", report.join("\n"));
         assert!(end_to_end_cosine >= 0.9999, "{}", report.join("\n"));
     }
