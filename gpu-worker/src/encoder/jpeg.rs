@@ -67,26 +67,18 @@ fn decode_started(
 ) -> Result<Option<DecodedJpeg>, EncoderError> {
     let (width, height) = (decoder.width() as u32, decoder.height() as u32);
     refuse_bombs(width, height)?;
-    let eighths = draft_short_side.map_or(8, |short_side| {
-        let shorter = u64::from(width.min(height));
-        [1, 2, 4]
-            .into_iter()
-            .find(|&eighths| (shorter * eighths).div_ceil(8) >= u64::from(short_side))
-            .unwrap_or(8)
-    });
-    // libjpeg's output size at `eighths`/8 (jpeg_calc_output_dimensions).
-    let scaled = |side: u32| (u64::from(side) * eighths).div_ceil(8);
-    let (out_width, out_height) = (scaled(width), scaled(height));
+    let eighths = draft_eighths(width, height, draft_short_side);
+    let (out_width, out_height) = (scaled(width, eighths), scaled(height, eighths));
     let _memory = decode_budget::reserve(
-        decode_cost(out_width * out_height, 3),
-        out_width as u32,
-        out_height as u32,
+        decode_cost(u64::from(out_width) * u64::from(out_height), 3),
+        out_width,
+        out_height,
     )?;
     let orientation = decoder
         .markers()
         .find_map(|marker| marker.data.strip_prefix(b"Exif\0\0"))
         .and_then(Orientation::from_exif_chunk);
-    decoder.scale(eighths as u8);
+    decoder.scale(eighths);
     let Ok(mut started) = decoder.rgb() else {
         return Ok(None);
     };
@@ -98,6 +90,23 @@ fn decode_started(
         return Ok(None);
     }
     Ok(RgbImage::from_raw(out_width, out_height, pixels).map(|image| (image, orientation)))
+}
+
+/// The scale, in eighths, at which a `width`×`height` JPEG decodes: the smallest of 1/8, 1/4 and
+/// 1/2 whose shorter side keeps `draft_short_side` pixels, else every pixel.
+fn draft_eighths(width: u32, height: u32, draft_short_side: Option<u32>) -> u8 {
+    draft_short_side.map_or(8, |short_side| {
+        [1, 2, 4]
+            .into_iter()
+            .find(|&eighths| scaled(width.min(height), eighths) >= short_side)
+            .unwrap_or(8)
+    })
+}
+
+/// A side's length decoded at `eighths`/8, rounded up as libjpeg (jpeg_calc_output_dimensions)
+/// and jpeg-decoder do.
+fn scaled(side: u32, eighths: u8) -> u32 {
+    (u64::from(side) * u64::from(eighths)).div_ceil(8) as u32
 }
 
 /// libjpeg's error manager with its errors and its warnings (corrupt data, a premature end of
@@ -135,16 +144,18 @@ fn with_jpeg_decoder(
     let header = decoder
         .info()
         .ok_or_else(|| undecodable("no frame header"))?;
-    let pixels = refuse_bombs(u32::from(header.width), u32::from(header.height))?;
-    if let Some(short_side) = draft_short_side {
-        // The decoder picks the smallest of 1/8, 1/4, 1/2, 1 that keeps the request.
-        let factor = f64::from(short_side) / f64::from(header.width.min(header.height));
-        if factor < 1.0 {
-            let scaled = |side: u16| (f64::from(side) * factor).ceil() as u16;
-            decoder
-                .scale(scaled(header.width), scaled(header.height))
-                .map_err(undecodable)?;
-        }
+    let (width, height) = (u32::from(header.width), u32::from(header.height));
+    let pixels = refuse_bombs(width, height)?;
+    let eighths = draft_eighths(width, height, draft_short_side);
+    if eighths < 8 {
+        // Asking for exactly that size makes jpeg-decoder pick the same scale; it is no larger
+        // than the u16 header's.
+        decoder
+            .scale(
+                scaled(width, eighths) as u16,
+                scaled(height, eighths) as u16,
+            )
+            .map_err(undecodable)?;
     }
     let info = decoder
         .info()
