@@ -755,6 +755,24 @@ pub async fn vector_index_suite(index: &dyn VectorIndex) {
 
     index.delete(&[id(1), id(42)]).await.unwrap();
     assert_eq!(index.count().await.unwrap(), 3);
+    let moved = unit(&[0.0, 0.0, 0.0, 1.0]);
+    let sampled = |sample: Vec<Embedding>, vector: &Embedding| {
+        sample.iter().any(|s| s.cosine(vector) > 0.999)
+    };
+    let after_delete = index.sample(10).await.unwrap();
+    assert_eq!(after_delete.len(), 3, "the sample follows a delete");
+    assert!(!sampled(after_delete, &points[0].vector));
+    index
+        .upsert(vec![IndexedPhoto {
+            vector: moved.clone(),
+            ..points[2].clone()
+        }])
+        .await
+        .unwrap();
+    assert!(
+        sampled(index.sample(10).await.unwrap(), &moved),
+        "the sample follows a replaced vector"
+    );
     assert_eq!(
         ids(index
             .nearest(&query, &SearchFilter::default(), 1)

@@ -722,7 +722,9 @@ pub async fn reconcile(
 pub const CALIBRATION_SAMPLE: usize = 512;
 /// Below this many sampled vectors the scale is not estimated: scores are raw cosines.
 const MIN_CALIBRATION: usize = 8;
-/// Extra candidates retrieved per term beyond `top_k`, so rescoring on all terms can reorder.
+/// Extra candidates retrieved per term beyond the page's depth when rescoring can reorder them
+/// (on several terms, or with a learned adapter). A lone term ranks by its own cosine, the order
+/// the index retrieves in, so it needs none.
 const EXTRA_CANDIDATES: usize = 40;
 
 /// A query term with its vector, weight (negative for `-terms`) and score scale.
@@ -873,7 +875,9 @@ pub async fn search(
     });
     let scoring = adapted.as_deref().unwrap_or(&terms);
     let filter = search_filter(&parsed, like_ids);
-    let candidates = retrieve(ports.index, &terms, &filter, depth).await?;
+    let rescored = terms.len() > 1 || adapted.is_some();
+    let limit = depth + if rescored { EXTRA_CANDIDATES } else { 0 };
+    let candidates = retrieve(ports.index, &terms, &filter, limit).await?;
     let mut scored = score(scoring, candidates, request.min_score);
     scored.truncate(depth);
     // Reranking reorders the first RERANK_CANDIDATES only: a page past them skips it.
@@ -1023,15 +1027,14 @@ fn search_filter(parsed: &ParsedQuery, exclude: Vec<PhotoId>) -> SearchFilter {
     }
 }
 
-/// Nearest neighbours of every positive term (of the negated vector when there are only negative
-/// terms: the photos least like them), merged.
+/// The `limit` nearest neighbours of every positive term (of the negated vector when there are
+/// only negative terms: the photos least like them), merged.
 async fn retrieve(
     index: &dyn VectorIndex,
     terms: &[Term],
     filter: &SearchFilter,
-    top_k: usize,
+    limit: usize,
 ) -> Result<Vec<(PhotoId, Embedding)>, FlowError> {
-    let limit = top_k + EXTRA_CANDIDATES;
     let only_negative = terms.iter().all(|t| t.weight < 0.0);
     let mut merged: HashMap<PhotoId, Embedding> = HashMap::new();
     for term in terms.iter().filter(|t| only_negative || t.weight > 0.0) {

@@ -3,8 +3,8 @@
 //! dimension it was built with.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
@@ -246,8 +246,20 @@ pub struct LocalIndex {
     unbuilt: AtomicUsize,
     /// Held while the optimiser runs: one build at a time.
     building: Mutex<()>,
+    /// Writes (upserts and deletes) completed since the index was opened.
+    writes: AtomicU64,
+    /// The last calibration sample read, while no write has completed since it was read: every
+    /// search asks for it, and reading it from the segments costs about a millisecond at 1M.
+    sample: Mutex<Option<CachedSample>>,
     encoder: EncoderId,
     dimension: usize,
+}
+
+/// A calibration sample as read after `writes` writes.
+struct CachedSample {
+    writes: u64,
+    limit: usize,
+    vectors: Arc<[Embedding]>,
 }
 
 fn storage_error(directory: &Path, error: impl std::fmt::Display) -> IndexOpenError {
@@ -400,6 +412,8 @@ impl LocalIndex {
             tuning,
             unbuilt: AtomicUsize::new(0),
             building: Mutex::new(()),
+            writes: AtomicU64::new(0),
+            sample: Mutex::new(None),
             encoder: encoder.clone(),
             dimension,
         })
@@ -482,11 +496,13 @@ impl VectorIndex for LocalIndex {
             );
         }
         let added = points.len();
-        self.on_shard(|shard| {
+        let written = self.on_shard(|shard| {
             shard.update(UpdateOperation::PointOperation(
                 PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
             ))
-        })?;
+        });
+        self.writes.fetch_add(1, Ordering::Release);
+        written?;
         let unbuilt = self.unbuilt.fetch_add(added, Ordering::Relaxed) + added;
         if self
             .tuning
@@ -506,11 +522,13 @@ impl VectorIndex for LocalIndex {
             return Ok(());
         }
         let ids = ids.iter().map(|id| point_id(*id)).collect();
-        self.on_shard(|shard| {
+        let deleted = self.on_shard(|shard| {
             shard.update(UpdateOperation::PointOperation(
                 PointOperations::DeletePoints { ids },
             ))
-        })
+        });
+        self.writes.fetch_add(1, Ordering::Release);
+        deleted
     }
 
     async fn nearest(
@@ -559,12 +577,32 @@ impl VectorIndex for LocalIndex {
     }
 
     async fn sample(&self, limit: usize) -> Result<Vec<Embedding>, PortError> {
+        // Read before the segments: a write that completes while they are read makes this
+        // sample stale at once.
+        let writes = self.writes.load(Ordering::Acquire);
+        let cached = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sample) = cached
+            .as_ref()
+            .filter(|sample| sample.writes == writes && sample.limit == limit)
+        {
+            return Ok(sample.vectors.to_vec());
+        }
+        drop(cached);
         let mut request = ScrollRequest::new();
         request.limit = Some(limit);
         request.with_vector = WithVector::Bool(true);
         request.with_payload = Some(WithPayloadInterface::Bool(false));
         let (records, _next) = self.on_shard(|shard| shard.scroll(request))?;
-        records.into_iter().map(|r| dense(r.vector)).collect()
+        let vectors: Arc<[Embedding]> = records
+            .into_iter()
+            .map(|r| dense(r.vector))
+            .collect::<Result<_, _>>()?;
+        *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedSample {
+            writes,
+            limit,
+            vectors: Arc::clone(&vectors),
+        });
+        Ok(vectors.to_vec())
     }
 
     async fn count(&self) -> Result<u64, PortError> {
@@ -700,12 +738,12 @@ mod tests {
             max_segment_vectors: Some(400),
             ..IndexTuning::default()
         };
-        let index = std::sync::Arc::new(
+        let index = Arc::new(
             LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, tuning).unwrap(),
         );
         let writers: Vec<_> = (0..2u64)
             .map(|writer| {
-                let index = std::sync::Arc::clone(&index);
+                let index = Arc::clone(&index);
                 tokio::spawn(async move {
                     for batch in 0..25u64 {
                         let first = writer * 1000 + batch * 40;

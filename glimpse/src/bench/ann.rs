@@ -499,7 +499,7 @@ pub struct SearchReport {
 }
 
 /// Queries of the kind people type, with the language's features.
-pub(crate) const QUERIES: [&str; 12] = [
+pub const QUERIES: [&str; 12] = [
     "kids on a red sled",
     "beach at dusk -people",
     "whiteboard from the march offsite",
@@ -523,6 +523,11 @@ pub struct SearchOptions {
     pub top_k: usize,
     /// Score with a rank-8 query adapter.
     pub adapter: bool,
+    /// Searches run before the measured ones.
+    pub warm_up: usize,
+    /// Every search's text new (its query with the search's number appended) instead of the
+    /// queries cycled.
+    pub distinct: bool,
 }
 
 /// `glimpse bench search`: the whole search flow (parse, embed with the ViT-B/32-shaped text
@@ -597,13 +602,19 @@ pub async fn search(
     encoder.release_image_tower();
     let mut totals = Vec::with_capacity(searches);
     let mut stages: Vec<StageTimings> = Vec::with_capacity(searches);
-    for round in 0..searches + QUERIES.len() {
+    for round in 0..flow.warm_up + searches {
+        let query = QUERIES[round % QUERIES.len()];
+        let text = if flow.distinct {
+            format!("{query} {round}")
+        } else {
+            query.to_owned()
+        };
         let request = SearchRequest {
             top_k: flow.top_k.clamp(1, MAX_TOP_K),
-            ..SearchRequest::new(QUERIES[round % QUERIES.len()])
+            ..SearchRequest::new(text)
         };
         let response = flows::search(ports, &request).await.map_err(error)?;
-        if round >= QUERIES.len() {
+        if round >= flow.warm_up {
             totals.push(response.timings.total_ms);
             stages.push(response.timings);
         }

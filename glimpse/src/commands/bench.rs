@@ -144,6 +144,14 @@ pub enum BenchCommand {
         /// Score with a rank-8 query adapter (as learning from clicks does), to measure its cost.
         #[arg(long)]
         adapter: bool,
+        /// Searches run before the measured ones (not measured).
+        #[arg(long, default_value_t = bench::ann::QUERIES.len())]
+        warm_up: usize,
+        /// Make every search's text one never searched before (its query with the search's
+        /// number appended), as a server sees people's searches: the index pages each touches
+        /// are new until the index is resident. By default the twelve queries are cycled.
+        #[arg(long)]
+        distinct: bool,
         #[command(flatten)]
         model: BenchModel,
     },
@@ -365,12 +373,16 @@ pub fn run(
             searches,
             top_k,
             adapter,
+            warm_up,
+            distinct,
             model,
         } => {
             let flow = bench::ann::SearchOptions {
                 searches,
                 top_k,
                 adapter,
+                warm_up,
+                distinct,
             };
             runtime()?.block_on(bench_search(index, flow, model))
         }
