@@ -249,7 +249,7 @@ pub struct LocalIndex {
     /// Writes (upserts and deletes) completed since the index was opened.
     writes: AtomicU64,
     /// The last calibration sample read, while no write has completed since it was read: every
-    /// search asks for it, and reading it from the segments costs about a millisecond at 1M.
+    /// search asks for it, and reading it again means a scroll over every segment.
     sample: Mutex<Option<CachedSample>>,
     encoder: EncoderId,
     dimension: usize,
