@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use glimpse_core::photo::PhotoId;
@@ -259,7 +259,7 @@ pub struct LocalIndex {
 struct CachedSample {
     writes: u64,
     limit: usize,
-    vectors: Arc<[Embedding]>,
+    vectors: Vec<Embedding>,
 }
 
 fn storage_error(directory: &Path, error: impl std::fmt::Display) -> IndexOpenError {
@@ -585,7 +585,7 @@ impl VectorIndex for LocalIndex {
             .as_ref()
             .filter(|sample| sample.writes == writes && sample.limit == limit)
         {
-            return Ok(sample.vectors.to_vec());
+            return Ok(sample.vectors.clone());
         }
         drop(cached);
         let mut request = ScrollRequest::new();
@@ -593,16 +593,16 @@ impl VectorIndex for LocalIndex {
         request.with_vector = WithVector::Bool(true);
         request.with_payload = Some(WithPayloadInterface::Bool(false));
         let (records, _next) = self.on_shard(|shard| shard.scroll(request))?;
-        let vectors: Arc<[Embedding]> = records
+        let vectors = records
             .into_iter()
             .map(|r| dense(r.vector))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedSample {
             writes,
             limit,
-            vectors: Arc::clone(&vectors),
+            vectors: vectors.clone(),
         });
-        Ok(vectors.to_vec())
+        Ok(vectors)
     }
 
     async fn count(&self) -> Result<u64, PortError> {
@@ -738,12 +738,12 @@ mod tests {
             max_segment_vectors: Some(400),
             ..IndexTuning::default()
         };
-        let index = Arc::new(
+        let index = std::sync::Arc::new(
             LocalIndex::open(directory.path(), &encoder, SLICED_DIMENSION, tuning).unwrap(),
         );
         let writers: Vec<_> = (0..2u64)
             .map(|writer| {
-                let index = Arc::clone(&index);
+                let index = std::sync::Arc::clone(&index);
                 tokio::spawn(async move {
                     for batch in 0..25u64 {
                         let first = writer * 1000 + batch * 40;
