@@ -358,6 +358,27 @@ fn indexed_library(photos: u32) -> (tempfile::TempDir, std::path::PathBuf, std::
     (scratch, library, data)
 }
 
+/// A successful `glimpse index` run that found every photo's vector in the index: none was
+/// embedded again (`context` names the case).
+fn assert_embedded_nothing_again(run: &Output, context: &str) {
+    assert!(run.status.success(), "{context}: {run:?}");
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        printed.contains("Indexed 0 photos this run"),
+        "{context}: {printed}"
+    );
+    assert!(!printed.contains("disagreed"), "{context}: {printed}");
+}
+
+/// The run stopped at the crash point `point`.
+fn assert_crashed_at(crashed: &Output, point: &str) {
+    assert!(!crashed.status.success(), "{point}: it should have crashed");
+    assert!(
+        String::from_utf8_lossy(&crashed.stderr).contains(point),
+        "{point}: {crashed:?}"
+    );
+}
+
 #[test]
 fn a_crash_at_any_step_of_an_encoder_change_is_finished_by_the_next_start() {
     for point in [
@@ -373,16 +394,92 @@ fn a_crash_at_any_step_of_an_encoder_change_is_finished_by_the_next_start() {
             Some(&model("clip-gelu")),
             &[("GLIMPSE_CRASH_AT", point)],
         );
-        assert!(!crashed.status.success(), "{point}: it should have crashed");
-        assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(point),
-            "{point}: {crashed:?}"
-        );
+        assert_crashed_at(&crashed, point);
 
         // The next start, with the model the data directory now remembers, finishes the job.
         let resumed = index(&library, &data, None, &[]);
         assert!(resumed.status.success(), "{point}: {resumed:?}");
         assert_every_photo_searchable_once(&data, 6, "clip-gelu");
+    }
+}
+
+/// Rewrites the index of `data` with 32-bit float originals, as the versions before half floats
+/// made it.
+fn make_index_older(data: &Path) {
+    use glimpse::adapters::{IndexTuning, LocalIndex, Originals};
+    let directory = data.join("index");
+    let stamp = std::fs::read_to_string(directory.join("glimpse-index.json")).unwrap();
+    let stamp: Value = serde_json::from_str(&stamp).unwrap();
+    let encoder: glimpse_core::EncoderId = stamp["encoder"].as_str().unwrap().parse().unwrap();
+    let dimension = stamp["dimension"].as_u64().unwrap() as usize;
+    let older = IndexTuning {
+        originals: Originals::F32,
+        ..IndexTuning::default()
+    };
+    let index = LocalIndex::open(&directory, &encoder, dimension, older).unwrap();
+    let index = index.rewrite(&directory, older, |_, _| {}).unwrap();
+    assert_eq!(index.originals(), Originals::F32);
+}
+
+/// The number type the index of `data` stores its originals in, and what lies beside it.
+fn index_originals_and_neighbours(data: &Path) -> (String, Vec<String>) {
+    let stamp = std::fs::read_to_string(data.join("index/glimpse-index.json")).unwrap();
+    let stamp: Value = serde_json::from_str(&stamp).unwrap();
+    let beside = std::fs::read_dir(data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("index."))
+        .collect();
+    (stamp["originals"].as_str().unwrap().to_owned(), beside)
+}
+
+#[test]
+fn an_index_made_before_half_floats_is_converted_once_without_embedding_a_photo_again() {
+    let (_scratch, library, data) = indexed_library(6);
+    make_index_older(&data);
+    assert_eq!(index_originals_and_neighbours(&data).0, "f32");
+
+    let converted = index(&library, &data, None, &[]);
+    assert_embedded_nothing_again(&converted, "converting");
+    let said = String::from_utf8_lossy(&converted.stderr);
+    assert!(
+        said.contains("converted the index from 32-bit float to half-float originals"),
+        "{said}"
+    );
+    assert!(
+        said.contains("converting the index: 6 of 6 vectors"),
+        "{said}"
+    );
+    assert_eq!(
+        index_originals_and_neighbours(&data),
+        ("f16".to_owned(), Vec::new())
+    );
+    assert_every_photo_searchable_once(&data, 6, "clip-odd");
+
+    let again = index(&library, &data, None, &[]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("convert"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_crash_at_any_step_of_an_index_conversion_is_finished_by_the_next_start() {
+    for point in ["rewrite:exported", "rewrite:built", "rewrite:set-aside"] {
+        let (_scratch, library, data) = indexed_library(6);
+        make_index_older(&data);
+        let crashed = index(&library, &data, None, &[("GLIMPSE_CRASH_AT", point)]);
+        assert_crashed_at(&crashed, point);
+
+        let resumed = index(&library, &data, None, &[]);
+        assert_embedded_nothing_again(&resumed, point);
+        assert_eq!(
+            index_originals_and_neighbours(&data),
+            ("f16".to_owned(), Vec::new()),
+            "{point}"
+        );
+        assert_every_photo_searchable_once(&data, 6, "clip-odd");
     }
 }
 

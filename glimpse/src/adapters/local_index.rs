@@ -23,6 +23,8 @@ use serde_json::json;
 use crate::blocking::off_runtime;
 use crate::memory::MemoryBudget;
 
+mod rewrite;
+
 /// The file that records which encoder built an index.
 const STAMP_FILE: &str = "glimpse-index.json";
 const SHARD_DIRECTORY: &str = "shard";
@@ -113,6 +115,9 @@ pub struct IndexTuning {
     pub max_segment_vectors: Option<usize>,
     /// Threads that build a graph (0: the engine's choice, every core).
     pub indexing_threads: usize,
+    /// Threads that search the segments of the index in parallel (0: the engine's choice, four
+    /// per core, so that some search while others wait on the disk). Taken over on every open.
+    pub search_threads: usize,
     /// How a new index stores the original vectors (an existing one keeps its own).
     pub originals: Originals,
 }
@@ -145,6 +150,15 @@ impl Originals {
     }
 }
 
+impl std::fmt::Display for Originals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "32-bit float",
+            Self::F16 => "half-float",
+        })
+    }
+}
+
 impl Default for IndexTuning {
     fn default() -> Self {
         Self {
@@ -155,6 +169,7 @@ impl Default for IndexTuning {
             build_every: None,
             max_segment_vectors: None,
             indexing_threads: 0,
+            search_threads: 0,
             originals: Originals::F16,
         }
     }
@@ -191,6 +206,16 @@ impl IndexTuning {
             originals,
             ..self
         }
+    }
+
+    /// The most bytes a build of one slice holds (in mapped pages and the builder's memory), by
+    /// the measured [`BUILD_COPIES`].
+    fn build_bytes(&self, dimension: usize) -> u64 {
+        let slice = self
+            .build_every
+            .or(self.max_segment_vectors)
+            .unwrap_or(MIN_BUILD);
+        (slice * dimension * self.originals.bytes()) as u64 * BUILD_COPIES
     }
 
     fn vector_params(&self, dimension: usize) -> Result<qdrant_edge::EdgeVectorParams, String> {
@@ -385,6 +410,7 @@ impl LocalIndex {
             // cannot be opened.
             let tunables = EdgeConfigBuilder::new()
                 .optimizers(tuning.optimizers(dimension))
+                .max_search_threads(tuning.search_threads)
                 .build();
             std::panic::catch_unwind(|| EdgeShard::load(&shard_path, Some(tunables)))
                 .map_err(|_| storage_error(directory, "its files are damaged"))?
@@ -397,6 +423,7 @@ impl LocalIndex {
             let config = EdgeConfigBuilder::new()
                 .vector(qdrant_edge::DEFAULT_VECTOR_NAME, params)
                 .optimizers(tuning.optimizers(dimension))
+                .max_search_threads(tuning.search_threads)
                 .build();
             let shard =
                 EdgeShard::new(&shard_path, config).map_err(|e| storage_error(directory, e))?;
@@ -464,6 +491,40 @@ impl LocalIndex {
         off_runtime(|| work(&self.shard)).map_err(port_error)
     }
 
+    /// Adds or replaces `points`, and builds the graph of the vectors added since the last build
+    /// once there are a slice's worth.
+    fn write(&self, points: Vec<qdrant_edge::PointStruct>) -> Result<(), PortError> {
+        let added = points.len();
+        let points = points.into_iter().map(Into::into).collect();
+        let written = self.on_shard(|shard| {
+            shard.update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
+        });
+        self.writes.fetch_add(1, Ordering::Release);
+        written?;
+        let unbuilt = self.unbuilt.fetch_add(added, Ordering::Relaxed) + added;
+        if self
+            .tuning
+            .build_every
+            .is_some_and(|every| unbuilt >= every)
+        {
+            // Another upsert that is building already takes these vectors along.
+            if let Ok(_building) = self.building.try_lock() {
+                off_runtime(|| self.optimize_while_building())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many vectors the index holds.
+    fn count_now(&self) -> Result<u64, PortError> {
+        let mut request = CountRequest::new();
+        request.exact = true;
+        self.on_shard(|shard| shard.count(request))
+            .map(|n| n as u64)
+    }
+
     /// Persists buffered changes (they are in the write-ahead log already).
     pub fn flush(&self) -> Result<(), PortError> {
         self.shard.flush().map_err(port_error)
@@ -490,31 +551,13 @@ impl VectorIndex for LocalIndex {
                 "camera": facets.camera,
                 "dated_at": facets.dated_at,
             });
-            points.push(
-                qdrant_edge::PointStruct::new(point_id(photo.id), photo.vector.into_vec(), payload)
-                    .into(),
-            );
+            points.push(qdrant_edge::PointStruct::new(
+                point_id(photo.id),
+                photo.vector.into_vec(),
+                payload,
+            ));
         }
-        let added = points.len();
-        let written = self.on_shard(|shard| {
-            shard.update(UpdateOperation::PointOperation(
-                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
-            ))
-        });
-        self.writes.fetch_add(1, Ordering::Release);
-        written?;
-        let unbuilt = self.unbuilt.fetch_add(added, Ordering::Relaxed) + added;
-        if self
-            .tuning
-            .build_every
-            .is_some_and(|every| unbuilt >= every)
-        {
-            // Another upsert that is building already takes these vectors along.
-            if let Ok(_building) = self.building.try_lock() {
-                off_runtime(|| self.optimize_while_building())?;
-            }
-        }
-        Ok(())
+        self.write(points)
     }
 
     async fn delete(&self, ids: &[PhotoId]) -> Result<(), PortError> {
@@ -606,10 +649,7 @@ impl VectorIndex for LocalIndex {
     }
 
     async fn count(&self) -> Result<u64, PortError> {
-        let mut request = CountRequest::new();
-        request.exact = true;
-        self.on_shard(|shard| shard.count(request))
-            .map(|n| n as u64)
+        self.count_now()
     }
 
     async fn ids(&self, after: Option<PhotoId>, limit: usize) -> Result<Vec<PhotoId>, PortError> {
@@ -703,6 +743,117 @@ mod tests {
         let stamped_before_the_choice: Stamp =
             serde_json::from_str(r#"{"encoder": "clip:test/old@1", "dimension": 32}"#).unwrap();
         assert_eq!(stamped_before_the_choice.originals, Originals::F32);
+    }
+
+    /// Photo `n`, in album "beach" if `n` is a multiple of 3 and "city" otherwise.
+    fn photo_in_album(n: u64) -> IndexedPhoto {
+        let mut photo = photo(n);
+        photo.facets.album = Some(if n.is_multiple_of(3) { "beach" } else { "city" }.to_owned());
+        photo.facets.dated_at = n as i64;
+        photo
+    }
+
+    /// Opens (or creates) the index of the rewrite tests in `directory`.
+    fn open_rewritten(directory: &Path, tuning: IndexTuning) -> LocalIndex {
+        let encoder: EncoderId = "clip:test/rewrite@1".parse().unwrap();
+        LocalIndex::open(directory, &encoder, SLICED_DIMENSION, tuning).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_index_is_rewritten_with_half_floats_keeping_every_vector_and_facet() {
+        let scratch = tempfile::tempdir().unwrap();
+        let directory = scratch.path().join("index");
+        let older = IndexTuning {
+            originals: Originals::F32,
+            build_every: Some(200),
+            max_segment_vectors: Some(400),
+            ..IndexTuning::default()
+        };
+        let index = open_rewritten(&directory, older);
+        let photos: Vec<_> = (0..1000).map(photo_in_album).collect();
+        for batch in photos.chunks(100) {
+            index.upsert(batch.to_vec()).await.unwrap();
+        }
+        index.optimize().unwrap();
+
+        let wanted = IndexTuning {
+            build_every: Some(300),
+            max_segment_vectors: Some(300),
+            ..IndexTuning::default()
+        };
+        let mut told = Vec::new();
+        let index = index
+            .rewrite(&directory, wanted, |written, total| {
+                told.push((written, total))
+            })
+            .unwrap();
+        assert_eq!(index.originals(), Originals::F16);
+        assert_eq!(told.last(), Some(&(1000, 1000)), "{told:?}");
+        assert_eq!(index.count().await.unwrap(), 1000);
+        for wanted in [&photos[0], &photos[1], &photos[500], &photos[999]] {
+            let found = index
+                .nearest(&wanted.vector, &SearchFilter::default(), 1)
+                .await
+                .unwrap();
+            assert_eq!(found[0].id, wanted.id);
+            assert!(found[0].vector.cosine(&wanted.vector) > 0.9999);
+        }
+        // The facets came along: a filter on them still selects.
+        let beach = SearchFilter {
+            album: Some("beach".to_owned()),
+            from: Some(100),
+            ..SearchFilter::default()
+        };
+        let found = index.nearest(&photos[1].vector, &beach, 50).await.unwrap();
+        assert_eq!(found.len(), 50);
+        assert!(
+            found
+                .iter()
+                .all(|hit| hit.id.as_u64().is_multiple_of(3) && hit.id.as_u64() >= 100),
+            "{found:?}"
+        );
+        drop(index);
+        let left: Vec<_> = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["index"], "nothing of the rewrite is left beside it");
+        let reopened = open_rewritten(&directory, IndexTuning::default());
+        assert_eq!(reopened.originals(), Originals::F16);
+        assert_eq!(reopened.count().await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_that_cannot_be_written_leaves_the_old_index_as_it_was() {
+        let scratch = tempfile::tempdir().unwrap();
+        let directory = scratch.path().join("index");
+        // A folder of someone else's where the export would go.
+        let in_the_way = scratch.path().join("index.export/kept.txt");
+        std::fs::create_dir_all(in_the_way.parent().unwrap()).unwrap();
+        std::fs::write(&in_the_way, "mine").unwrap();
+        let older = IndexTuning {
+            originals: Originals::F32,
+            ..IndexTuning::default()
+        };
+        let index = open_rewritten(&directory, older);
+        let photos: Vec<_> = (0..50).map(photo_in_album).collect();
+        index.upsert(photos.clone()).await.unwrap();
+
+        let error = index
+            .rewrite(&directory, IndexTuning::default(), |_, _| {})
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("index.export"), "{error}");
+        assert_eq!(std::fs::read_to_string(&in_the_way).unwrap(), "mine");
+        assert!(!LocalIndex::finish_rewrite(&directory).unwrap());
+        let reopened = open_rewritten(&directory, IndexTuning::default());
+        assert_eq!(reopened.originals(), Originals::F32);
+        assert_eq!(reopened.count().await.unwrap(), 50);
+        let found = reopened
+            .nearest(&photos[7].vector, &SearchFilter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(found[0].id, photos[7].id);
     }
 
     /// Photo `n` with a vector of its own: hashed components, far from every other photo's.

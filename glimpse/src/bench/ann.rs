@@ -27,6 +27,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use crate::adapters::{IndexTuning, LocalIndex, SqliteCatalog};
+use crate::blocking::off_runtime;
 use crate::memory::ProcessMemory;
 use crate::server::percentiles;
 use glimpse_worker::adapters::LocalEncoder;
@@ -56,6 +57,11 @@ pub struct AnnOptions {
     pub upsert_batch: usize,
     /// Search candidate lists measured besides the tuning's.
     pub other_ef: Vec<usize>,
+    /// Search thread counts measured besides the tuning's, each on the index opened again.
+    pub other_search_threads: Vec<usize>,
+    /// Once built, rewrite the index with this tuning (as `glimpse serve` converts an index of
+    /// older originals) and measure the searches on the rewritten one.
+    pub rewrite_to: Option<IndexTuning>,
     /// Seed of the generator.
     pub seed: u64,
 }
@@ -81,8 +87,10 @@ pub struct AnnReport {
     pub build_peak_anonymous_mb: f64,
     /// The most resident pages of mapped files seen while building, MB.
     pub build_peak_file_mb: f64,
-    /// Segments of the index after the build.
+    /// Segments of the index searched.
     pub segments: usize,
+    /// The rewrite of the built index, if one was asked for.
+    pub rewrite: Option<RewriteReport>,
     /// Vectors per upsert.
     pub upsert_batch: usize,
     /// Vectors whose graph is built at a time while upserting (0: all at the end).
@@ -98,7 +106,11 @@ pub struct AnnReport {
     /// Mean fraction of the exact top 10 found.
     pub recall_at_10: f64,
     /// The same queries with other search candidate lists.
-    pub other_ef: Vec<EfPoint>,
+    pub other_ef: Vec<Pass>,
+    /// The same queries with other search thread counts (at the tuning's candidate list).
+    pub other_search_threads: Vec<Pass>,
+    /// Threads that search segments in parallel (0: the engine's choice).
+    pub search_threads: usize,
     /// Queries measured.
     pub queries: usize,
     /// Graph degree.
@@ -113,11 +125,29 @@ pub struct AnnReport {
     pub originals: crate::adapters::Originals,
 }
 
-/// Latency and recall at one search candidate list.
+/// The rewrite of a built index into other originals (the searches are measured after it).
 #[derive(Clone, Debug, Serialize)]
-pub struct EfPoint {
+pub struct RewriteReport {
+    /// The number type the rewritten index stores.
+    pub originals: crate::adapters::Originals,
+    /// Seconds from the open index to the rewritten one, open.
+    pub rewrite_s: f64,
+    /// The most resident memory seen while rewriting (sampled every 20 ms), MB.
+    pub peak_rss_mb: f64,
+    /// The most anonymous memory seen while rewriting, MB.
+    pub peak_anonymous_mb: f64,
+    /// The most resident pages of mapped files seen while rewriting, MB.
+    pub peak_file_mb: f64,
+}
+
+/// Latency and recall of the same queries in another pass: at another search candidate list or
+/// with another number of search threads.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pass {
     /// The candidate list.
     pub ef: usize,
+    /// Threads that search segments in parallel (0: the engine's choice).
+    pub search_threads: usize,
     /// Median latency, ms.
     pub p50_ms: f64,
     /// 95th percentile, ms.
@@ -327,6 +357,13 @@ fn error(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// The id of the `n`th generated vector: spread over the id space (an odd multiplier is a
+/// bijection), as the ids of photos, taken from their SHA-256, are, so that what reads in id
+/// order (a scroll) reads from every segment as it does in a library.
+fn photo_id(n: u64) -> PhotoId {
+    PhotoId::from_u64(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 fn facets() -> Facets {
     Facets {
         album: None,
@@ -360,7 +397,7 @@ async fn build(
             .enumerate()
             .map(|(i, vector)| {
                 Ok(IndexedPhoto {
-                    id: PhotoId::from_u64((generated + i) as u64),
+                    id: photo_id((generated + i) as u64),
                     vector: Embedding::normalized(vector).map_err(error)?,
                     facets: facets(),
                 })
@@ -400,7 +437,7 @@ async fn measure(
                 let truth = exact.ids(i);
                 let hits = found
                     .iter()
-                    .filter(|n| truth.contains(&n.id.as_u64()))
+                    .filter(|n| truth.iter().any(|&t| photo_id(t) == n.id))
                     .count();
                 recall += hits as f64 / RECALL_AT as f64;
             }
@@ -409,35 +446,74 @@ async fn measure(
     Ok((latencies, recall / queries.len().max(1) as f64))
 }
 
+/// Measures the queries again on `index`, whose candidate list is `ef` and search threads
+/// `search_threads`.
+async fn pass(
+    index: &LocalIndex,
+    queries: &[Vec<f32>],
+    exact: &ExactTopK,
+    ef: usize,
+    search_threads: usize,
+) -> Result<Pass, String> {
+    let (latencies, recall_at_10) = measure(index, queries, exact).await?;
+    let [p50_ms, p95_ms, _] = percentiles(latencies);
+    Ok(Pass {
+        ef,
+        search_threads,
+        p50_ms,
+        p95_ms,
+        recall_at_10,
+    })
+}
+
 /// `glimpse bench ann`.
 pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
-    let directory = tempfile::tempdir().map_err(error)?;
+    let scratch = tempfile::tempdir().map_err(error)?;
+    // A folder of its own: a rewrite works beside it.
+    let directory = scratch.path().join("index");
     let encoder: EncoderId = "bench:synthetic/vectors@1".parse().map_err(error)?;
     let mut generator = Generator::new(options);
     let queries: Vec<Vec<f32>> = (0..options.queries).map(|_| generator.next()).collect();
     let watch = MemoryWatch::start();
-    let (index, exact, build_s) = build(
-        directory.path(),
-        options,
-        &encoder,
-        &queries,
-        &mut generator,
-    )
-    .await?;
+    let (index, exact, build_s) =
+        build(&directory, options, &encoder, &queries, &mut generator).await?;
     let building = watch.finish();
+    let (mut index, rewrite) = match options.rewrite_to {
+        None => (index, None),
+        Some(tuning) => {
+            let watch = MemoryWatch::start();
+            let started = Instant::now();
+            let index =
+                off_runtime(|| index.rewrite(&directory, tuning, |_, _| {})).map_err(error)?;
+            let rewrite_s = started.elapsed().as_secs_f64();
+            let peak = watch.finish();
+            let report = RewriteReport {
+                originals: index.originals(),
+                rewrite_s,
+                peak_rss_mb: mb(peak.resident),
+                peak_anonymous_mb: mb(peak.anonymous),
+                peak_file_mb: mb(peak.file),
+            };
+            (index, Some(report))
+        }
+    };
     let (latencies, recall_at_10) = measure(&index, &queries, &exact).await?;
     let mut other_ef = Vec::with_capacity(options.other_ef.len());
-    let mut index = index;
     for &ef in &options.other_ef {
         index.set_search_ef(ef);
-        let (latencies, recall_at_10) = measure(&index, &queries, &exact).await?;
-        let [p50_ms, p95_ms, _] = percentiles(latencies);
-        other_ef.push(EfPoint {
-            ef,
-            p50_ms,
-            p95_ms,
-            recall_at_10,
-        });
+        other_ef.push(pass(&index, &queries, &exact, ef, options.tuning.search_threads).await?);
+    }
+    index.set_search_ef(options.tuning.search_ef);
+    let mut other_search_threads = Vec::with_capacity(options.other_search_threads.len());
+    for &threads in &options.other_search_threads {
+        let tuning = IndexTuning {
+            search_threads: threads,
+            ..options.tuning
+        };
+        drop(index);
+        index = LocalIndex::open(&directory, &encoder, options.dimension, tuning).map_err(error)?;
+        let ef = options.tuning.search_ef;
+        other_search_threads.push(pass(&index, &queries, &exact, ef, threads).await?);
     }
     let memory = ProcessMemory::now().unwrap_or_default();
     let [p50_ms, p95_ms, p99_ms] = percentiles(latencies);
@@ -456,6 +532,7 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
         build_peak_anonymous_mb: mb(building.anonymous),
         build_peak_file_mb: mb(building.file),
         segments: index.segments().map_err(error)?,
+        rewrite,
         upsert_batch: options.upsert_batch,
         build_every: options.tuning.build_every.unwrap_or_default(),
         max_segment_vectors: options.tuning.max_segment_vectors.unwrap_or_default(),
@@ -464,6 +541,8 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
         p99_ms,
         recall_at_10,
         other_ef,
+        other_search_threads,
+        search_threads: options.tuning.search_threads,
         queries: queries.len(),
         m: options.tuning.m,
         ef_construct: options.tuning.ef_construct,
@@ -537,6 +616,11 @@ pub async fn search(
     encoder: Arc<dyn ImageTextEncoder>,
     flow: &SearchOptions,
 ) -> Result<SearchReport, String> {
+    if options.rewrite_to.is_some() {
+        return Err(
+            "bench search does not convert an index; bench ann --convert measures it".into(),
+        );
+    }
     let searches = flow.searches;
     let directory = tempfile::tempdir().map_err(error)?;
     let local = LocalEncoder::new(Arc::clone(&encoder));
@@ -562,7 +646,7 @@ pub async fn search(
         .map(|n| {
             let facts = ImageFacts {
                 sha256: format!("{n:064x}"),
-                id: PhotoId::from_u64(n),
+                id: photo_id(n),
                 format: ImageFormat::Jpeg,
                 width: 4000,
                 height: 3000,
@@ -571,7 +655,7 @@ pub async fn search(
                 location: None,
             };
             let details = NewPhotoDetails {
-                origin: Origin::Upload(Origin::upload_key(PhotoId::from_u64(n))),
+                origin: Origin::Upload(Origin::upload_key(photo_id(n))),
                 bytes: 3_000_000,
                 album: Some(format!("Album {}", n % 50)),
                 modified_at: None,

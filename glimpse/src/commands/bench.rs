@@ -63,9 +63,19 @@ pub struct AnnArgs {
     /// Threads that build a graph (0: every core).
     #[arg(long, default_value_t = 0)]
     pub indexing_threads: usize,
+    /// Threads that search segments in parallel (0: the engine's choice, four per core).
+    #[arg(long, default_value_t = 0)]
+    pub search_threads: usize,
+    /// Search thread counts measured too, each on the index opened again (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub other_search_threads: Vec<usize>,
     /// Store the original vectors as f32, as indexes created before half floats do.
     #[arg(long)]
     pub f32_originals: bool,
+    /// Then convert the built index to half floats, as `glimpse serve` converts such an index
+    /// when it opens it, measure the conversion and search the converted index.
+    #[arg(long, requires = "f32_originals")]
+    pub convert: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -84,24 +94,30 @@ impl AnnArgs {
             Some(given) => Some(given),
             None => implied,
         };
+        let tuning = IndexTuning {
+            m: self.m,
+            ef_construct: self.ef_construct,
+            search_ef: self.ef,
+            quantized: !self.no_quantization,
+            build_every: chosen(self.build_every, budgeted.build_every),
+            max_segment_vectors: chosen(self.max_segment_vectors, budgeted.max_segment_vectors),
+            indexing_threads: self.indexing_threads,
+            search_threads: self.search_threads,
+            originals,
+        };
         bench::ann::AnnOptions {
             vectors: self.vectors,
             dimension: self.dim,
             per_cluster: self.per_cluster,
             uniform: self.uniform,
             queries: self.queries,
-            tuning: IndexTuning {
-                m: self.m,
-                ef_construct: self.ef_construct,
-                search_ef: self.ef,
-                quantized: !self.no_quantization,
-                build_every: chosen(self.build_every, budgeted.build_every),
-                max_segment_vectors: chosen(self.max_segment_vectors, budgeted.max_segment_vectors),
-                indexing_threads: self.indexing_threads,
-                originals,
-            },
+            tuning,
             upsert_batch: self.upsert_batch,
             other_ef: self.other_ef.clone(),
+            other_search_threads: self.other_search_threads.clone(),
+            rewrite_to: self
+                .convert
+                .then(|| tuning.for_originals(IndexTuning::default().originals)),
             seed: 7,
         }
     }

@@ -26,6 +26,7 @@ use crate::adapters::sqlite::now_seconds;
 use crate::adapters::{
     IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, MemoryQueryCache, SqliteCatalog,
 };
+use crate::blocking::off_runtime;
 use crate::memory::{MemoryBudget, MemoryRecord};
 use glimpse_worker::adapters::LocalEncoder;
 use glimpse_worker::crash_points::crash_point;
@@ -495,6 +496,9 @@ async fn open_index(
     let tuning = IndexTuning::within(budget, dimension);
     let mut repairs = Vec::new();
     let resuming = catalog.engine_state(REBUILD_KEY)?.as_deref() == Some(&*id.to_string());
+    if LocalIndex::finish_rewrite(&directory)? {
+        repairs.push("finished converting the index that an earlier run started".to_owned());
+    }
     let existed = LocalIndex::exists(&directory);
     let index = match LocalIndex::open(&directory, id, dimension, tuning) {
         Ok(index) if resuming => {
@@ -530,6 +534,11 @@ async fn open_index(
             LocalIndex::open(&directory, id, dimension, tuning)?
         }
     };
+    let index = if index.originals() == tuning.originals {
+        index
+    } else {
+        convert_index(index, &directory, tuning, &mut repairs)?
+    };
     if !existed && !resuming && catalog.counts().await?.indexed > 0 {
         repairs.push(
             "the index folder was missing although photos were indexed; it is rebuilt from \
@@ -538,6 +547,47 @@ async fn open_index(
         );
     }
     Ok((index, repairs))
+}
+
+/// Rewrites an index made before its originals' number type was `tuning.originals` (f32, before
+/// half floats) into one that stores them so: the same vectors, in half the bytes at the default.
+/// Telling the progress on stderr; if it fails (a full disk), the old index is kept and used, and
+/// the next start tries again.
+fn convert_index(
+    index: LocalIndex,
+    directory: &Path,
+    tuning: IndexTuning,
+    repairs: &mut Vec<String>,
+) -> Result<LocalIndex, EngineError> {
+    let (from, to) = (index.originals(), tuning.originals);
+    let (encoder, dimension) = (index.encoder().clone(), index.dimension());
+    eprintln!(
+        "glimpse: converting the index from {from} to {to} originals (once; the vectors are \
+         copied, no photo is read again)"
+    );
+    let mut told = 0;
+    let converted = off_runtime(|| {
+        index.rewrite(directory, tuning, |written, total| {
+            // About every tenth, and the end.
+            if written == total || written - told >= total.div_ceil(10) {
+                told = written;
+                eprintln!("glimpse: converting the index: {written} of {total} vectors");
+            }
+        })
+    });
+    Ok(match converted {
+        Ok(index) => {
+            repairs.push(format!("converted the index from {from} to {to} originals"));
+            index
+        }
+        Err(error) => {
+            repairs.push(format!(
+                "the index could not be converted from {from} to {to} originals ({error}); it \
+                 keeps {from} and the next start tries again"
+            ));
+            LocalIndex::open(directory, &encoder, dimension, tuning)?
+        }
+    })
 }
 
 /// The last steps of a rebuild: every photo queued for the new encoder, then the rebuild record
