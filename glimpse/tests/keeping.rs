@@ -417,7 +417,7 @@ fn make_index_older(data: &Path) {
         ..IndexTuning::default()
     };
     let index = LocalIndex::open(&directory, &encoder, dimension, older).unwrap();
-    let index = index.rewrite(&directory, older, |_, _| {}).unwrap();
+    let index = index.rewrite(&directory, older, |_, _, _| {}).unwrap();
     assert_eq!(index.originals(), Originals::F32);
 }
 
@@ -447,7 +447,8 @@ fn an_index_made_before_half_floats_is_converted_once_without_embedding_a_photo_
         "{said}"
     );
     assert!(
-        said.contains("converting the index: 6 of 6 vectors"),
+        said.contains("converting the index, exporting: 6 of 6 vectors")
+            && said.contains("converting the index, building: 6 of 6 vectors"),
         "{said}"
     );
     assert_eq!(

@@ -25,6 +25,8 @@ use crate::memory::MemoryBudget;
 
 mod rewrite;
 
+pub use rewrite::RewriteStage;
+
 /// The file that records which encoder built an index.
 const STAMP_FILE: &str = "glimpse-index.json";
 const SHARD_DIRECTORY: &str = "shard";
@@ -783,12 +785,21 @@ mod tests {
         };
         let mut told = Vec::new();
         let index = index
-            .rewrite(&directory, wanted, |written, total| {
-                told.push((written, total))
+            .rewrite(&directory, wanted, |stage, done, total| {
+                told.push((stage, done, total))
             })
             .unwrap();
         assert_eq!(index.originals(), Originals::F16);
-        assert_eq!(told.last(), Some(&(1000, 1000)), "{told:?}");
+        assert_eq!(
+            told.first(),
+            Some(&(RewriteStage::Exporting, 1000, 1000)),
+            "one page: {told:?}"
+        );
+        assert_eq!(
+            told.last(),
+            Some(&(RewriteStage::Building, 1000, 1000)),
+            "{told:?}"
+        );
         assert_eq!(index.count().await.unwrap(), 1000);
         for wanted in [&photos[0], &photos[1], &photos[500], &photos[999]] {
             let found = index
@@ -840,7 +851,7 @@ mod tests {
         index.upsert(photos.clone()).await.unwrap();
 
         let error = index
-            .rewrite(&directory, IndexTuning::default(), |_, _| {})
+            .rewrite(&directory, IndexTuning::default(), |_, _, _| {})
             .err()
             .unwrap();
         assert!(error.to_string().contains("index.export"), "{error}");

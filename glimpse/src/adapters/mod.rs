@@ -8,6 +8,6 @@ pub mod query_cache;
 pub mod sqlite;
 
 pub use local_blobs::LocalBlobStore;
-pub use local_index::{IndexOpenError, IndexTuning, LocalIndex, Originals};
+pub use local_index::{IndexOpenError, IndexTuning, LocalIndex, Originals, RewriteStage};
 pub use query_cache::MemoryQueryCache;
 pub use sqlite::SqliteCatalog;

@@ -484,7 +484,7 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
             let watch = MemoryWatch::start();
             let started = Instant::now();
             let index =
-                off_runtime(|| index.rewrite(&directory, tuning, |_, _| {})).map_err(error)?;
+                off_runtime(|| index.rewrite(&directory, tuning, |_, _, _| {})).map_err(error)?;
             let rewrite_s = started.elapsed().as_secs_f64();
             let peak = watch.finish();
             let report = RewriteReport {

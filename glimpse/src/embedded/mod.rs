@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use self::library::ScanReport;
 use crate::adapters::sqlite::now_seconds;
 use crate::adapters::{
-    IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, MemoryQueryCache, SqliteCatalog,
+    IndexOpenError, IndexTuning, LocalBlobStore, LocalIndex, MemoryQueryCache, RewriteStage,
+    SqliteCatalog,
 };
 use crate::blocking::off_runtime;
 use crate::memory::{MemoryBudget, MemoryRecord};
@@ -549,10 +550,10 @@ async fn open_index(
     Ok((index, repairs))
 }
 
-/// Rewrites an index made before its originals' number type was `tuning.originals` (f32, before
-/// half floats) into one that stores them so: the same vectors, in half the bytes at the default.
-/// Telling the progress on stderr; if it fails (a full disk), the old index is kept and used, and
-/// the next start tries again.
+/// Rewrites an index whose originals are not of `tuning.originals`' number type (f32, made before
+/// half floats) into one whose are: the same vectors, in half the bytes at the default. The
+/// progress goes to stderr; if the rewrite fails (a full disk), the old index is kept and used,
+/// and the next start tries again.
 fn convert_index(
     index: LocalIndex,
     directory: &Path,
@@ -565,13 +566,13 @@ fn convert_index(
         "glimpse: converting the index from {from} to {to} originals (once; the vectors are \
          copied, no photo is read again)"
     );
-    let mut told = 0;
+    let mut told = (RewriteStage::Exporting, 0);
     let converted = off_runtime(|| {
-        index.rewrite(directory, tuning, |written, total| {
-            // About every tenth, and the end.
-            if written == total || written - told >= total.div_ceil(10) {
-                told = written;
-                eprintln!("glimpse: converting the index: {written} of {total} vectors");
+        index.rewrite(directory, tuning, |stage, done, total| {
+            // About every tenth of each stage, and its end.
+            if stage != told.0 || done == total || done - told.1 >= total.div_ceil(10) {
+                told = (stage, done);
+                eprintln!("glimpse: converting the index, {stage}: {done} of {total} vectors");
             }
         })
     });

@@ -28,6 +28,24 @@ use glimpse_core::photo::PhotoId;
 /// Points read from the old index, and written to the new one, at a time.
 const PAGE: usize = 1024;
 
+/// What a rewrite is doing when it tells its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewriteStage {
+    /// Writing the old index's vectors to the export.
+    Exporting,
+    /// Building the new index from the export.
+    Building,
+}
+
+impl std::fmt::Display for RewriteStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Exporting => "exporting",
+            Self::Building => "building",
+        })
+    }
+}
+
 /// The folders and the file of a rewrite of the index in `directory`.
 struct RewritePaths {
     export: PathBuf,
@@ -60,7 +78,8 @@ impl LocalIndex {
 
     /// Rewrites this index, open from `directory`, into a new one created with `tuning` (its
     /// originals in `tuning.originals`), with the same vectors and facets, and puts the new one
-    /// in its place; `progress` is told the vectors written so far and the total as the copy goes.
+    /// in its place; `progress` is told the stage, the vectors done so far in it and the total as
+    /// the copy goes.
     /// Returns the new index, open. On failure the old index is left as it was in `directory`
     /// (open it again) and the partial copy is removed. Needs free disk for the export (the
     /// vectors in f32) and the new index beside the old one.
@@ -68,7 +87,7 @@ impl LocalIndex {
         self,
         directory: &Path,
         tuning: IndexTuning,
-        mut progress: impl FnMut(u64, u64),
+        mut progress: impl FnMut(RewriteStage, u64, u64),
     ) -> Result<LocalIndex, IndexOpenError> {
         let paths = RewritePaths::of(directory);
         let (encoder, dimension) = (self.encoder.clone(), self.dimension);
@@ -87,14 +106,14 @@ impl LocalIndex {
         directory: &Path,
         paths: &RewritePaths,
         tuning: IndexTuning,
-        progress: &mut impl FnMut(u64, u64),
+        progress: &mut impl FnMut(RewriteStage, u64, u64),
     ) -> Result<(), IndexOpenError> {
         let (encoder, dimension) = (self.encoder.clone(), self.dimension);
         // The old index's own memory (its int8 vectors and graph) is resident while it is open,
         // so the export maps in at most a quarter of what a build of the new index holds, and
         // closes the old index before that build.
         let holding = tuning.build_bytes(dimension) / 4;
-        let exported = self.export(directory, &paths.export, holding)?;
+        let exported = self.export(directory, &paths.export, holding, progress)?;
         crash_point("rewrite:exported");
         let failed = |e: std::io::Error| storage_error(&paths.rewriting, e);
         LocalIndex::destroy(&paths.rewriting).map_err(failed)?;
@@ -145,8 +164,15 @@ impl LocalIndex {
     /// is closed (the whole index's originals: 2 GB of f32 at 1M × 512). So whenever the pages
     /// mapped since the export started exceed `holding` bytes, the index is closed and opened
     /// again from `directory`, which lets them go (where the system reports it: Linux).
-    fn export(self, directory: &Path, path: &Path, holding: u64) -> Result<u64, IndexOpenError> {
+    fn export(
+        self,
+        directory: &Path,
+        path: &Path,
+        holding: u64,
+        progress: &mut impl FnMut(RewriteStage, u64, u64),
+    ) -> Result<u64, IndexOpenError> {
         let failed = |e: &dyn std::fmt::Display| storage_error(path, e);
+        let total = self.count_now().map_err(|e| failed(&e))?;
         let mapped = || ProcessMemory::now().unwrap_or_default().file;
         let (encoder, dimension, tuning) = (self.encoder.clone(), self.dimension, self.tuning);
         let mut index = self;
@@ -181,6 +207,7 @@ impl LocalIndex {
                     .map_err(|e| failed(&e))?;
                 exported += 1;
             }
+            progress(RewriteStage::Exporting, exported, total);
             match next {
                 Some(next) => offset = Some(next),
                 None => break,
@@ -204,7 +231,7 @@ impl LocalIndex {
         &self,
         path: &Path,
         exported: u64,
-        progress: &mut impl FnMut(u64, u64),
+        progress: &mut impl FnMut(RewriteStage, u64, u64),
     ) -> Result<(), IndexOpenError> {
         let failed = |e: &dyn std::fmt::Display| storage_error(path, e);
         let mut file = BufReader::new(File::open(path).map_err(|e| failed(&e))?);
@@ -237,7 +264,7 @@ impl LocalIndex {
             }
             imported += points.len() as u64;
             self.write(points).map_err(|e| failed(&e))?;
-            progress(imported, exported);
+            progress(RewriteStage::Building, imported, exported);
         }
         self.optimize().map_err(|e| failed(&e))?;
         let count = self.count_now().map_err(|e| failed(&e))?;
