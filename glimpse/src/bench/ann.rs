@@ -503,7 +503,6 @@ pub async fn ann(options: &AnnOptions) -> Result<AnnReport, String> {
         index.set_search_ef(ef);
         other_ef.push(pass(&index, &queries, &exact, ef, options.tuning.search_threads).await?);
     }
-    index.set_search_ef(options.tuning.search_ef);
     let mut other_search_threads = Vec::with_capacity(options.other_search_threads.len());
     for &threads in &options.other_search_threads {
         let tuning = IndexTuning {
